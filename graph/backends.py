@@ -1,0 +1,205 @@
+"""The one backend factory: which chat model class serves `gemma` and `gemini`, and how it is built.
+
+- `gemma`: `ChatOpenAI` against vLLM's OpenAI-compatible server. The server applies Gemma's own chat
+  template to the chat messages we send; no prompt strings are built here.
+- `gemini`: `ChatVertexAI` (Gemini on Vertex AI). Moving to its successor `ChatGoogleGenerativeAI` is a
+  change to `_make_gemini` only.
+
+With no cloud configuration both are backed by local stand-ins (see `graph.local`), reached by the same
+client classes. Models are cached per (backend, generation parameters): building a client per turn
+would cost milliseconds and connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from graph.local.llama import LOCAL_MODEL_LABEL, LocalModelServer
+from graph.settings import Settings
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+    from graph.local.vertex_standin import VertexStandIn
+
+log = logging.getLogger(__name__)
+
+BackendName = Literal["gemma", "gemini"]
+BACKENDS: tuple[BackendName, ...] = ("gemma", "gemini")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Per-message generation parameters (from the request, else the settings)."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+
+
+class Backends:
+    """Builds and caches the chat models; owns the local stand-ins' lifetimes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        local_server: LocalModelServer | None = None,
+        vertex_standin: VertexStandIn | None = None,
+    ) -> None:
+        """`local_server`/`vertex_standin` let several Backends share one set of stand-ins (tests)."""
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._models: dict[tuple[BackendName, GenerationParams], BaseChatModel] = {}
+        self._local = local_server
+        self._vertex_standin = vertex_standin
+        self._owns_standins = local_server is None
+
+    # --- what a user sees --------------------------------------------------------------------
+    def is_local(self, name: BackendName) -> bool:
+        """True when `name` is served by a local stand-in instead of the real cloud backend."""
+        if name == "gemma":
+            return self.settings.gemma_base_url is None
+        return self.settings.gemini_project is None
+
+    def label(self, name: BackendName) -> str:
+        s = self.settings
+        if name == "gemma":
+            return (
+                f"Gemma stand-in: {LOCAL_MODEL_LABEL}" if self.is_local(name) else f"{s.gemma_model} (vLLM)"
+            )
+        if self.is_local(name):
+            return f"Gemini stand-in: {LOCAL_MODEL_LABEL} behind a local Vertex-shaped endpoint"
+        return f"{s.gemini_model} (Vertex AI)"
+
+    # --- models ------------------------------------------------------------------------------
+    def model(self, name: BackendName, params: GenerationParams) -> BaseChatModel:
+        """The chat model for `name`; may start a local stand-in (blocking, <= 1 s, once)."""
+        key = (name, params)
+        if (model := self._models.get(key)) is None:
+            with self._lock:
+                if (model := self._models.get(key)) is None:
+                    model = self._make_gemma(params) if name == "gemma" else self._make_gemini(params)
+                    if len(self._models) > 64:  # parameters come from users: bound the cache
+                        self._models.clear()
+                    self._models[key] = model
+        return model
+
+    async def amodel(self, name: BackendName, params: GenerationParams) -> BaseChatModel:
+        """`model` for async callers: a first-use start of a local stand-in runs in a thread."""
+        if (model := self._models.get((name, params))) is not None:
+            return model
+        return await asyncio.to_thread(self.model, name, params)
+
+    def gemma_base_url(self) -> str:
+        return self.settings.gemma_base_url or self._local_server().base_url
+
+    def gemma_metrics_url(self) -> str | None:
+        """vLLM's (or the stand-in's) Prometheus endpoint; None while a local stand-in is not running."""
+        if self.settings.gemma_base_url:
+            base = self.settings.gemma_base_url.rstrip("/")
+            return (base[: -len("/v1")] if base.endswith("/v1") else base) + "/metrics"
+        return self._local.address + "/metrics" if self.local_server_started() else None
+
+    def local_server_started(self) -> bool:
+        return self._local is not None and self._local.started
+
+    def shared_standins(self) -> dict[str, Any]:
+        """Keyword arguments for another `Backends` that should reuse these stand-ins."""
+        self._local_server()
+        return {"local_server": self._local, "vertex_standin": self._standin()}
+
+    def _standin(self) -> VertexStandIn:
+        from graph.local.vertex_standin import VertexStandIn
+
+        if self._vertex_standin is None:
+            self._vertex_standin = VertexStandIn(
+                lambda: self._local_server().base_url, model_alias=self.settings.gemma_model
+            )
+        return self._vertex_standin
+
+    def _local_server(self) -> LocalModelServer:
+        if self._local is None:
+            s = self.settings
+            self._local = LocalModelServer(
+                alias=s.gemma_model,
+                threads=s.local_model_threads,
+                ctx=s.local_model_ctx,
+                parallel=s.local_model_parallel,
+            )
+        return self._local
+
+    def _make_gemma(self, params: GenerationParams) -> BaseChatModel:
+        import httpx
+        from langchain_openai import ChatOpenAI
+
+        s = self.settings
+        return ChatOpenAI(
+            base_url=self.gemma_base_url(),
+            api_key=s.gemma_api_key,
+            model=s.gemma_model,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            # read: the longest silence between two chunks (and before the first) on the sync path
+            timeout=httpx.Timeout(
+                s.request_timeout_s, connect=s.connect_timeout_s, read=s.first_token_timeout_s
+            ),
+            max_retries=0,  # retries and fallback are the router's decision, not the client's
+            stream_usage=True,
+        )
+
+    def _make_gemini(self, params: GenerationParams) -> BaseChatModel:
+        s = self.settings
+        kwargs: dict[str, object] = {}
+        if self.is_local("gemini"):
+            from google.auth.credentials import AnonymousCredentials
+
+            kwargs = {
+                "project": "local-standin",
+                "credentials": AnonymousCredentials(),
+                "api_transport": "rest",
+                "api_endpoint": self._standin().endpoint,
+            }
+        else:
+            kwargs = {"project": s.gemini_project}
+            if s.gemini_api_endpoint:
+                kwargs["api_endpoint"] = s.gemini_api_endpoint
+        with warnings.catch_warnings():
+            # ChatVertexAI warns that it is deprecated in favour of ChatGoogleGenerativeAI; the
+            # swap is this one function (see the module docstring).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from langchain_google_vertexai import ChatVertexAI
+
+            cls = ChatVertexAI
+            if self.is_local("gemini"):
+                from graph.local.vertex_standin import standin_chat_vertexai_class
+
+                cls = standin_chat_vertexai_class()
+            return cls(
+                model=s.gemini_model,
+                location=s.gemini_location,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_output_tokens=params.max_tokens,
+                thinking_budget=s.gemini_thinking_budget,
+                timeout=s.request_timeout_s,
+                max_retries=0,
+                **kwargs,
+            )
+
+    def close(self) -> None:
+        """Stop the local stand-ins it started (they also stop with the process)."""
+        if not self._owns_standins:
+            self._models.clear()
+            return
+        if self._vertex_standin is not None:
+            self._vertex_standin.stop()
+        if self._local is not None:
+            self._local.stop()
+        self._models.clear()

@@ -1,0 +1,71 @@
+"""`build_graph()`: the one place the chat graph is wired.
+
+    load_history -> route -> call_model -> save_turn
+
+Few nodes on purpose: each costs time on every turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from langchain_core.runnables import RunnableLambda
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from graph import nodes
+from graph.backends import Backends
+from graph.context import Context, Services
+from graph.memory.base import ConversationStore
+from graph.router import Router
+from graph.settings import Settings, get_settings
+from graph.state import InputState, OutputState, State
+
+
+def build_graph(
+    settings: Settings | None = None,
+    *,
+    store: ConversationStore | None = None,
+    backends: Backends | None = None,
+    router: Router | None = None,
+    checkpointer: object | None = None,
+) -> CompiledStateGraph:
+    """The compiled chat graph. Settings default to the environment; every dependency can be handed in.
+
+    Nothing connects here: the memory store, the backends and any local stand-in start on first use.
+    The services are reachable as `graph.services` (the UI and the CLI share them).
+    """
+    from graph.policies import default_router
+
+    settings = settings or get_settings()
+    if store is None:
+        from graph.memory import make_store
+
+        store = make_store(settings)
+    backends = backends or Backends(settings)
+    services = Services(
+        settings=settings, store=store, backends=backends, router=router or default_router(settings, backends)
+    )
+
+    def io_node(name: str, sync: Callable[..., Any], asynchronous: Callable[..., Any]) -> RunnableLambda:
+        # One node, two bodies: `invoke` runs the sync one, `ainvoke`/`astream` the async one (a sync
+        # node in an async run would be sent to a thread pool: a hop per turn for nothing).
+        return RunnableLambda(
+            partial(sync, services=services), afunc=partial(asynchronous, services=services), name=name
+        )
+
+    builder = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
+    builder.add_node("load_history", io_node("load_history", nodes.load_history, nodes.aload_history))
+    builder.add_node("route", io_node("route", nodes.route, nodes.aroute))
+    builder.add_node("call_model", io_node("call_model", nodes.call_model, nodes.acall_model))
+    builder.add_node("save_turn", io_node("save_turn", nodes.save_turn, nodes.asave_turn))
+    builder.add_edge(START, "load_history")
+    builder.add_edge("load_history", "route")
+    builder.add_edge("route", "call_model")
+    builder.add_edge("call_model", "save_turn")
+    builder.add_edge("save_turn", END)
+    graph = builder.compile(checkpointer=checkpointer, name="hybrid-chat")
+    graph.services = services  # type: ignore[attr-defined]
+    return graph

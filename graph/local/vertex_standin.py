@@ -1,0 +1,237 @@
+"""A local stand-in for the Vertex AI Gemini REST API, backed by the embedded llama.cpp model.
+
+When no Vertex project is configured, the `gemini` backend is still the REAL `ChatVertexAI` client
+(REST transport, anonymous credentials) pointed at this server, so the code path a user runs offline
+is the one that runs against Vertex AI. It answers `:generateContent` and `:streamGenerateContent`
+(a chunked JSON array, written piece by piece as the model produces tokens) by translating to the
+local model's `/v1/chat/completions`. It is a stand-in, labelled as such wherever a model name shows.
+
+Written on the standard library's HTTP server: it is a loopback test double with one route, so a web
+framework would add start-up cost and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+_ROUTE = re.compile(r"^/v1(?:beta1)?/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/:]+):(\w+)")
+
+
+def _text_of(parts: list[dict[str, Any]] | None) -> str:
+    return "".join(p.get("text", "") for p in parts or [])
+
+
+def to_openai_request(body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+    """Translate a GenerateContentRequest (camelCase or snake_case JSON) to a chat completion."""
+    messages: list[dict[str, str]] = []
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    if system and (text := _text_of(system.get("parts"))):
+        messages.append({"role": "system", "content": text})
+    for content in body.get("contents", []):
+        role = "assistant" if content.get("role") == "model" else "user"
+        messages.append({"role": role, "content": _text_of(content.get("parts"))})
+    cfg = body.get("generationConfig") or body.get("generation_config") or {}
+
+    def pick(*names: str) -> Any:
+        return next((cfg[n] for n in names if n in cfg), None)
+
+    request: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    for key, names in {
+        "temperature": ("temperature",),
+        "top_p": ("topP", "top_p"),
+        "max_tokens": ("maxOutputTokens", "max_output_tokens"),
+        "stop": ("stopSequences", "stop_sequences"),
+        "seed": ("seed",),
+    }.items():
+        if (value := pick(*names)) is not None:
+            request[key] = value
+    if stream:
+        request["stream_options"] = {"include_usage": True}
+    return request
+
+
+def _response(text: str, finish: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+    if finish:
+        candidate["finishReason"] = "MAX_TOKENS" if finish == "length" else "STOP"
+    out: dict[str, Any] = {"candidates": [candidate]}
+    if usage:
+        out["usageMetadata"] = {
+            "promptTokenCount": usage.get("prompt_tokens", 0),
+            "candidatesTokenCount": usage.get("completion_tokens", 0),
+            "totalTokenCount": usage.get("total_tokens", 0),
+        }
+    return out
+
+
+class VertexStandIn:
+    """Serve the Vertex REST shape on 127.0.0.1:<free port>; start lazily, stop with the process."""
+
+    def __init__(self, backend_base_url: Callable[[], str], *, model_alias: str) -> None:
+        self._backend_base_url = backend_base_url  # called on first request: starts the local model
+        self._alias = model_alias
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._client = httpx.Client(timeout=httpx.Timeout(120.0, connect=5.0))
+
+    @property
+    def endpoint(self) -> str:
+        """`http://127.0.0.1:PORT`, starting the server on first call."""
+        if self._httpd is None:
+            with self._lock:
+                if self._httpd is None:
+                    self._httpd = self._serve()
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._httpd is not None:
+                self._httpd.shutdown()
+                self._httpd.server_close()
+                self._httpd = None
+
+    def _serve(self) -> ThreadingHTTPServer:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # keep the terminal clean
+                log.debug("vertex stand-in: " + format, *args)
+
+            def do_POST(self) -> None:
+                match = _ROUTE.match(self.path.split("?")[0])
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    return self._error(HTTPStatus.BAD_REQUEST, "invalid JSON body")
+                if not match or match.group(2) not in ("generateContent", "streamGenerateContent"):
+                    return self._error(HTTPStatus.NOT_FOUND, f"no such method: {self.path}")
+                stream = match.group(2) == "streamGenerateContent"
+                try:
+                    request = to_openai_request(body, standin._alias, stream)
+                    if stream:
+                        self._stream(request)
+                    else:
+                        self._unary(request)
+                except (httpx.HTTPError, OSError) as exc:
+                    self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"local model unavailable: {exc}")
+
+            def _url(self) -> str:
+                return standin._backend_base_url() + "/chat/completions"
+
+            def _unary(self, request: dict[str, Any]) -> None:
+                r = standin._client.post(self._url(), json=request)
+                r.raise_for_status()
+                data = r.json()
+                choice = data["choices"][0]
+                payload = _response(
+                    choice["message"].get("content") or "", choice.get("finish_reason"), data.get("usage")
+                )
+                self._send_json(HTTPStatus.OK, payload)
+
+            def _stream(self, request: dict[str, Any]) -> None:
+                with standin._client.stream("POST", self._url(), json=request) as r:
+                    r.raise_for_status()
+                    self.send_response(HTTPStatus.OK)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self._chunk(b"[")
+                    first = True
+                    for piece in _sse_pieces(r.iter_lines()):
+                        self._chunk((b"" if first else b",") + json.dumps(piece).encode())
+                        first = False
+                    self._chunk(b"]")
+                    self._chunk(b"")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def _send_json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, status: HTTPStatus, message: str) -> None:
+                self._send_json(
+                    status, {"error": {"code": int(status), "message": message, "status": status.name}}
+                )
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, name="vertex-standin", daemon=True).start()
+        log.info("Vertex AI stand-in listening on %s:%s", *httpd.server_address[:2])
+        return httpd
+
+
+def _sse_pieces(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """GenerateContentResponse pieces from an OpenAI SSE stream (text deltas, then usage)."""
+    finish: str | None = None
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        event = json.loads(data)
+        for choice in event.get("choices") or []:
+            delta = (choice.get("delta") or {}).get("content") or ""
+            finish = choice.get("finish_reason") or finish
+            if delta:
+                yield _response(delta, None, None)
+        if event.get("usage"):
+            yield _response("", finish or "stop", event["usage"])
+            return
+    yield _response("", finish or "stop", None)
+
+
+def standin_chat_vertexai_class() -> type:
+    """`ChatVertexAI` with an async transport that can reach the stand-in.
+
+    With a custom `api_endpoint`, langchain-google-vertexai 3.2 builds its async client on the plain
+    "rest" transport, whose streaming iterator cannot be awaited (`TypeError: object ResponseIterator
+    can't be used in 'await' expression`). Against Vertex AI itself it uses grpc_asyncio and is fine.
+    For the stand-in we hand it the "rest_asyncio" transport instead, one client per event loop (the
+    aiohttp session belongs to its loop). Every other line of the client is the unmodified library.
+    """
+    import asyncio
+
+    from google.api_core.client_options import ClientOptions
+    from google.auth.aio.credentials import AnonymousCredentials
+    from google.cloud.aiplatform_v1beta1 import PredictionServiceAsyncClient
+    from langchain_google_vertexai import ChatVertexAI
+
+    class StandInChatVertexAI(ChatVertexAI):
+        @property
+        def async_prediction_client(self) -> PredictionServiceAsyncClient:
+            loop = asyncio.get_running_loop()
+            cached = getattr(self, "_standin_async", None)
+            if cached is None or cached[0] is not loop:
+                client = PredictionServiceAsyncClient(
+                    credentials=AnonymousCredentials(),
+                    transport="rest_asyncio",
+                    client_options=ClientOptions(api_endpoint=self.api_endpoint),
+                )
+                object.__setattr__(self, "_standin_async", (loop, client))
+                return client
+            return cached[1]
+
+    return StandInChatVertexAI

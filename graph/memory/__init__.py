@@ -1,0 +1,67 @@
+"""Durable chat memory: pick a store from settings; the graph only sees the contract in `base`.
+
+Store modules are imported lazily so an SQLite deployment never imports the Firestore client.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graph.memory.base import (
+    META_KEY,
+    AccessDenied,
+    ChatHistory,
+    Conversation,
+    ConversationList,
+    ConversationNotFound,
+    ConversationStore,
+    MemoryError_,
+    MemoryUnavailable,
+    Page,
+    StoreStats,
+    estimate_tokens,
+)
+
+if TYPE_CHECKING:
+    from graph.settings import Settings
+
+__all__ = [
+    "META_KEY",
+    "AccessDenied",
+    "ChatHistory",
+    "Conversation",
+    "ConversationList",
+    "ConversationNotFound",
+    "ConversationStore",
+    "MemoryError_",
+    "MemoryUnavailable",
+    "Page",
+    "StoreStats",
+    "estimate_tokens",
+    "make_store",
+]
+
+
+def make_store(settings: Settings) -> ConversationStore:
+    """The store `settings.memory` names. No I/O: files and clients open on first use.
+
+    Firestore talks to the emulator when `FIRESTORE_EMULATOR_HOST` is set (the client library reads it).
+    Optional settings read if present (not all deployments define them): `firestore_legacy_owner`
+    (who owns pre-migration documents, see `graph.memory.firestore`) and `memory_timeout_s`.
+    """
+    if settings.memory == "sqlite":
+        from graph.memory.sqlite import SQLiteConversationStore
+
+        return SQLiteConversationStore(settings.sqlite_path, ttl_days=settings.history_ttl_days)
+    if settings.memory == "firestore":
+        from graph.memory.firestore import FirestoreConversationStore
+
+        return FirestoreConversationStore(
+            project=settings.firestore_project,
+            database=settings.firestore_database,
+            collection=settings.firestore_collection,
+            ttl_days=settings.history_ttl_days,
+            legacy_owner=getattr(settings, "firestore_legacy_owner", None),
+            timeout=float(getattr(settings, "memory_timeout_s", 10.0)),
+        )
+    raise ValueError(f"unknown memory store {settings.memory!r}")

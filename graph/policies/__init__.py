@@ -1,0 +1,31 @@
+"""Routing policies, one per module. `default_router` wires them as the settings say."""
+
+from __future__ import annotations
+
+from graph.backends import BACKENDS, Backends
+from graph.health import CircuitBreaker
+from graph.load import LoadMonitor
+from graph.policies.auto import AutoPolicy
+from graph.policies.pinned import PinnedPolicy
+from graph.router import Router
+from graph.settings import Settings
+
+
+def default_router(settings: Settings, backends: Backends | None = None) -> Router:
+    s = settings
+    return Router(
+        policies={
+            "gemma": PinnedPolicy("gemma", fallback=s.fallback_enabled),
+            "gemini": PinnedPolicy("gemini", fallback=s.fallback_enabled),
+            "auto": AutoPolicy(
+                preferred=s.auto_preference,
+                gemma_max_model_len=s.gemma_max_model_len,
+                gemma_max_waiting=s.auto_gemma_max_waiting,
+            ),
+        },
+        breakers={b: CircuitBreaker(failures=s.breaker_failures, open_s=s.breaker_open_s) for b in BACKENDS},
+        gemma_load=LoadMonitor(backends.gemma_metrics_url, refresh_s=s.load_refresh_s) if backends else None,
+    )
+
+
+__all__ = ["AutoPolicy", "PinnedPolicy", "default_router"]

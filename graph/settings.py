@@ -1,0 +1,138 @@
+"""The one settings object: the only place that reads the environment (prefix `HYBRID_CHAT_`).
+
+Everything else receives a `Settings` instance. Field names are part of the public interface:
+the Kubernetes ConfigMap and users' scripts set them as `HYBRID_CHAT_<FIELD>`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ModelChoice = Literal["gemma", "gemini", "auto"]
+
+
+class Settings(BaseSettings):
+    """Configuration of hybrid-chat. See the README's "Configuration" table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HYBRID_CHAT_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- Gemma on vLLM (OpenAI-compatible) ---------------------------------------------------
+    gemma_base_url: str | None = Field(
+        default=None,
+        description="vLLM OpenAI-compatible base URL, e.g. http://gemma-service:8000/v1. "
+        "Unset: an embedded local llama.cpp server (a small stand-in model) starts on first use.",
+    )
+    gemma_model: str = "google/gemma-3-12b-it"
+    gemma_api_key: SecretStr = SecretStr("unused")
+    gemma_max_model_len: int = Field(
+        default=16384, description="Must match vLLM's --max-model-len (context window, tokens)."
+    )
+
+    # --- Gemini on Vertex AI -----------------------------------------------------------------
+    gemini_project: str | None = Field(
+        default=None, description="Google Cloud project for Vertex AI. Unset: a local stand-in."
+    )
+    gemini_location: str = "us-central1"
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_thinking_budget: int = Field(
+        default=0, description="Thinking tokens; 0 = off (thinking delays the first token by seconds)."
+    )
+    gemini_api_endpoint: str | None = Field(
+        default=None, description="Override the Vertex AI endpoint (testing, private endpoints)."
+    )
+
+    # --- Generation defaults -----------------------------------------------------------------
+    default_model: ModelChoice = "gemma"
+    auto_preference: Literal["gemma", "gemini"] = Field(
+        default="gemma", description="What `auto` prefers when both fit (in-cluster: no per-token cost)."
+    )
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1, le=32768)
+    system_prompt: str = "You are a helpful assistant."
+    request_timeout_s: float = Field(default=120.0, gt=0, description="Total time for one answer.")
+    connect_timeout_s: float = Field(default=3.0, gt=0, description="TCP connect to a backend.")
+    first_token_timeout_s: float = Field(
+        default=30.0, gt=0, description="No first token within this: the attempt fails (retry/fallback)."
+    )
+
+    # --- Routing -----------------------------------------------------------------------------
+    fallback_enabled: bool = Field(
+        default=True, description="An explicit choice that fails before its first token falls back."
+    )
+    breaker_failures: int = Field(
+        default=3, ge=1, description="Consecutive failures that mark a backend down."
+    )
+    breaker_open_s: float = Field(default=30.0, gt=0, description="How long a down backend is skipped.")
+    load_refresh_s: float = Field(default=5.0, gt=0, description="Read vLLM's /metrics at most this often.")
+    auto_gemma_max_waiting: float = Field(
+        default=2, ge=0, description="auto: new conversations go to Gemini when vLLM queues this many."
+    )
+
+    # --- Embedded local model (used when gemma_base_url / gemini_project are unset) ----------
+    local_model_threads: int = Field(default=2, ge=1)
+    local_model_ctx: int = Field(default=4096, ge=512, description="Context of the embedded model.")
+    local_model_parallel: int = Field(default=2, ge=1, description="Concurrent slots of the embedded model.")
+
+    # --- Memory ------------------------------------------------------------------------------
+    memory: Literal["sqlite", "firestore"] = "sqlite"
+    sqlite_path: Path = Path("hybrid-chat.db")
+    firestore_project: str | None = Field(
+        default=None, description="Project of the Firestore database (default: the ambient project)."
+    )
+    firestore_database: str = "chat-app-db"
+    firestore_collection: str = "chat_sessions"
+    history_max_messages: int = Field(default=40, ge=1, description="Prompt window: most recent messages.")
+    history_max_tokens: int = Field(default=6000, ge=64, description="Prompt window: token budget.")
+    history_ttl_days: int = Field(default=0, ge=0, description="expire_at = last update + N days; 0 = never.")
+
+    # --- Server ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=1, le=65535)
+    user_id: str = Field(default="local", description="The user when no sign-in is configured.")
+    log_level: str = "INFO"
+
+    # --- UI --- (browser chat: sign-in, limits; read by ui/) ---------------------------------
+    trust_iap: bool = Field(
+        default=False,
+        description="Take the user from Google IAP's headers. Turn on only when IAP fronts every request.",
+    )
+    iap_audience: str | None = Field(
+        default=None,
+        description="Expected `aud` of IAP's signed header: /projects/NUMBER/global/backendServices/ID.",
+    )
+    iap_verify_jwt: bool = Field(
+        default=True,
+        description="Verify X-Goog-IAP-JWT-Assertion (needs iap_audience). Off: the unsigned email header "
+        "is trusted as is (spoofable by anything that reaches the pod without passing IAP).",
+    )
+    iap_certs_url: str = Field(
+        default="https://www.gstatic.com/iap/verify/public_key", description="IAP's public keys (PEM)."
+    )
+    auth_users: SecretStr | None = Field(
+        default=None, description='Local sign-in, "user:password,user2:password2". Unset: no login.'
+    )
+    max_message_chars: int = Field(default=8000, ge=1, description="Longest message (and persona) accepted.")
+    rate_limit_per_minute: int = Field(
+        default=20, ge=0, description="Messages per user per minute, per replica; 0 = no limit."
+    )
+    max_concurrent_streams: int = Field(
+        default=32, ge=1, description="Answers streaming at once, per replica."
+    )
+    shutdown_grace_s: float = Field(
+        default=20.0, ge=0, description="On shutdown, running answers get this long to finish, then stop."
+    )
+    # --- end UI ---
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

@@ -1,0 +1,29 @@
+output "cluster_name" {
+  description = "Name of the GKE Autopilot cluster."
+  value       = google_container_cluster.autopilot.name
+}
+
+output "region" {
+  description = "Region of the cluster and the image repository."
+  value       = var.region
+}
+
+output "repository_url" {
+  description = "Docker repository for the chat image; pass it to `skaffold run --default-repo=...`."
+  value       = "${google_artifact_registry_repository.chat.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.chat.repository_id}"
+}
+
+output "get_credentials_command" {
+  description = "Points kubectl at the cluster."
+  value       = "gcloud container clusters get-credentials ${google_container_cluster.autopilot.name} --region ${var.region} --project ${var.project_id}"
+}
+
+output "firestore_database" {
+  description = "Firestore database id (HYBRID_CHAT_FIRESTORE_DATABASE)."
+  value       = google_firestore_database.chat.name
+}
+
+output "chat_workload_principal" {
+  description = "IAM principal of the chat Pods (Kubernetes service account via Workload Identity Federation)."
+  value       = local.chat_ksa_principal
+}

@@ -1,0 +1,135 @@
+variable "project_id" {
+  description = "Google Cloud project id that hosts the whole stack (cluster, Firestore, Artifact Registry, Vertex AI)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project ID (6-30 chars: lowercase letters, digits, hyphens), not a project number or name."
+  }
+}
+
+variable "region" {
+  description = "Region of the Autopilot cluster and the Artifact Registry repository. Pick one with NVIDIA L4 GPUs (e.g. us-central1, us-east4, europe-west4, asia-southeast1)."
+  type        = string
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must be a Compute Engine region such as us-central1 (not a zone such as us-central1-a)."
+  }
+}
+
+variable "firestore_location" {
+  description = "Location of the Firestore database: a region (e.g. us-central1) or a multi-region (nam5, eur3). Cannot be changed after creation."
+  type        = string
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^(nam5|nam7|eur3|[a-z]+-[a-z]+[0-9])$", var.firestore_location))
+    error_message = "firestore_location must be a Firestore region (e.g. us-central1) or multi-region (nam5, nam7, eur3)."
+  }
+}
+
+variable "network" {
+  description = "VPC network of the cluster and of its Cloud NAT router. \"default\" is the auto-mode network new projects get; name yours if your organisation removes it."
+  type        = string
+  default     = "default"
+
+  validation {
+    condition     = can(regex("^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", var.network))
+    error_message = "network must be a VPC network name (lowercase letters, digits, hyphens)."
+  }
+}
+
+variable "cluster_name" {
+  description = "Name of the GKE Autopilot cluster."
+  type        = string
+  default     = "gradio-chat-cluster"
+
+  validation {
+    condition     = can(regex("^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$", var.cluster_name))
+    error_message = "cluster_name must be 1-40 chars: lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "namespace" {
+  description = "Kubernetes namespace of the chat app; must match `namespace:` in deploy/base/kustomization.yaml (the Workload Identity principal names it)."
+  type        = string
+  default     = "hybrid-chat"
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.namespace))
+    error_message = "namespace must be a DNS-1123 label (lowercase letters, digits, hyphens; at most 63 chars)."
+  }
+}
+
+variable "ksa_name" {
+  description = "Kubernetes service account of the chat app (deploy/base/serviceaccount.yaml). It, and nothing else, gets Vertex AI and Firestore access."
+  type        = string
+  default     = "gradio-chat-ksa"
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.ksa_name))
+    error_message = "ksa_name must be a DNS-1123 label."
+  }
+}
+
+variable "master_authorized_networks" {
+  description = "CIDR blocks allowed to reach the cluster's control plane (kubectl, skaffold). Cloud Shell users: add `curl -s ifconfig.me`/32 for the session, or use the DNS endpoint (docs/deploy.md)."
+  type = list(object({
+    cidr_block   = string
+    display_name = string
+  }))
+
+  validation {
+    condition     = length(var.master_authorized_networks) > 0 && alltrue([for n in var.master_authorized_networks : can(cidrhost(n.cidr_block, 0))])
+    error_message = "Give at least one valid CIDR block, e.g. 203.0.113.7/32."
+  }
+
+  validation {
+    condition     = alltrue([for n in var.master_authorized_networks : n.cidr_block != "0.0.0.0/0"])
+    error_message = "0.0.0.0/0 would open the control plane to the internet."
+  }
+}
+
+variable "release_channel" {
+  description = "GKE release channel (Autopilot upgrades itself along it)."
+  type        = string
+  default     = "REGULAR"
+
+  validation {
+    condition     = contains(["RAPID", "REGULAR", "STABLE"], var.release_channel)
+    error_message = "release_channel must be RAPID, REGULAR or STABLE."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Protect the cluster and the Firestore database from `terraform destroy`. Set false only to tear everything down (docs/deploy.md, Clean-up)."
+  type        = bool
+  default     = true
+}
+
+variable "image_retention_count" {
+  description = "Artifact Registry keeps this many most recent versions of each image; older ones are deleted by the cleanup policy."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.image_retention_count >= 1 && var.image_retention_count <= 1000
+    error_message = "image_retention_count must be between 1 and 1000."
+  }
+}
+
+variable "labels" {
+  description = "Labels put on every resource that supports them (cost attribution)."
+  type        = map(string)
+  default = {
+    app        = "hybrid-chat"
+    managed-by = "terraform"
+  }
+
+  validation {
+    condition     = alltrue([for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))])
+    error_message = "Label keys must start with a lowercase letter; keys and values: lowercase letters, digits, '_' and '-', at most 63 chars."
+  }
+}

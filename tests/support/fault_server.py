@@ -1,0 +1,127 @@
+"""An OpenAI-compatible server that misbehaves on purpose: the faults a vLLM backend really shows.
+
+Modes: "ok" (answers, streaming), "hang" (accepts, never answers), "fail_after_3" (3 chunks, then the
+connection drops), "http_429" / "http_503" (an error status). `/metrics` serves `waiting` as vLLM's
+`vllm:num_requests_waiting`. Counts the chat requests it received.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FaultServer:
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.waiting = 0.0
+        self.requests = 0
+        self._stop = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    gauge = "vllm:num_requests_waiting"
+                    body = f"# TYPE {gauge} gauge\n{gauge} {server.waiting}\n"
+                    self._send(200, body.encode(), "text/plain")
+                else:
+                    self._send(200, b"{}", "application/json")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = json.loads(self.rfile.read(length) or b"{}")
+                server.requests += 1
+                mode = server.mode
+                if mode == "hang":
+                    server._stop.wait(60)
+                    return
+                if mode.startswith("http_"):
+                    status = int(mode[5:])
+                    self._send(status, json.dumps({"error": {"message": f"status {status}"}}).encode())
+                    return
+                words = ["Hello", " from", " the", " fault", " server", "."]
+                if not request.get("stream"):
+                    message = {"role": "assistant", "content": "".join(words)}
+                    body = {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    }
+                    self._send(200, json.dumps(body).encode())
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i, word in enumerate(words):
+                    if mode == "fail_after_3" and i == 3:
+                        self.wfile.flush()
+                        self.connection.shutdown(2)  # the connection drops mid-answer
+                        return
+                    chunk = {
+                        "id": "x",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+                    }
+                    self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+                    time.sleep(0.02)
+                self._chunk(b"data: [DONE]\n\n")
+                self._chunk(b"")
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextmanager
+def fault_server(mode: str = "ok") -> Iterator[FaultServer]:
+    server = FaultServer(mode)
+    threading.Thread(target=server.httpd.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def closed_port_url() -> str:
+    """A URL nobody listens on: connections are refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
