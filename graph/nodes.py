@@ -113,7 +113,33 @@ def _params(state: State, services: Services) -> GenerationParams:
 def _prompt(state: State, services: Services) -> list[BaseMessage]:
     system = state.get("system_prompt", services.settings.system_prompt)
     head: list[BaseMessage] = [SystemMessage(system)] if system and system.strip() else []
-    return [*head, *(state.get("history") or []), *new_messages(state)]
+    return [*head, *alternate_roles([*(state.get("history") or []), *new_messages(state)])]
+
+
+def alternate_roles(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """user/assistant/user/... starting with the user, as Gemma's chat template demands.
+
+    Gemma 3's template puts the system prompt in front of the first user turn and raises
+    "Conversation roles must alternate" otherwise (vLLM answers 400). Our history can hold two user
+    messages in a row (a turn whose answer failed keeps the question), so consecutive messages of one
+    role are merged, and a leading answer without its question is dropped. Gemini accepts the result too.
+    """
+    out: list[BaseMessage] = []
+    for message in messages:
+        if message.type not in ("human", "ai"):
+            continue
+        if not out and message.type == "ai":
+            continue
+        if out and out[-1].type == message.type:
+            merged = f"{_text(out[-1])}\n\n{_text(message)}"
+            out[-1] = out[-1].model_copy(update={"content": merged})
+        else:
+            out.append(message)
+    return out
+
+
+def _text(message: BaseMessage) -> str:
+    return message.content if isinstance(message.content, str) else message.text
 
 
 class _Answer:
@@ -327,12 +353,30 @@ def _to_save(state: State) -> list[BaseMessage]:
     return [m for m in new_messages(state) if not (m.response_metadata.get(META) or {}).get("error")]
 
 
+def _log_turn(state: State) -> None:
+    """One line per turn, with what operators need and no message content."""
+    answer = last_answer(state["messages"])
+    meta = (answer.response_metadata.get(META) if answer else None) or {}
+    log.info(
+        "turn session=%s backend=%s route=%r ttft_ms=%s latency_ms=%s output_tokens=%s error=%s",
+        state.get("session_id"),
+        state.get("backend"),
+        state.get("route_reason"),
+        meta.get("ttft_ms"),
+        meta.get("latency_ms"),
+        meta.get("output_tokens"),
+        "yes" if state.get("error") else "no",
+    )
+
+
 def _save_failed(exc: Exception) -> dict[str, Any]:
+    metrics.MEMORY_ERRORS.labels("save_turn").inc()
     log.error("saving the turn failed: %s", exc)
     return {"error": f"the turn could not be saved: {exc}"}
 
 
 async def asave_turn(state: State, *, services: Services) -> dict[str, Any]:
+    _log_turn(state)
     history = services.store.history(state["session_id"], state["user_id"])
     try:
         await history.aadd_messages(_to_save(state), model=state.get("backend"))
@@ -342,6 +386,7 @@ async def asave_turn(state: State, *, services: Services) -> dict[str, Any]:
 
 
 def save_turn(state: State, *, services: Services) -> dict[str, Any]:
+    _log_turn(state)
     history = services.store.history(state["session_id"], state["user_id"])
     try:
         history.add_messages(_to_save(state))

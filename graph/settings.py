@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     history_max_messages: int = Field(default=40, ge=1, description="Prompt window: most recent messages.")
     history_max_tokens: int = Field(default=6000, ge=64, description="Prompt window: token budget.")
     history_ttl_days: int = Field(default=0, ge=0, description="expire_at = last update + N days; 0 = never.")
+    memory_timeout_s: float = Field(default=10.0, gt=0, description="Deadline of one memory operation.")
+    firestore_legacy_owner: str | None = Field(
+        default=None,
+        description="Who may open sessions written by langchain-google-firestore (they have no owner): "
+        'a user id, "*" (anyone; the first writer claims it), or unset (nobody).',
+    )
 
     # --- Server ------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -158,3 +158,25 @@ def test_the_user_comes_from_the_run_context() -> None:
     with pytest.raises(AccessDenied):
         g.invoke(*ask("let me in"), context={"user_id": "mallory"})
     assert [m.content for m in store.rows["s1"]] == ["mine", "a"]
+
+
+async def test_metrics_count_requests_routes_and_fallbacks(caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("hybrid_chat_fallbacks_total", from_backend="gemma", to_backend="gemini")
+    before_routes = value("hybrid_chat_route_decisions_total", backend="gemma", reason="chosen: gemma")
+    g, _, _ = make({"gemma": failing(), "gemini": lambda: fake_model("ok")})
+    with caplog.at_level("INFO", logger="graph.nodes"):
+        await g.ainvoke(*ask("secret question", model="gemma"))
+    assert value("hybrid_chat_fallbacks_total", from_backend="gemma", to_backend="gemini") == before + 1
+    assert (
+        value("hybrid_chat_route_decisions_total", backend="gemma", reason="chosen: gemma")
+        == before_routes + 1
+    )
+    assert value("hybrid_chat_backend_errors_total", backend="gemma", kind="connection") >= 2
+    turn_logs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("turn ")]
+    assert turn_logs and "session=s1" in turn_logs[0] and "backend=gemini" in turn_logs[0]
+    assert not any("secret question" in r.getMessage() for r in caplog.records)  # no content in logs

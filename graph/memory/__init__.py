@@ -46,8 +46,7 @@ def make_store(settings: Settings) -> ConversationStore:
     """The store `settings.memory` names. No I/O: files and clients open on first use.
 
     Firestore talks to the emulator when `FIRESTORE_EMULATOR_HOST` is set (the client library reads it).
-    Optional settings read if present (not all deployments define them): `firestore_legacy_owner`
-    (who owns pre-migration documents, see `graph.memory.firestore`) and `memory_timeout_s`.
+    `firestore_legacy_owner` says who owns pre-migration documents (see `graph.memory.firestore`).
     """
     if settings.memory == "sqlite":
         from graph.memory.sqlite import SQLiteConversationStore
@@ -61,7 +60,7 @@ def make_store(settings: Settings) -> ConversationStore:
             database=settings.firestore_database,
             collection=settings.firestore_collection,
             ttl_days=settings.history_ttl_days,
-            legacy_owner=getattr(settings, "firestore_legacy_owner", None),
-            timeout=float(getattr(settings, "memory_timeout_s", 10.0)),
+            legacy_owner=settings.firestore_legacy_owner,
+            timeout=settings.memory_timeout_s,
         )
     raise ValueError(f"unknown memory store {settings.memory!r}")

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import threading
@@ -485,7 +486,7 @@ class FirestoreConversationStore(ConversationStore):
         return None  # pragma: no cover - AsyncRetrying either returns or raises
 
     async def _arefresh_expiry(self, session_id: str) -> None:
-        """Push every message's `expire_at` to now + TTL (see the module docstring), page by page."""
+        """Set every message's `expire_at` to the header's (see the module docstring), page by page."""
         target = self._expire(self.clock())
         sess = self._asess(session_id)
         last: int | None = None
@@ -497,17 +498,13 @@ class FirestoreConversationStore(ConversationStore):
             if not snaps:
                 break
             batch = self.async_client.batch()
-            for s in snaps:
-                exp = (s.to_dict() or {}).get("expire_at")
-                if exp is None or exp < target:
-                    batch.update(s.reference, {"expire_at": target})
+            for ref, update in _expiry_updates(snaps, target):
+                batch.update(ref, update)
             if len(batch):
                 await batch.commit(**self._arpc())
             last = snaps[-1].get("seq")
-        try:
-            await sess.update({"messages_expire_min": target}, **self._arpc())
-        except gexc.NotFound:  # deleted meanwhile
-            pass
+        with contextlib.suppress(gexc.NotFound):  # deleted meanwhile
+            await sess.update({"messages_expire_min": target or firestore.DELETE_FIELD}, **self._arpc())
 
     async def _awindow(
         self, session_id: str, user_id: str, max_messages: int | None, max_tokens: int | None
@@ -709,17 +706,13 @@ class FirestoreConversationStore(ConversationStore):
             if not snaps:
                 break
             batch = self.client.batch()
-            for s in snaps:
-                exp = (s.to_dict() or {}).get("expire_at")
-                if exp is None or exp < target:
-                    batch.update(s.reference, {"expire_at": target})
+            for ref, update in _expiry_updates(snaps, target):
+                batch.update(ref, update)
             if len(batch):
                 batch.commit(**self._rpc())
             last = snaps[-1].get("seq")
-        try:
-            sess.update({"messages_expire_min": target}, **self._rpc())
-        except gexc.NotFound:
-            pass
+        with contextlib.suppress(gexc.NotFound):
+            sess.update({"messages_expire_min": target or firestore.DELETE_FIELD}, **self._rpc())
 
     def _swindow(
         self, session_id: str, user_id: str, max_messages: int | None, max_tokens: int | None
@@ -863,11 +856,16 @@ class FirestoreChatMessageHistory(ChatHistory):
         s = self.store
 
         async def op() -> None:
-            plan = await s._aappend(self.session_id, self.user_id, msgs, model)
-            for original, m in zip(messages, msgs, strict=True):
-                original.id = m.id  # collisions got a fresh id
+            try:
+                plan = await s._aappend(self.session_id, self.user_id, msgs, model)
+            finally:
+                for original, m in zip(messages, msgs, strict=True):
+                    original.id = m.id  # collisions got a fresh id: a retry must reuse it
             if plan is not None and plan.refresh_expiry:
-                await s._arefresh_expiry(self.session_id)
+                try:
+                    await s._arefresh_expiry(self.session_id)
+                except Exception:  # the turn is saved; the next append retries the refresh
+                    log.warning("expire_at refresh of %s failed", self.session_id, exc_info=True)
 
         await s._bounded(op(), "append")
 
@@ -901,11 +899,16 @@ class FirestoreChatMessageHistory(ChatHistory):
         s = self.store
 
         def op() -> None:
-            plan = s._sappend(self.session_id, self.user_id, msgs, model)
-            for original, m in zip(messages, msgs, strict=True):
-                original.id = m.id
+            try:
+                plan = s._sappend(self.session_id, self.user_id, msgs, model)
+            finally:
+                for original, m in zip(messages, msgs, strict=True):
+                    original.id = m.id
             if plan is not None and plan.refresh_expiry:
-                s._srefresh_expiry(self.session_id)
+                try:
+                    s._srefresh_expiry(self.session_id)
+                except Exception:  # the turn is saved; the next append retries the refresh
+                    log.warning("expire_at refresh of %s failed", self.session_id, exc_info=True)
 
         s._sync_bounded(op, "append")
 
@@ -924,6 +927,19 @@ def _stored(snaps: Iterable[Any]) -> dict[str, tuple[str, str]]:
     for s in snaps:
         d = s.to_dict() or {}
         out[str(d.get("message_id", s.id))] = (str(d.get("role", "")), str(d.get("content", "")))
+    return out
+
+
+def _expiry_updates(snaps: Iterable[Any], target: datetime | None) -> list[tuple[Any, dict[str, Any]]]:
+    """Message documents whose `expire_at` is before `target` (or set at all, when TTL is off)."""
+    out = []
+    for s in snaps:
+        exp = (s.to_dict() or {}).get("expire_at")
+        if target is None:
+            if exp is not None:
+                out.append((s.reference, {"expire_at": firestore.DELETE_FIELD}))
+        elif exp is None or exp < target:
+            out.append((s.reference, {"expire_at": target}))
     return out
 
 

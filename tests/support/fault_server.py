@@ -1,7 +1,7 @@
 """An OpenAI-compatible server that misbehaves on purpose: the faults a vLLM backend really shows.
 
-Modes: "ok" (answers, streaming), "hang" (accepts, never answers), "fail_after_3" (3 chunks, then the
-connection drops), "http_429" / "http_503" (an error status). `/metrics` serves `waiting` as vLLM's
+Modes: "ok" (answers, streaming), "hang" (accepts, never answers), "reset" (drops the connection),
+"fail_after_3" (3 chunks, then the connection drops), "http_429" / "http_503" (an error status). `/metrics` serves `waiting` as vLLM's
 `vllm:num_requests_waiting`. Counts the chat requests it received.
 """
 
@@ -45,6 +45,10 @@ class FaultServer:
                 mode = server.mode
                 if mode == "hang":
                     server._stop.wait(60)
+                    return
+                if mode == "reset":  # the pod is gone: connections drop without an answer
+                    self.close_connection = True
+                    self.connection.shutdown(2)
                     return
                 if mode.startswith("http_"):
                     status = int(mode[5:])
