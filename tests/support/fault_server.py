@@ -1,8 +1,8 @@
 """An OpenAI-compatible server that misbehaves on purpose: the faults a vLLM backend really shows.
 
 Modes: "ok" (answers, streaming), "hang" (accepts, never answers), "reset" (drops the connection),
-"fail_after_3" (3 chunks, then the connection drops), "http_429" / "http_503" (an error status). `/metrics` serves `waiting` as vLLM's
-`vllm:num_requests_waiting`. Counts the chat requests it received.
+"fail_after_3" (3 chunks, then the connection drops), "http_429" / "http_503" (an error status).
+`/metrics` serves `waiting` as vLLM's `vllm:num_requests_waiting`. Counts the chat requests it received.
 """
 
 from __future__ import annotations
