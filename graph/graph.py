@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from langchain_core.runnables import RunnableLambda
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
@@ -49,11 +49,13 @@ def build_graph(
         settings=settings, store=store, backends=backends, router=router or default_router(settings, backends)
     )
 
-    def io_node(name: str, sync: Callable[..., Any], asynchronous: Callable[..., Any]) -> RunnableLambda:
-        # One node, two bodies: `invoke` runs the sync one, `ainvoke`/`astream` the async one (a sync
-        # node in an async run would be sent to a thread pool: a hop per turn for nothing).
-        return RunnableLambda(
-            partial(sync, services=services), afunc=partial(asynchronous, services=services), name=name
+    def io_node(name: str, sync: Callable[..., Any], asynchronous: Callable[..., Any]) -> RunnableCallable:
+        # One node, two bodies: `invoke` runs the sync one, `ainvoke`/`astream` the async one. This is
+        # what `add_node` itself builds for a plain function (LangGraph's RunnableCallable, untraced),
+        # given both bodies; a sync-only node would be sent to a thread pool in async runs, and a
+        # RunnableLambda re-inspects signatures and opens a callback run on every call (~1 ms a turn).
+        return RunnableCallable(
+            partial(sync, services=services), partial(asynchronous, services=services), name=name, trace=False
         )
 
     builder = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)

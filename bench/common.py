@@ -1,0 +1,94 @@
+"""Helpers shared by the benchmarks: percentiles, the stub process, a store that does nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import httpx
+from langchain_core.messages import BaseMessage
+
+from graph.memory.base import ChatHistory, ConversationStore, Page
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def stub_server() -> Iterator[str]:
+    """The instant OpenAI-compatible stub in its own process; yields its base URL (…/v1)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.stub", "--port", str(port)])  # noqa: S603
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(url + "/v1/models", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url + "/v1"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+class NullHistory(ChatHistory):
+    """Memory excluded: reads nothing, writes nothing (to isolate the graph's own cost)."""
+
+    def __init__(self, session_id: str, user_id: str) -> None:
+        self.session_id, self.user_id = session_id, user_id
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        return []
+
+    async def aget_window(self, max_messages: int | None = None, max_tokens: int | None = None) -> list:
+        return []
+
+    def get_window(self, max_messages: int | None = None, max_tokens: int | None = None) -> list:
+        return []
+
+    async def aget_page(self, before: int | None = None, limit: int = 50) -> Page:
+        return Page([], None)
+
+    async def aadd_messages(self, messages: Sequence[BaseMessage], *, model: str | None = None) -> None:
+        return None
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        return None
+
+    def clear(self) -> None:
+        return None
+
+
+class NullStore(ConversationStore):
+    def history(self, session_id: str, user_id: str) -> NullHistory:
+        return NullHistory(session_id, user_id)
+
+    async def alist_conversations(self, user_id: str, limit: int = 20, cursor: str | None = None):  # type: ignore[override]
+        raise NotImplementedError
+
+    async def aget_conversation(self, session_id: str, user_id: str):  # type: ignore[override]
+        raise NotImplementedError
+
+    async def arename(self, session_id: str, user_id: str, title: str) -> None:
+        raise NotImplementedError
+
+    async def adelete(self, session_id: str, user_id: str) -> None:
+        raise NotImplementedError
+
+    async def aping(self) -> None:
+        return None
