@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -63,7 +64,12 @@ def _serve(settings: Any, host: str | None, port: int | None) -> int:
 
     settings = settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     print(f"hybrid-chat: http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    app = create_app(settings)
+    # Everything imported and built so far lives as long as the process: move it out of the collector's
+    # reach, so full collections under load stop scanning it (they cost 70-250 ms pauses otherwise).
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 
 
