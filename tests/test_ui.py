@@ -1,0 +1,424 @@
+"""The browser chat's logic without a browser: limits, identity, the chat service, the app's endpoints,
+isolation between users through the UI's API, and graceful shutdown of `hybrid-chat serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.auth import jwt as gjwt
+from google.auth.crypt import es256
+from pydantic import SecretStr
+
+from graph import build_graph
+from graph.backends import Backends
+from graph.memory.base import META_KEY, AccessDenied
+from graph.memory.sqlite import SQLiteConversationStore
+from tests.browser.appserver import serve_app
+from tests.conftest import local_settings
+from tests.support.server import free_port
+from ui.auth import IapError, IapVerifier, Identity, parse_auth_users, parse_iap_email_header
+from ui.chat import ChatService, Delta, Done, meta_line, render_answer, turn_params
+from ui.health import HealthBoard
+from ui.limits import LimitExceeded, RateLimiter, check_message
+
+AUD = "/projects/123/global/backendServices/456"
+pytestmark = [  # Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+# --- limits ---------------------------------------------------------------------------------
+def test_message_length_limit() -> None:
+    assert check_message("  hi  ", 10) == "hi"
+    with pytest.raises(LimitExceeded, match="empty"):
+        check_message("   ", 10)
+    with pytest.raises(LimitExceeded, match="11 characters long; the limit is 10"):
+        check_message("x" * 11, 10)
+
+
+def test_rate_limit_is_a_token_bucket_per_user() -> None:
+    now = [0.0]
+    limiter = RateLimiter(3, clock=lambda: now[0])
+    for _ in range(3):
+        limiter.acquire("alice")
+    with pytest.raises(LimitExceeded, match=r"limit: 3 a minute\). Try again in 20 s"):
+        limiter.acquire("alice")
+    limiter.acquire("bob")  # users do not share a bucket
+    now[0] = 19.0
+    assert limiter.retry_after("alice") == pytest.approx(1.0)
+    now[0] = 20.0
+    limiter.acquire("alice")  # refilled at 3 a minute
+    RateLimiter(0).acquire("anyone")  # 0 = no limit
+
+
+def test_turn_params_are_validated_and_clamped(tmp_path: Path) -> None:
+    s = local_settings(tmp_path)
+    p = turn_params(s, "gemini", 9, -1, 10**9, "Be brief.")
+    assert (p.model, p.temperature, p.top_p, p.max_tokens) == ("gemini", 2.0, 0.01, 8192)
+    assert turn_params(s, None, "nan", None, None, None).temperature == s.temperature
+    with pytest.raises(LimitExceeded, match="Unknown model"):
+        turn_params(s, "gpt-5")
+    with pytest.raises(LimitExceeded, match="persona"):
+        turn_params(s, "auto", system_prompt="x" * (s.max_message_chars + 1))
+
+
+def test_answer_rendering() -> None:
+    meta = {
+        "backend_label": "Gemma",
+        "route_reason": "auto: preferred gemma",
+        "ttft_ms": 95.4,
+        "tokens_per_s": 111.6,
+    }
+    assert meta_line(meta) == "Gemma · auto: preferred gemma · first token 95 ms · 112 tok/s"
+    assert meta_line({"interrupted": "stopped"}) == "stopped"
+    html = render_answer("**hi** <b>", {"backend_label": "<x>"})
+    assert html.startswith("**hi** <b>") and "&lt;x&gt;" in html  # the meta line is escaped
+    assert render_answer("Gemma is down", {"route_reason": "chosen"}, kind="backend_error").startswith("⚠️")
+
+
+def test_health_board_prefers_the_circuit_breaker() -> None:
+    now = [100.0]
+    breaker = SimpleNamespace(state="closed", seconds_until_probe=lambda: 12.0)
+    board = HealthBoard(SimpleNamespace(breakers={"gemma": breaker}), clock=lambda: now[0])
+    assert board.status("gemma").state == "unknown"
+    board.record_answer({"backend": "gemini", "route_reason": "fallback: gemma unavailable"}, failed=False)
+    assert board.status("gemma").state == "failing" and board.status("gemini").state == "up"
+    breaker.state = "open"
+    assert board.status("gemma").state == "down" and not board.status("gemma").usable
+    assert 'data-state="down"' in board.html()
+
+
+# --- identity -------------------------------------------------------------------------------
+def test_iap_email_header_format() -> None:
+    assert parse_iap_email_header("accounts.google.com:Alice@Example.com") == "alice@example.com"
+    for bad in (None, "", "alice@example.com", "accounts.google.com:", ":a@b.c", "x:not an email"):
+        assert parse_iap_email_header(bad) is None
+
+
+def test_auth_users_parsing() -> None:
+    assert parse_auth_users("alice:pw1, bob:p:w2") == [("alice", "pw1"), ("bob", "p:w2")]
+    for bad in ("alice", "alice:", ":pw", " , "):
+        with pytest.raises(ValueError):
+            parse_auth_users(bad)
+
+
+class _Keys:
+    """An ES256 key pair standing in for IAP's, served as IAP serves them (kid -> PEM)."""
+
+    def __init__(self, kid: str = "k1") -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.kid = kid
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        self.signer = es256.ES256Signer.from_string(pem, key_id=kid)
+        self.public = (
+            key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+        self.fetches = 0
+
+    def transport(self) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            self.fetches += 1
+            return httpx.Response(200, json={self.kid: self.public})
+
+        return httpx.MockTransport(handler)
+
+    def token(self, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": "https://cloud.google.com/iap",
+            "aud": AUD,
+            "email": "alice@example.com",
+            "sub": "accounts.google.com:1234",
+            "iat": now,
+            "exp": now + 600,
+            **claims,
+        }
+        return gjwt.encode(self.signer, payload).decode()
+
+
+async def test_iap_jwt_verification() -> None:
+    keys = _Keys()
+    verifier = IapVerifier(AUD, "https://keys.test/iap", transport=keys.transport())
+    assert (await verifier.verify(keys.token()))["email"] == "alice@example.com"
+    assert (await verifier.verify(keys.token(email="bob@example.com")))["email"] == "bob@example.com"
+    assert keys.fetches == 1  # keys are cached
+    bad_tokens = {
+        "wrong audience": keys.token(aud="/projects/1/global/backendServices/2"),
+        "wrong issuer": keys.token(iss="https://evil.test"),
+        "expired": keys.token(iat=int(time.time()) - 1200, exp=int(time.time()) - 600),
+        "no e-mail": keys.token(email=None),
+        "other key": _Keys().token(),  # same kid, another key: signature fails
+        "unknown key id": _Keys("k2").token(),
+        "HS256": gjwt.encode(SimpleNamespace(key_id="k1", sign=lambda m: b"x" * 32), {"aud": AUD}).decode(),
+        "garbage": "not.a.jwt",
+    }
+    for why, token in bad_tokens.items():
+        with pytest.raises(IapError):
+            await verifier.verify(token)
+            pytest.fail(f"accepted a token with {why}")
+
+
+async def test_identity_modes(tmp_path: Path) -> None:
+    s = local_settings(tmp_path)
+    local = Identity(s)
+    assert local.gradio_kwargs() == {} and local.user_of(SimpleNamespace(username="x")) == "local"
+
+    pw = Identity(local_settings(tmp_path, auth_users=SecretStr("alice:pw")))
+    assert pw.gradio_kwargs()["auth"] == [("alice", "pw")]
+    assert pw.user_of(SimpleNamespace(username="alice")) == "alice"
+    with pytest.raises(PermissionError):
+        pw.user_of(SimpleNamespace(username=None))
+
+    with pytest.raises(ValueError, match="IAP_AUDIENCE"):
+        Identity(local_settings(tmp_path, trust_iap=True))
+    with pytest.raises(ValueError, match="not both"):
+        Identity(local_settings(tmp_path, trust_iap=True, auth_users=SecretStr("a:b"), iap_audience=AUD))
+
+    unsigned = Identity(local_settings(tmp_path, trust_iap=True, iap_verify_jwt=False))
+    header = {"x-goog-authenticated-user-email": "accounts.google.com:bob@example.com"}
+    assert await unsigned.iap_user(SimpleNamespace(headers=header)) == "bob@example.com"
+    assert await unsigned.iap_user(SimpleNamespace(headers={})) is None
+
+    keys = _Keys()
+    signed = Identity(
+        local_settings(tmp_path, trust_iap=True, iap_audience=AUD),
+        verifier=IapVerifier(AUD, "https://keys.test/iap", transport=keys.transport()),
+    )
+    token = keys.token()
+    assert await signed.iap_user(SimpleNamespace(headers={"x-goog-iap-jwt-assertion": token})) == (
+        "alice@example.com"
+    )
+    assert await signed.iap_user(SimpleNamespace(headers=header)) is None  # unsigned header alone
+    spoofed = {**header, "x-goog-iap-jwt-assertion": token}  # header says bob, the JWT says alice
+    assert await signed.iap_user(SimpleNamespace(headers=spoofed)) is None
+    assert signed.gradio_kwargs()["auth_dependency"] == signed.iap_user
+
+
+# --- the chat service -----------------------------------------------------------------------
+@pytest.fixture
+def service(tmp_path: Path, local_backends: Backends) -> ChatService:
+    settings = local_settings(tmp_path)
+    backends = Backends(settings, **local_backends.shared_standins())
+    return ChatService(build_graph(settings, backends=backends))
+
+
+async def _turn(svc: ChatService, user: str, sid: str, text: str) -> tuple[list[str], Done]:
+    deltas: list[str] = []
+    done: Done | None = None
+    async for event in svc.turn(user, sid, text, turn_params(svc.settings, "gemma")):
+        if isinstance(event, Delta):
+            deltas.append(event.text)
+        else:
+            done = event
+    assert done is not None
+    return deltas, done
+
+
+@pytest.mark.integration
+async def test_turn_streams_then_saves(service: ChatService) -> None:
+    deltas, done = await _turn(service, "alice", "s1", "What is the capital of France?")
+    assert len(deltas) >= 2 and deltas[-1] == done.text and "Paris" in done.text
+    assert done.kind == "answer" and done.human_saved and done.answer_saved
+    assert done.meta["backend"] == "gemma" and done.meta["ttft_ms"] > 0
+    stored = await service.messages("alice", "s1")
+    assert [m.type for m in stored] == ["human", "ai"] and stored[1].id == done.answer_id
+
+
+@pytest.mark.integration
+async def test_conversations_are_private(service: ChatService) -> None:
+    await _turn(service, "alice", "secret", "Hello")
+    _, done = await _turn(service, "bob", "secret", "Let me in")
+    assert done.kind == "failed" and "another account" in done.text
+    for attempt in (
+        service.messages("bob", "secret"),
+        service.rename("bob", "secret", "mine now"),
+        service.delete("bob", "secret"),
+        service.rewind("bob", "secret", []),
+    ):
+        with pytest.raises(AccessDenied):
+            await attempt
+    assert [c.session_id for c in (await service.conversations("bob")).conversations] == []
+    assert len(await service.messages("alice", "secret")) == 2  # untouched
+
+
+@pytest.mark.integration
+async def test_rewind_forks_without_the_dropped_turn(service: ChatService) -> None:
+    await _turn(service, "alice", "r1", "First question")
+    await _turn(service, "alice", "r1", "Second question")
+    await service.rename("alice", "r1", "My chat")
+    stored = await service.messages("alice", "r1")
+    new_sid, mapping = await service.rewind("alice", "r1", [str(stored[2].id), str(stored[3].id)])
+    assert new_sid != "r1"
+    kept = await service.messages("alice", new_sid)
+    assert [m.content for m in kept] == [stored[0].content, stored[1].content]
+    assert [mapping[str(m.id)] for m in stored[:2]] == [m.id for m in kept]
+    assert kept[1].response_metadata[META_KEY]["backend"] == "gemma"
+    assert (await service.store.aget_conversation(new_sid, "alice")).title == "My chat"
+    assert [c.session_id for c in (await service.conversations("alice")).conversations] == [new_sid]
+    assert await service.rewind("alice", new_sid, ["not-stored"]) == (new_sid, {})
+
+
+@pytest.mark.integration
+async def test_stopping_a_turn_keeps_what_was_streamed(service: ChatService) -> None:
+    params = turn_params(service.settings, "gemma", max_tokens=300)
+    got_tokens = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in service.turn("alice", "stop1", "Count from 1 to 300, one per line.", params):
+            if isinstance(event, Delta) and len(event.text) > 10:
+                got_tokens.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_tokens.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await service.saved()
+    stored = await service.messages("alice", "stop1")
+    assert [m.type for m in stored] == ["human", "ai"]
+    assert stored[1].response_metadata[META_KEY]["interrupted"] == "stopped"
+    assert 10 < len(str(stored[1].content)) < 1000
+    assert not service.active
+
+
+# --- the app's endpoints --------------------------------------------------------------------
+async def _get(app: Any, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        return await client.get(path)
+
+
+async def test_health_ready_and_metrics(tmp_path: Path, local_backends: Backends) -> None:
+    from ui.app import create_app
+
+    settings = local_settings(tmp_path)
+    app = create_app(settings, graph=build_graph(settings, backends=local_backends))
+    assert (await _get(app, "/healthz")).json() == {"status": "ok"}
+    ready = await _get(app, "/readyz")
+    assert ready.status_code == 200 and ready.json()["memory"] == "ok"
+    metrics = (await _get(app, "/metrics")).text
+    assert "hybrid_chat_ui_turns_total" in metrics and "hybrid_chat_backend_requests_total" in metrics
+
+    app.state.chat.draining = True  # shutting down: take this replica out of the load balancer
+    assert (await _get(app, "/readyz")).status_code == 503
+
+
+async def test_not_ready_when_the_memory_store_is_down(tmp_path: Path, local_backends: Backends) -> None:
+    from ui.app import create_app
+
+    (tmp_path / "not-a-dir").write_text("")
+    settings = local_settings(tmp_path, sqlite_path=tmp_path / "not-a-dir" / "chat.db")
+    store = SQLiteConversationStore(settings.sqlite_path)
+    app = create_app(settings, graph=build_graph(settings, store=store, backends=local_backends))
+    ready = await _get(app, "/readyz")
+    assert ready.status_code == 503 and ready.json()["memory"].startswith("unavailable")
+    assert (await _get(app, "/healthz")).status_code == 200
+
+
+async def test_iap_mode_refuses_requests_without_identity(tmp_path: Path, local_backends: Backends) -> None:
+    from ui.app import create_app
+
+    settings = local_settings(tmp_path, trust_iap=True, iap_verify_jwt=False)
+    app = create_app(settings, graph=build_graph(settings, backends=local_backends))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/config")).status_code == 401
+        header = {"X-Goog-Authenticated-User-Email": "accounts.google.com:alice@example.com"}
+        assert (await client.get("/config", headers=header)).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200  # probes do not pass IAP
+
+
+@pytest.mark.integration
+def test_users_are_isolated_through_the_ui_api(tmp_path: Path, local_backends: Backends) -> None:
+    from gradio_client import Client
+
+    from ui.app import create_app
+
+    settings = local_settings(
+        tmp_path, auth_users=SecretStr("alice:alice-pw,bob:bob-pw"), rate_limit_per_minute=2
+    )
+    app = create_app(settings, graph=build_graph(settings, backends=local_backends))
+    with serve_app(app) as url:
+        assert httpx.get(url + "/config").status_code == 401  # not signed in
+        alice = Client(url, auth=("alice", "alice-pw"), verbose=False)
+        answer = alice.predict("What is the capital of France?", "gemma", "alice-1", api_name="/chat")
+        assert "Paris" in answer
+        assert [c["session_id"] for c in alice.predict(api_name="/conversations")] == ["alice-1"]
+        assert alice.predict("alice-1", api_name="/conversation")[0]["content"].startswith("What is")
+
+        bob = Client(url, auth=("bob", "bob-pw"), verbose=False)
+        assert bob.predict(api_name="/conversations") == []
+        with pytest.raises(Exception, match="another account"):
+            bob.predict("alice-1", api_name="/conversation")
+        with pytest.raises(Exception, match="another account"):
+            bob.predict("Tell me Alice's secrets", "gemma", "alice-1", api_name="/chat")
+
+        alice.predict("Thanks", "gemma", "alice-1", api_name="/chat")
+        with pytest.raises(Exception, match="too fast"):  # 2 a minute
+            alice.predict("One more", "gemma", "alice-1", api_name="/chat")
+        assert len(alice.predict("alice-1", api_name="/conversation")) == 4
+
+
+@pytest.mark.integration
+def test_sigterm_lets_a_running_answer_finish(tmp_path: Path) -> None:
+    """`hybrid-chat serve` with a browser-like client attached (Gradio's heartbeat stream stays open)."""
+    from gradio_client import Client
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_CHAT_")}
+    env.update(
+        {
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HYBRID_CHAT_SQLITE_PATH": str(tmp_path / "c.db"),
+            "HYBRID_CHAT_TEMPERATURE": "0",
+            "HYBRID_CHAT_LOCAL_MODEL_THREADS": "1",
+            "HYBRID_CHAT_SHUTDOWN_GRACE_S": "20",
+        }
+    )
+    exe = str(Path(sys.executable).with_name("hybrid-chat"))
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(  # noqa: S603
+            [exe, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        client = Client(url, verbose=False)
+        job = client.submit("Count from 1 to 40, one per line.", "gemma", "", 0, 160, api_name="/chat")
+        deadline = time.monotonic() + 60
+        while not job.outputs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.outputs(), "the answer did not start streaming"
+        streaming_when_stopped = job.outputs()[-1]
+        stopped_at = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert time.monotonic() - stopped_at < 25
+        final = job.result(timeout=5)
+        assert len(final) > len(streaming_when_stopped)  # it finished after SIGTERM
+        assert "answers drained" in (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

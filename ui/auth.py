@@ -1,0 +1,202 @@
+"""Who is chatting: Google IAP (in the cluster), a local username/password login, or the single local user.
+
+Exactly one mode is active, chosen by settings:
+
+- `trust_iap=true`: the user is the e-mail IAP vouches for. By default the signed header
+  `X-Goog-IAP-JWT-Assertion` is verified (ES256 signature against IAP's public keys, issuer
+  `https://cloud.google.com/iap`, audience `iap_audience`, expiry with 30 s skew) with `google-auth`'s
+  JWT code; the unsigned `X-Goog-Authenticated-User-Email` (`accounts.google.com:alice@example.com`)
+  must then agree with it if present. With `iap_verify_jwt=false` the unsigned header alone is
+  trusted: anything that reaches the pod without passing IAP (another pod, a port-forward) can then
+  claim to be anyone, so only do that where a network policy lets nothing but the IAP load balancer in.
+- `auth_users="alice:pw,bob:pw2"`: Gradio's own login page (username/password, constant-time compare).
+- neither: everyone is the single local user `user_id` (a laptop, a trusted network).
+
+Requests without a valid identity get 401 from Gradio for every page and API route. `/healthz`, `/readyz`
+and `/metrics` are plain FastAPI routes and need none (probes and Prometheus do not pass IAP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from graph.settings import Settings
+
+log = logging.getLogger(__name__)
+
+IAP_JWT_HEADER = "x-goog-iap-jwt-assertion"
+IAP_EMAIL_HEADER = "x-goog-authenticated-user-email"
+IAP_ISSUER = "https://cloud.google.com/iap"
+
+
+class IapError(ValueError):
+    """An IAP assertion that does not prove who the user is."""
+
+
+def parse_iap_email_header(value: str | None) -> str | None:
+    """`accounts.google.com:alice@example.com` -> `alice@example.com`; anything else -> None."""
+    if not value:
+        return None
+    namespace, sep, email = value.strip().partition(":")
+    email = email.strip().lower()
+    if not sep or not namespace or "@" not in email or any(c.isspace() for c in email):
+        return None
+    return email
+
+
+def parse_auth_users(raw: str) -> list[tuple[str, str]]:
+    """`"alice:pw1,bob:pw2"` -> [("alice", "pw1"), ("bob", "pw2")]. Passwords may contain ':' but not ','."""
+    users: list[tuple[str, str]] = []
+    for entry in raw.split(","):
+        if not entry.strip():
+            continue
+        name, sep, password = entry.strip().partition(":")
+        if not sep or not name.strip() or not password:
+            raise ValueError("HYBRID_CHAT_AUTH_USERS must look like 'user:password,user2:password2'")
+        users.append((name.strip(), password))
+    if not users:
+        raise ValueError("HYBRID_CHAT_AUTH_USERS is set but names no user")
+    return users
+
+
+class IapVerifier:
+    """Verifies IAP's signed header. Keys are fetched (async) from `certs_url` and cached for an hour;
+    an unknown key id triggers one refresh (IAP rotates keys), at most once a minute."""
+
+    def __init__(
+        self,
+        audience: str,
+        certs_url: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        cache_s: float = 3600.0,
+    ) -> None:
+        self.audience = audience
+        self.certs_url = certs_url
+        self._transport = transport
+        self._clock = clock
+        self._cache_s = cache_s
+        self._certs: dict[str, str] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def _fetch(self) -> None:
+        async with httpx.AsyncClient(transport=self._transport, timeout=5.0) as client:
+            response = await client.get(self.certs_url)
+            response.raise_for_status()
+            certs = response.json()
+        if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):
+            raise IapError(f"unexpected key file at {self.certs_url}")
+        self._certs, self._fetched_at = certs, self._clock()
+
+    async def _key(self, kid: str) -> str:
+        async with self._lock:
+            age = None if self._fetched_at is None else self._clock() - self._fetched_at
+            stale = age is None or age > self._cache_s or (kid not in self._certs and age > 60)
+            if stale:
+                try:
+                    await self._fetch()
+                except (httpx.HTTPError, ValueError) as exc:
+                    if not self._certs:
+                        raise IapError(f"cannot fetch IAP keys: {exc}") from exc
+                    log.warning("refreshing IAP keys failed (keeping the cached ones): %s", exc)
+        if kid not in self._certs:
+            raise IapError(f"unknown key id {kid!r}")
+        return self._certs[kid]
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """The verified claims; `IapError` if the token is not a valid IAP assertion for our audience."""
+        from google.auth import exceptions, jwt
+
+        try:
+            header = jwt.decode_header(token)
+        except (ValueError, exceptions.GoogleAuthError) as exc:
+            raise IapError(f"malformed assertion: {exc}") from exc
+        if header.get("alg") != "ES256":
+            raise IapError(f"unexpected algorithm {header.get('alg')!r}")
+        key = await self._key(str(header.get("kid")))
+        try:
+            claims = jwt.decode(
+                token, certs={str(header["kid"]): key}, audience=self.audience, clock_skew_in_seconds=30
+            )
+        except (ValueError, exceptions.GoogleAuthError) as exc:
+            raise IapError(str(exc)) from exc
+        if claims.get("iss") != IAP_ISSUER:
+            raise IapError(f"unexpected issuer {claims.get('iss')!r}")
+        if not isinstance(claims.get("email"), str) or "@" not in claims["email"]:
+            raise IapError("no e-mail in the assertion")
+        return claims
+
+
+class Identity:
+    """Resolves the user of each request as the settings say (see the module docstring)."""
+
+    def __init__(self, settings: Settings, *, verifier: IapVerifier | None = None) -> None:
+        self.settings = settings
+        self.mode = "local"
+        self.users: list[tuple[str, str]] = []
+        self.verifier: IapVerifier | None = None
+        if settings.trust_iap and settings.auth_users is not None:
+            raise ValueError("set either HYBRID_CHAT_TRUST_IAP or HYBRID_CHAT_AUTH_USERS, not both")
+        if settings.trust_iap:
+            self.mode = "iap"
+            if settings.iap_verify_jwt:
+                if verifier is None and not settings.iap_audience:
+                    raise ValueError(
+                        "HYBRID_CHAT_TRUST_IAP needs HYBRID_CHAT_IAP_AUDIENCE "
+                        "(/projects/NUMBER/global/backendServices/ID) to verify IAP's signed header; "
+                        "HYBRID_CHAT_IAP_VERIFY_JWT=false trusts the unsigned header instead (spoofable)"
+                    )
+                self.verifier = verifier or IapVerifier(str(settings.iap_audience), settings.iap_certs_url)
+            else:
+                log.warning(
+                    "trusting IAP's unsigned user header without verifying its JWT: only safe when "
+                    "nothing but the IAP load balancer can reach this server"
+                )
+        elif settings.auth_users is not None:
+            self.mode = "password"
+            self.users = parse_auth_users(settings.auth_users.get_secret_value())
+
+    async def iap_user(self, request: Any) -> str | None:
+        """Gradio's `auth_dependency`: the IAP user of a request, or None (Gradio answers 401)."""
+        headers = request.headers
+        header_email = parse_iap_email_header(headers.get(IAP_EMAIL_HEADER))
+        if self.verifier is None:
+            return header_email
+        token = headers.get(IAP_JWT_HEADER)
+        if not token:
+            return None
+        try:
+            claims = await self.verifier.verify(token)
+        except IapError as exc:
+            log.warning("rejected an IAP assertion: %s", exc)
+            return None
+        email = claims["email"].strip().lower()
+        if headers.get(IAP_EMAIL_HEADER) is not None and header_email != email:
+            log.warning("IAP e-mail header disagrees with the signed assertion; rejected")
+            return None
+        return email
+
+    def gradio_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `gr.mount_gradio_app` enforcing this mode on every Gradio route."""
+        if self.mode == "iap":
+            return {"auth_dependency": self.iap_user}
+        if self.mode == "password":
+            return {"auth": self.users, "auth_message": "Sign in to hybrid-chat."}
+        return {}
+
+    def user_of(self, request: Any) -> str:
+        """The user of a Gradio event (`gr.Request`): the signed-in name, else the single local user."""
+        name = getattr(request, "username", None) if request is not None else None
+        if self.mode == "local":
+            return self.settings.user_id
+        if not name:  # Gradio refuses unauthenticated requests before this; never fall back to a shared user
+            raise PermissionError("not signed in")
+        return str(name)

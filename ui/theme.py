@@ -1,0 +1,76 @@
+"""The look: Google's palette (in the spirit of the codelab's theme), system fonts, a phone-friendly layout.
+
+System fonts only: the page makes no request outside this server (no web fonts from a CDN).
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+GOOGLE_BLUE = gr.themes.Color(
+    name="google_blue",
+    c50="#E8F0FE",
+    c100="#D2E3FC",
+    c200="#AECBFA",
+    c300="#8AB4F8",
+    c400="#669DF6",
+    c500="#4285F4",
+    c600="#1A73E8",
+    c700="#1967D2",
+    c800="#185ABC",
+    c900="#174EA6",
+    c950="#0B2E6B",
+)
+
+FONT = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
+MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+
+
+def theme() -> gr.themes.Base:
+    return gr.themes.Default(
+        primary_hue=GOOGLE_BLUE,
+        secondary_hue="gray",
+        neutral_hue="gray",
+        radius_size=gr.themes.sizes.radius_lg,
+        font=FONT,
+        font_mono=MONO,
+    ).set(
+        body_background_fill="#F8F9FA",
+        body_background_fill_dark="#1F1F1F",
+        block_border_width="0px",
+        block_shadow="none",
+        button_primary_background_fill="#1A73E8",
+        button_primary_background_fill_hover="#1967D2",
+        button_primary_text_color="#FFFFFF",
+    )
+
+
+CSS = """
+#hc-header { align-items: center; gap: 8px; flex-wrap: wrap; }
+#hc-header h1 { font-size: 1.25rem; margin: 0; font-weight: 600; white-space: nowrap; }
+#hc-model { max-width: 340px; min-width: 250px !important; }
+.hc-health { display: inline-flex; gap: 12px; font-size: 0.85rem; color: var(--body-text-color-subdued); }
+.hc-health-item { display: inline-flex; align-items: center; gap: 5px; cursor: default; }
+.hc-dot { width: 9px; height: 9px; border-radius: 50%; display: inline-block; background: #9AA0A6; }
+.hc-dot.hc-up { background: #1E8E3E; }
+.hc-dot.hc-down { background: #D93025; }
+.hc-dot.hc-failing, .hc-dot.hc-recovering { background: #F9AB00; }
+.hc-user { font-size: 0.85rem; color: var(--body-text-color-subdued); text-align: right; }
+.hc-meta { display: block; font-size: 0.75rem; color: var(--body-text-color-subdued); margin-top: 2px; }
+.hc-meta-error { color: #B3261E; }
+#hc-chatbot { flex-grow: 1; }
+#hc-conversations { max-height: 60vh; overflow-y: auto; }
+#hc-conversations label { width: 100%; }
+#hc-conversations .wrap { flex-direction: column; gap: 4px; }
+#hc-input textarea { font-size: 1rem; }
+@media (max-width: 767px) {
+  .gradio-container { padding: 4px !important; }
+  #hc-header { flex-wrap: wrap !important; row-gap: 6px; }
+  #hc-header > * { min-width: 0 !important; flex: 0 0 auto !important; width: auto !important; }
+  #hc-header h1 { font-size: 1.05rem; margin-left: 40px; }
+  #hc-model { order: 10; flex-basis: 100% !important; max-width: none; min-width: 0 !important; }
+  #hc-user-box { display: none; }
+  #hc-chatbot { height: calc(100vh - 260px) !important; min-height: 260px; }
+  .hc-health { gap: 8px; }
+}
+"""
