@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from graph.memory.base import AccessDenied, ConversationNotFound, MemoryUnavailable, validate_title
 from graph.settings import Settings
+from ui.api import api_router
 from ui.auth import Identity
 from ui.chat import (
     MODEL_CHOICES,
@@ -680,6 +681,7 @@ def create_app(settings: Settings | None = None, graph: Any = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(api_router(service, identity, limiter))  # before the mount, which takes "/"
     gr.mount_gradio_app(
         app,
         build_blocks(service, identity, limiter),
