@@ -39,3 +39,9 @@ def local_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend
     backends = Backends(local_settings(tmp_path_factory.mktemp("backends")))
     yield backends
     backends.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread while its
+    browser is open, and asyncio tests after it would fail with "cannot be called from a running loop"."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
