@@ -18,7 +18,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-run
-	$(PIP) -e '.[local,test]'
+	$(PIP) -e '.[local,test,eval]'
 	touch $@
 
 # Offline checkers for infra/ and deploy/ live in their own venv: checkov pins many libraries.

@@ -40,6 +40,7 @@ class GenerationParams:
     temperature: float
     top_p: float
     max_tokens: int
+    seed: int | None = None
 
 
 class Backends:
@@ -146,6 +147,7 @@ class Backends:
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_tokens,
+            seed=params.seed,
             # read: the longest silence between two chunks (and before the first) on the sync path
             timeout=httpx.Timeout(
                 s.request_timeout_s, connect=s.connect_timeout_s, read=s.first_token_timeout_s
@@ -187,6 +189,7 @@ class Backends:
                 temperature=params.temperature,
                 top_p=params.top_p,
                 max_output_tokens=params.max_tokens,
+                seed=params.seed,
                 thinking_budget=s.gemini_thinking_budget,
                 timeout=s.request_timeout_s,
                 max_retries=0,

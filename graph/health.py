@@ -57,6 +57,11 @@ class CircuitBreaker:
                 self._opened_at = self.clock()
             self._probing = False
 
+    def cancel_probe(self) -> None:
+        """The probe was cancelled before it could tell (Stop, a client gone): let the next request probe."""
+        with self._lock:
+            self._probing = False
+
     def seconds_until_probe(self) -> float:
         if self._opened_at is None:
             return 0.0

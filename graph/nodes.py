@@ -25,6 +25,7 @@ from graph.memory.base import MemoryUnavailable, estimate_tokens
 from graph.router import SHORT_NAMES, RouteRequest
 from graph.settings import Settings
 from graph.state import State
+from graph.validation import check_id, check_new_messages, check_session_id, check_system_prompt, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,16 @@ def _identity(state: State, config: RunnableConfig, services: Services) -> tuple
     )
     context: Context | None = get_runtime(Context).context
     user_id = (context or {}).get("user_id") or services.settings.user_id
-    return str(session_id), str(user_id)
+    # Refused before any I/O: ids some store could not hold (or that would forge a log line), and a
+    # system prompt that is not valid Unicode.
+    check_system_prompt(state.get("system_prompt"))
+    return check_session_id(str(session_id)), check_id(str(user_id), "user id")
+
+
+def _loaded(state: State, session_id: str, user_id: str, history: list[AnyMessage]) -> dict[str, Any]:
+    # This turn's messages are known once the history is: `InvalidInput` before any model call.
+    check_new_messages(new_messages({**state, "history": history}))
+    return {"session_id": session_id, "user_id": user_id, "history": history}
 
 
 async def aload_history(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
@@ -51,7 +61,7 @@ async def aload_history(state: State, config: RunnableConfig, *, services: Servi
     history = await services.store.history(session_id, user_id).aget_window(
         max_messages=s.history_max_messages, max_tokens=s.history_max_tokens
     )
-    return {"session_id": session_id, "user_id": user_id, "history": history}
+    return _loaded(state, session_id, user_id, history)
 
 
 def load_history(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
@@ -60,7 +70,7 @@ def load_history(state: State, config: RunnableConfig, *, services: Services) ->
     history = services.store.history(session_id, user_id).get_window(
         max_messages=s.history_max_messages, max_tokens=s.history_max_tokens
     )
-    return {"session_id": session_id, "user_id": user_id, "history": history}
+    return _loaded(state, session_id, user_id, history)
 
 
 def new_messages(state: State) -> list[AnyMessage]:
@@ -107,6 +117,7 @@ def _params(state: State, services: Services) -> GenerationParams:
         temperature=state.get("temperature", s.temperature),
         top_p=state.get("top_p", s.top_p),
         max_tokens=state.get("max_tokens", s.max_tokens),
+        seed=state.get("seed"),
     )
 
 
@@ -185,7 +196,7 @@ class _Answer:
             meta["interrupted"] = interrupted
         content = full.content if isinstance(full.content, str) else full.text
         return AIMessage(
-            content=content,
+            content=clean_text(content),  # a lone surrogate from a backend would make the turn unsavable
             # The streamed chunks' id: LangGraph's "messages" stream then does not emit it a second time.
             id=full.id or f"ai-{uuid.uuid4().hex}",
             response_metadata={**full.response_metadata, META: meta},
@@ -298,13 +309,18 @@ async def acall_model(state: State, config: RunnableConfig, *, services: Service
     last: tuple[BackendName, str, BaseException] | None = None
     for backend, reason in _attempts(state, services):
         answer = _Answer(backend, services.backends.label(backend), reason)
+        breaker = services.router.breakers[backend]
+        probing = False
         try:
-            if not services.router.breakers[backend].allow():
+            probing = breaker.state == "half-open"  # allow() below then claims the one probe
+            if not breaker.allow():
                 raise BackendDown(f"{SHORT_NAMES[backend]} is marked down after repeated failures")
             model = await services.backends.amodel(backend, params)
             answer.restart_clock()  # time the answer, not a one-off client build or stand-in start
             await _astream_into(answer, model, prompt, config, services.settings)
         except asyncio.CancelledError:
+            if probing:  # else the breaker would wait forever for this probe's verdict
+                breaker.cancel_probe()
             raise
         except Exception as exc:
             _failed(backend, exc, services)
@@ -349,8 +365,14 @@ def call_model(state: State, config: RunnableConfig, *, services: Services) -> d
 
 # --- save turn ------------------------------------------------------------------------------
 def _to_save(state: State) -> list[BaseMessage]:
-    """The user's message(s) always; the answer unless it is an error note (not part of the chat)."""
-    return [m for m in new_messages(state) if not (m.response_metadata.get(META) or {}).get("error")]
+    """The user's message(s) always; this turn's answer (the last message, from call_model) unless it
+    is an error note (not part of the chat). An AI message passed in as input is never stored."""
+    new = new_messages(state)
+    keep = [m for m in new if m.type == "human"]
+    answer = new[-1] if new and new[-1].type == "ai" else None
+    if answer is not None and not (answer.response_metadata.get(META) or {}).get("error"):
+        keep.append(answer)
+    return keep
 
 
 def _log_turn(state: State) -> None:

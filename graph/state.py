@@ -27,6 +27,7 @@ class InputState(TypedDict, total=False):
     top_p: float
     max_tokens: int
     system_prompt: str
+    seed: int  # sampling seed, for reproducible runs (evals); backends that ignore it still answer
 
 
 class OutputState(TypedDict, total=False):

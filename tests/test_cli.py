@@ -72,3 +72,30 @@ def test_chat_streams_in_the_terminal(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() and "session" in r.stderr
+
+
+def test_eval_run_through_the_command_writes_a_report(tmp_path: Path) -> None:
+    dataset = tmp_path / "tiny.jsonl"
+    dataset.write_text(
+        '{"id": "capital", "messages": [{"role": "user", "content": "What is the capital of France?"}], '
+        '"checks": [{"type": "contains", "value": "Paris"}]}\n'
+    )
+    out = tmp_path / "run"
+    r = run(
+        "eval",
+        "run",
+        "--dataset",
+        str(dataset),
+        "--model",
+        "gemma",
+        "--max-tokens",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+        db=tmp_path / "c.db",
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (out / "results.jsonl").read_text().count("\n") == 1
+    assert "| tiny | gemma | 1 | 1/1 (100.0%) | 0 |" in (out / "report.md").read_text()

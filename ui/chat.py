@@ -36,6 +36,7 @@ from graph.memory.base import (
     message_text,
 )
 from graph.settings import Settings
+from graph.validation import InvalidInput
 from ui.health import HealthBoard
 from ui.limits import LimitExceeded, check_message
 
@@ -189,6 +190,8 @@ def chatbot_value(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def friendly_error(exc: BaseException) -> str:
+    if isinstance(exc, InvalidInput):
+        return f"This message was not sent: {exc}"
     if isinstance(exc, AccessDenied):
         return "This conversation belongs to another account: it cannot be opened or continued here."
     if isinstance(exc, ConversationNotFound):
@@ -283,7 +286,7 @@ class ChatService:
             UI_TURNS.labels("stopped").inc()
             raise
         except Exception as exc:
-            if not isinstance(exc, AccessDenied | MemoryUnavailable | ConversationNotFound):
+            if not isinstance(exc, AccessDenied | MemoryUnavailable | ConversationNotFound | InvalidInput):
                 log.exception("chat turn failed")
             else:
                 log.warning("chat turn refused: %s: %s", type(exc).__name__, exc)

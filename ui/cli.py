@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--temperature", type=float)
         cmd.add_argument("--max-tokens", type=int)
         cmd.add_argument("--quiet", action="store_true", help="print only the answer")
+
+    from evals.cli import register  # `hybrid-chat eval run|compare|report`
+
+    register(sub)
     return p
 
 
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
+    if args.command == "eval":
+        return int(args.handler(args))
     try:
         return asyncio.run(_chat(settings, args))
     except KeyboardInterrupt:
@@ -121,12 +127,17 @@ async def _chat(settings: Any, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from graph import build_graph
+    from graph.validation import InvalidInput
 
     err = Console(stderr=True, highlight=False)
     graph = build_graph(settings)
     session = args.session or uuid.uuid4().hex
     if args.command == "ask":
-        final = await _turn(graph, args.question, args, session)
+        try:
+            final = await _turn(graph, args.question, args, session)
+        except (InvalidInput, ValueError) as exc:  # refused before any model call: a usage error
+            err.print(f"[red]error:[/red] {exc}")
+            return 2
         if not args.quiet:
             err.print(f"[dim]{_describe(final)}[/dim]")
         if final.get("error"):
@@ -141,7 +152,11 @@ async def _chat(settings: Any, args: argparse.Namespace) -> int:
             return 0
         if not text.strip():
             return 0
-        final = await _turn(graph, text, args, session)
+        try:
+            final = await _turn(graph, text, args, session)
+        except ValueError as exc:  # refused (empty, too long, invalid text): say why, keep chatting
+            err.print(f"[red]not sent:[/red] {exc}")
+            continue
         if not args.quiet:
             err.print(f"[dim]{_describe(final)}[/dim]")
 

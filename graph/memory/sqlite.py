@@ -247,7 +247,7 @@ class SQLiteConversationStore(ConversationStore):
             stored = {
                 r[0]: (r[1], r[2])
                 for r in conn.execute(
-                    f"SELECT message_id, role, content FROM messages WHERE session_id = ? "  # noqa: S608
+                    f"SELECT message_id, role, content FROM messages WHERE session_id = ? "  # noqa: S608 - only "?" placeholders are formatted in
                     f"AND message_id IN ({marks})",
                     (session_id, *ids),
                 )
@@ -284,7 +284,7 @@ class SQLiteConversationStore(ConversationStore):
                     "title = CASE WHEN title = '' THEN ? ELSE title END WHERE session_id = ?",
                     (ts, model, len(new), seq, expire, derive_title(new) or "", session_id),
                 )
-            conn.executemany(f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)  # noqa: S608
+            conn.executemany(f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)  # noqa: S608 - constant columns, "?" placeholders
 
     def _rows_to_messages(self, rows: Iterator[tuple[Any, ...]]) -> Iterator[BaseMessage]:
         for seq, raw, content, created in rows:
