@@ -49,10 +49,23 @@ def _identity(state: State, config: RunnableConfig, services: Services) -> tuple
     return check_session_id(str(session_id)), check_id(str(user_id), "user id")
 
 
-def _loaded(state: State, session_id: str, user_id: str, history: list[AnyMessage]) -> dict[str, Any]:
+def _turn_start(messages: list[AnyMessage], config: RunnableConfig) -> int:
+    """Where this turn begins in `messages`. Without a checkpointer, 0: the input is the whole turn.
+    With one (the LangGraph server), the thread's earlier turns come first: the turn starts after the
+    last answer, and the earlier ones must not reach the prompt again past the history window."""
+    # LangGraph puts the run's checkpointer (None without one) in the config under this key.
+    if (config.get("configurable") or {}).get("__pregel_checkpointer") is None:
+        return 0
+    return next((i + 1 for i in range(len(messages) - 1, -1, -1) if messages[i].type == "ai"), 0)
+
+
+def _loaded(
+    state: State, config: RunnableConfig, session_id: str, user_id: str, history: list[AnyMessage]
+) -> dict[str, Any]:
+    turn_start = _turn_start(state["messages"], config)
     # This turn's messages are known once the history is: `InvalidInput` before any model call.
-    check_new_messages(new_messages({**state, "history": history}))
-    return {"session_id": session_id, "user_id": user_id, "history": history}
+    check_new_messages(new_messages({**state, "history": history, "turn_start": turn_start}))
+    return {"session_id": session_id, "user_id": user_id, "history": history, "turn_start": turn_start}
 
 
 async def aload_history(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
@@ -61,7 +74,7 @@ async def aload_history(state: State, config: RunnableConfig, *, services: Servi
     history = await services.store.history(session_id, user_id).aget_window(
         max_messages=s.history_max_messages, max_tokens=s.history_max_tokens
     )
-    return _loaded(state, session_id, user_id, history)
+    return _loaded(state, config, session_id, user_id, history)
 
 
 def load_history(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
@@ -70,13 +83,13 @@ def load_history(state: State, config: RunnableConfig, *, services: Services) ->
     history = services.store.history(session_id, user_id).get_window(
         max_messages=s.history_max_messages, max_tokens=s.history_max_tokens
     )
-    return _loaded(state, session_id, user_id, history)
+    return _loaded(state, config, session_id, user_id, history)
 
 
 def new_messages(state: State) -> list[AnyMessage]:
-    """This turn's messages: those not already in the loaded history (a checkpointer may keep both)."""
+    """This turn's messages (its input, then its answer once there), minus any already in the history."""
     seen = {m.id for m in state.get("history") or []}
-    return [m for m in state["messages"] if m.id not in seen]
+    return [m for m in state["messages"][state.get("turn_start", 0) :] if m.id not in seen]
 
 
 # --- route ----------------------------------------------------------------------------------

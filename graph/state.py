@@ -45,5 +45,6 @@ class State(InputState, OutputState, total=False):
 
     history: NotRequired[list[AnyMessage]]  # the prompt window loaded from memory, oldest first
     user_id: str
+    turn_start: int  # index in `messages` where this turn's input begins (0 without a checkpointer)
     fallback: str | None  # the backend to try if the chosen one fails before its first token
     retry: bool  # try the chosen backend a second time before falling back (explicit choices)

@@ -180,3 +180,33 @@ async def test_metrics_count_requests_routes_and_fallbacks(caplog: pytest.LogCap
     turn_logs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("turn ")]
     assert turn_logs and "session=s1" in turn_logs[0] and "backend=gemini" in turn_logs[0]
     assert not any("secret question" in r.getMessage() for r in caplog.records)  # no content in logs
+
+
+async def test_with_a_checkpointer_the_prompt_still_holds_only_the_history_window() -> None:
+    """The LangGraph server keeps a thread's messages in its checkpoint: they must not pile up."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    prompts: list[list] = []
+
+    class Recording(type(fake_model())):  # type: ignore[misc]
+        def _stream(self, messages, *a, **k):  # type: ignore[no-untyped-def]
+            prompts.append(messages)
+            return super()._stream(messages, *a, **k)
+
+    store = InMemoryStore()
+    s = Settings(_env_file=None, history_max_messages=4)  # type: ignore[call-arg]
+    model = Recording(messages=iter([AIMessage(f"answer {i}") for i in range(6)]))
+    g = build_graph(
+        s,
+        store=store,
+        backends=ScriptedBackends(s, {"gemma": model, "gemini": model}),
+        checkpointer=InMemorySaver(),
+    )
+    thread = {"configurable": {"thread_id": "t1"}}
+    for i in range(6):
+        out = await g.ainvoke({"messages": [{"role": "user", "content": f"question {i}"}]}, thread)
+        assert out["messages"][-1].content == f"answer {i}"
+    last = prompts[-1]
+    assert [m.content for m in last[1:]] == ["question 3", "answer 3", "question 4", "answer 4", "question 5"]
+    assert [m.content for m in store.rows["t1"]][-2:] == ["question 5", "answer 5"]
+    assert len(store.rows["t1"]) == 12  # every turn saved once
