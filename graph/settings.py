@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # --- UI --- (browser chat: sign-in, limits; read by ui/) ---------------------------------
+    stream_interval_ms: int = Field(
+        default=50,
+        ge=0,
+        description="Streamed text reaches the page at most this often (the first piece at once).",
+    )
     trust_iap: bool = Field(
         default=False,
         description="Take the user from Google IAP's headers. Turn on only when IAP fronts every request.",

@@ -247,6 +247,9 @@ class ChatService:
         if task is not None:
             self.active.add(task)
         UI_ACTIVE.inc()
+        interval = self.settings.stream_interval_ms / 1000
+        last_yield = float("-inf")
+        shown = 0
         stream = self.graph.astream(
             payload, config=config, context={"user_id": user}, stream_mode=["messages", "updates"]
         )
@@ -263,11 +266,18 @@ class ChatService:
                             and isinstance(chunk.content, str)
                             and chunk.content
                         ):
+                            now = time.perf_counter()
                             if first is None:
-                                first = time.perf_counter()
+                                first = now
                                 UI_FIRST_TOKEN.observe(first - started)
                             streamed += chunk.content
-                            yield Delta(streamed)
+                            # The first piece at once (time to first token); then at most one update
+                            # per interval: every update costs the page (Gradio's queue, a re-render)
+                            # far more than a token, and a fast backend sends hundreds a second.
+                            if now - last_yield >= interval or len(streamed) == len(chunk.content):
+                                last_yield = now
+                                yield Delta(streamed)
+                                shown = len(streamed)
                         continue
                     for node, update in (data or {}).items():
                         update = update or {}
@@ -301,6 +311,8 @@ class ChatService:
             UI_TURNS.labels("failed").inc()
             yield Done("failed", "No answer came back. Try again.", human_id=human.id)
             return
+        if shown < len(streamed):  # the last pieces arrived within the interval: show them too
+            yield Delta(streamed)
         meta = dict(answer.response_metadata.get(META_KEY) or {})
         is_error_note = bool(meta.get("error"))  # the graph's note saying which backend failed
         self.health.record_answer(meta, failed=bool(meta.get("error")))
