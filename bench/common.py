@@ -27,10 +27,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def stub_server() -> Iterator[str]:
-    """The instant OpenAI-compatible stub in its own process; yields its base URL (…/v1)."""
+def stub_server(chunk_delay_ms: float = 0) -> Iterator[str]:
+    """The OpenAI-compatible stub in its own process (instant unless `chunk_delay_ms`); yields …/v1."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.stub", "--port", str(port)])  # noqa: S603
+    cmd = [sys.executable, "-m", "bench.stub", "--port", str(port), "--chunk-delay-ms", str(chunk_delay_ms)]
+    proc = subprocess.Popen(cmd)  # noqa: S603
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

@@ -49,6 +49,9 @@ UNARY_BODY = json.dumps(
 ).encode()
 
 
+CHUNK_DELAY_S = 0.0  # --chunk-delay-ms: a streaming backend that takes its time (sessions overlap)
+
+
 async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     if scope["type"] != "http":
         return
@@ -63,6 +66,14 @@ async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     if scope["path"].endswith("/models"):
         payload, ctype = b'{"data":[{"id":"stub","object":"model"}]}', b"application/json"
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", ctype)]})
+    if stream and CHUNK_DELAY_S > 0:
+        import asyncio
+
+        for piece in payload.split(b"\n\n")[:-1]:
+            await send({"type": "http.response.body", "body": piece + b"\n\n", "more_body": True})
+            await asyncio.sleep(CHUNK_DELAY_S)
+        await send({"type": "http.response.body", "body": b""})
+        return
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -71,7 +82,10 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
-    port = ap.parse_args().port
+    ap.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    args = ap.parse_args()
+    port = args.port
+    CHUNK_DELAY_S = args.chunk_delay_ms / 1000
     uvicorn.run(
         app,
         host="127.0.0.1",
