@@ -97,6 +97,19 @@ class Backends:
             return model
         return await asyncio.to_thread(self.model, name, params)
 
+    def warm(self) -> None:
+        """Build both default models now (imports, clients, local stand-ins) instead of on first use.
+
+        Importing ChatVertexAI alone takes seconds: without this, the first answer that falls back to
+        Gemini would pay for it. Blocking: call it in a thread (the server does, at start-up)."""
+        s = self.settings
+        params = GenerationParams(s.temperature, s.top_p, s.max_tokens)
+        for name in BACKENDS:
+            try:
+                self.model(name, params)
+            except Exception as exc:  # a backend that cannot even be built is reported when used
+                log.warning("warming up %s failed: %s", name, exc)
+
     def gemma_base_url(self) -> str:
         return self.settings.gemma_base_url or self._local_server().base_url
 

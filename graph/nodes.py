@@ -248,6 +248,10 @@ def _attempts(state: State, services: Services) -> list[tuple[BackendName, str]]
     return attempts
 
 
+# Failures not worth a retry of the same backend: waiting for it again would double the user's wait.
+NO_RETRY = frozenset({"first_token_timeout", "timeout", "circuit_open"})
+
+
 def _kind(exc: BaseException) -> str:
     """A bounded label for the metrics: what kind of failure this was."""
     if isinstance(exc, BackendDown):
@@ -321,6 +325,8 @@ async def acall_model(state: State, config: RunnableConfig, *, services: Service
     routed: BackendName = state["backend"]  # type: ignore[assignment]
     last: tuple[BackendName, str, BaseException] | None = None
     for backend, reason in _attempts(state, services):
+        if last is not None and last[0] == backend and _kind(last[2]) in NO_RETRY:
+            continue  # a backend that just timed out is not asked again: go to the fallback
         answer = _Answer(backend, services.backends.label(backend), reason)
         breaker = services.router.breakers[backend]
         probing = False
@@ -353,6 +359,8 @@ def call_model(state: State, config: RunnableConfig, *, services: Services) -> d
     total = services.settings.request_timeout_s
     last: tuple[BackendName, str, BaseException] | None = None
     for backend, reason in _attempts(state, services):
+        if last is not None and last[0] == backend and _kind(last[2]) in NO_RETRY:
+            continue  # a backend that just timed out is not asked again: go to the fallback
         answer = _Answer(backend, services.backends.label(backend), reason)
         try:
             if not services.router.breakers[backend].allow():

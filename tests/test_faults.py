@@ -67,9 +67,9 @@ async def test_a_backend_that_hangs_before_the_first_token_times_out_then_falls_
         started = time.perf_counter()
         out = await chat.ainvoke(*turn("hello"))
         elapsed = time.perf_counter() - started
-    assert server.requests == 2  # tried, retried once
+    assert server.requests == 1  # a backend that timed out is not asked again: the user waited enough
     assert out["backend"] == "gemini" and "fallback" in out["route_reason"]
-    assert 2.0 <= elapsed < 8, elapsed  # two first-token timeouts of 1 s, then Gemini's answer
+    assert 1.0 <= elapsed < 6, elapsed  # one first-token timeout of 1 s, then Gemini's answer
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -118,7 +118,8 @@ async def test_the_circuit_breaker_skips_a_dead_backend_and_closes_when_it_retur
 ) -> None:
     with fault_server("hang") as server:
         chat = make_chat(tmp_path, local_backends, server.base_url, breaker_failures=2, breaker_open_s=2)
-        await chat.ainvoke(*turn("one", session="a"))  # 2 first-token timeouts: the circuit opens
+        await chat.ainvoke(*turn("one", session="a"))  # a first-token timeout (no retry after one)
+        await chat.ainvoke(*turn("one more", session="a2"))  # a second: the circuit opens
         assert server.requests == 2
         started = time.perf_counter()
         out = await chat.ainvoke(*turn("two", session="b"))

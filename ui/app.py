@@ -637,6 +637,9 @@ def create_app(settings: Settings | None = None, graph: Any = None) -> FastAPI:
         # main thread); embedders running a Server in another thread can set app.state.uvicorn_server.
         server = getattr(_app.state, "uvicorn_server", None)
         server = server or getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+        # Build both backends' clients (and any local stand-in) in the background now, so that the
+        # first answer, or the first fallback, does not pay for imports and start-up.
+        warm = asyncio.get_running_loop().create_task(asyncio.to_thread(services.backends.warm))
         watcher = None
         if server is not None and hasattr(server, "should_exit"):
             watcher = asyncio.get_running_loop().create_task(watch_server(server))
@@ -645,6 +648,8 @@ def create_app(settings: Settings | None = None, graph: Any = None) -> FastAPI:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            with contextlib.suppress(Exception):
+                await warm
             await begin_shutdown()
             if owns_graph:
                 with contextlib.suppress(Exception):

@@ -169,7 +169,8 @@ async def test_a_cancelled_half_open_probe_does_not_leave_the_backend_down_forev
     store = make_store("sqlite", tmp_path)
     with fault_server("hang") as server:
         graph, _ = gemma_graph(store, server.base_url, breaker_failures=2, breaker_open_s=0.3)
-        await graph.ainvoke(*turn("opens the circuit", "a", model="gemma"))  # 2 timeouts: open
+        await graph.ainvoke(*turn("times out", "a", model="gemma"))  # one timeout (never retried)
+        await graph.ainvoke(*turn("opens the circuit", "a2", model="gemma"))  # a second: open
         breaker = graph.services.router.breakers["gemma"]
         assert breaker.state == "open"
         await asyncio.sleep(0.35)
