@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 INFRA_VENV := .venv-infra
 
-.PHONY: run test lint infra-tools langgraph-server clean
+.PHONY: run test lint infra-tools langgraph-server browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,15 @@ $(LG_VENV)/.installed: pyproject.toml
 
 langgraph-server: $(LG_VENV)/.installed
 
+# Browser tests drive Debian's chromium with Playwright (never `playwright install`).
+browser:
+	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
 run: $(VENV)/.installed-run
 	$(BIN)/hybrid-chat serve
 
-test: $(VENV)/.installed-test infra-tools langgraph-server
+test: $(VENV)/.installed-test infra-tools langgraph-server browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
