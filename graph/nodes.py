@@ -187,9 +187,6 @@ class _Answer:
     def has_tokens(self) -> bool:
         return self.first_token is not None
 
-    def message_meta(self) -> dict[str, Any]:
-        return self.message().response_metadata[META]
-
     def message(self, *, interrupted: str | None = None) -> AIMessage:
         full = self.full or AIMessageChunk(content="")
         elapsed = time.perf_counter() - self.started
@@ -268,14 +265,14 @@ def _kind(exc: BaseException) -> str:
     return "other"
 
 
-def _succeeded(backend: BackendName, answer: _Answer, services: Services, routed: BackendName) -> None:
+def _succeeded(backend: BackendName, message: AIMessage, services: Services, routed: BackendName) -> None:
     services.router.breakers[backend].record_success()
-    msg_meta = answer.message_meta()
+    msg_meta = message.response_metadata[META]
     metrics.REQUESTS.labels(backend).inc()
     metrics.LATENCY.labels(backend).observe(msg_meta["latency_ms"] / 1000)
     if msg_meta["ttft_ms"] is not None:
         metrics.TTFT.labels(backend).observe(msg_meta["ttft_ms"] / 1000)
-    usage = (answer.full.usage_metadata if answer.full else None) or {}
+    usage = message.usage_metadata or {}
     metrics.TOKENS.labels(backend, "input").inc(usage.get("input_tokens") or 0)
     metrics.TOKENS.labels(backend, "output").inc(usage.get("output_tokens") or 0)
     if backend != routed:
@@ -347,8 +344,9 @@ async def acall_model(state: State, config: RunnableConfig, *, services: Service
                 return _result(answer.message(interrupted=str(exc)[:200]), reason, f"interrupted: {exc}")
             last = (backend, reason, exc)
             continue
-        _succeeded(backend, answer, services, routed)
-        return _result(answer.message(), reason, None)
+        message = answer.message()
+        _succeeded(backend, message, services, routed)
+        return _result(message, reason, None)
     assert last is not None
     return _give_up(services, last)
 
@@ -378,8 +376,9 @@ def call_model(state: State, config: RunnableConfig, *, services: Services) -> d
                 return _result(answer.message(interrupted=str(exc)[:200]), reason, f"interrupted: {exc}")
             last = (backend, reason, exc)
             continue
-        _succeeded(backend, answer, services, routed)
-        return _result(answer.message(), reason, None)
+        message = answer.message()
+        _succeeded(backend, message, services, routed)
+        return _result(message, reason, None)
     assert last is not None
     return _give_up(services, last)
 

@@ -127,7 +127,6 @@ async def _chat(settings: Any, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from graph import build_graph
-    from graph.validation import InvalidInput
 
     err = Console(stderr=True, highlight=False)
     graph = build_graph(settings)
@@ -135,7 +134,7 @@ async def _chat(settings: Any, args: argparse.Namespace) -> int:
     if args.command == "ask":
         try:
             final = await _turn(graph, args.question, args, session)
-        except (InvalidInput, ValueError) as exc:  # refused before any model call: a usage error
+        except ValueError as exc:  # refused before any model call (InvalidInput): a usage error
             err.print(f"[red]error:[/red] {exc}")
             return 2
         if not args.quiet:
