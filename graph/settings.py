@@ -130,6 +130,16 @@ class Settings(BaseSettings):
     auth_users: SecretStr | None = Field(
         default=None, description='Local sign-in, "user:password,user2:password2". Unset: no login.'
     )
+    allowed_origins: str | None = Field(
+        default=None,
+        description="Other sites (comma-separated origins, https://host[:port]) whose pages may call this "
+        "app with the user's sign-in. Unset: only the app's own pages.",
+    )
+    max_request_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body, every route; larger ones get 413 before they are read.",
+    )
     max_message_chars: int = Field(default=8000, ge=1, description="Longest message (and persona) accepted.")
     rate_limit_per_minute: int = Field(
         default=20, ge=0, description="Messages per user per minute, per replica; 0 = no limit."

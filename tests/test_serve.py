@@ -19,7 +19,7 @@ def test_serve_answers_through_the_gradio_api(tmp_path: Path) -> None:
         "HYBRID_CHAT_TEMPERATURE": "0",
         "HYBRID_CHAT_MAX_TOKENS": "24",
     }
-    with running_server(env, tmp_path / "serve.log") as (url, _started_in):
+    with running_server(env, tmp_path / "serve.log") as (url, _started_in, _pid):
         assert httpx.get(url + "/healthz").json() == {"status": "ok"}
         assert httpx.get(url + "/readyz").status_code == 200
         client = Client(url, verbose=False)

@@ -23,7 +23,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from ui.auth import Identity
 from ui.chat import ChatService, Delta, Done, turn_params
@@ -38,6 +38,15 @@ class ChatRequest(BaseModel):
     top_p: float | None = None
     max_tokens: int | None = None
     system_prompt: str | None = None
+
+
+async def read_body(request: Request) -> ChatRequest:
+    """The request's JSON as a `ChatRequest`; 400 naming the fields at fault, never echoing the input."""
+    try:
+        return ChatRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
+        raise HTTPException(400, f"Invalid request body: check {', '.join(fields)[:200]}.") from None
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -74,10 +83,13 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
     router = APIRouter()
 
     @router.post("/api/chat")
-    async def chat(body: ChatRequest, request: Request) -> StreamingResponse:
+    async def chat(request: Request) -> StreamingResponse:
+        # Who calls first, then the body (bounded by the app's max_body_size): a stranger's upload is
+        # refused before a byte of it is read.
         user = await api_user(identity, request)
         if service.draining:
             raise HTTPException(503, "The server is restarting: send your message again in a few seconds.")
+        body = await read_body(request)
         try:
             text = check_message(body.message, service.settings.max_message_chars)
             params = turn_params(

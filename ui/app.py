@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from graph.memory.base import AccessDenied, ConversationNotFound, MemoryUnavailable, validate_title
 from graph.settings import Settings
+from ui import security
 from ui.api import api_router
 from ui.auth import Identity
 from ui.chat import (
@@ -48,6 +50,7 @@ from ui.chat import (
     turn_params,
 )
 from ui.limits import LimitExceeded, RateLimiter, check_message
+from ui.security import parse_origins
 from ui.theme import CSS, theme
 
 log = logging.getLogger(__name__)
@@ -295,7 +298,11 @@ def build_blocks(service: ChatService, identity: Identity, limiter: RateLimiter)
         who = "local user" if identity.mode == "local" else html.escape(user)
         out = f'<div class="hc-user">{who}'
         if identity.mode == "password":
-            out += ' · <a href="/logout">Sign out</a>'
+            # POST: a sign-out link would let any site's <img> sign the user out.
+            out += (
+                ' · <form method="post" action="/logout" class="hc-logout">'
+                '<button type="submit">Sign out</button></form>'
+            )
         return out + "</div>"
 
     async def on_load(request: gr.Request) -> tuple:
@@ -593,6 +600,12 @@ def _skip_gradio_event_analytics(demo: gr.Blocks) -> None:
         queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize
 
 
+async def refuse_invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming the fields at fault, never echoing what was sent (it could be megabytes, or a secret)."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()][:10]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
 def create_app(settings: Settings | None = None, graph: Any = None) -> FastAPI:
     """The one ASGI app. `graph` (from `graph.build_graph`) defaults to one built from `settings`."""
     from graph.settings import get_settings
@@ -657,7 +670,16 @@ def create_app(settings: Settings | None = None, graph: Any = None) -> FastAPI:
                 await asyncio.to_thread(services.backends.close)
             log.info("shut down")
 
-    app = FastAPI(title="hybrid-chat", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="hybrid-chat",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+        max_body_size=settings.max_request_bytes,  # every route, the Gradio mount included
+    )
+    security.install(app, parse_origins(settings.allowed_origins))
+    app.add_exception_handler(RequestValidationError, refuse_invalid_body)
     app.state.chat = service
     app.state.begin_shutdown = begin_shutdown  # for embedders running their own server loop
 

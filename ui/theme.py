@@ -56,6 +56,9 @@ CSS = """
 .hc-dot.hc-down { background: #D93025; }
 .hc-dot.hc-failing, .hc-dot.hc-recovering { background: #F9AB00; }
 .hc-user { font-size: 0.85rem; color: var(--body-text-color-subdued); text-align: right; }
+.hc-logout { display: inline; margin: 0; }
+.hc-logout button { background: none; border: 0; padding: 0; color: var(--link-text-color); cursor: pointer;
+  font: inherit; text-decoration: underline; }
 .hc-meta { display: block; font-size: 0.75rem; color: var(--body-text-color-subdued); margin-top: 2px; }
 .hc-meta-error { color: #B3261E; }
 #hc-chatbot { flex-grow: 1; }

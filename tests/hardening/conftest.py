@@ -176,6 +176,7 @@ SERVER_USERS = [f"{p}{i}" for p in ("user", "api") for i in range(20)] + [
 SERVER_PASSWORD = "pw-Zq8-hardening"  # noqa: S105 - a throwaway password of a local test server
 SERVER_SECRET = "sk-hardening-SECRET-4f9c2e"  # noqa: S105 - must never appear in a log
 SERVER_RATE_PER_MINUTE = 10
+ALLOWED_ORIGIN = "https://portal.example.com"  # a site configured to call the app with the user's sign-in
 
 
 @pytest.fixture(scope="session")
@@ -211,14 +212,16 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             "HYBRID_CHAT_RATE_LIMIT_PER_MINUTE": str(SERVER_RATE_PER_MINUTE),
             "HYBRID_CHAT_AUTH_USERS": ",".join(f"{u}:{SERVER_PASSWORD}" for u in SERVER_USERS),
             "HYBRID_CHAT_LOG_LEVEL": "INFO",
+            "HYBRID_CHAT_ALLOWED_ORIGINS": ALLOWED_ORIGIN,
         }
         log = tmp / "serve.log"
-        with running_server(env, log) as (url, started_in):
+        with running_server(env, log) as (url, started_in, pid):
             yield {
                 "url": url,
                 "db": tmp / "chat.db",
                 "log": log,
                 "started_in": started_in,
+                "pid": pid,
                 "fault": fault,
                 "auth_headers": auth_headers,
             }

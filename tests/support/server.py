@@ -23,8 +23,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(
     env: dict[str, str], log_path: Path, *, timeout: float = 90
-) -> Iterator[tuple[str, float]]:
-    """Yields (base URL, seconds until the chat page answered)."""
+) -> Iterator[tuple[str, float, int]]:
+    """Yields (base URL, seconds until the chat page answered, the server's process id)."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_CHAT_")}
     full_env.update({"GRADIO_ANALYTICS_ENABLED": "False", **env})
@@ -50,7 +50,7 @@ def running_server(
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        yield url, time.perf_counter() - start
+        yield url, time.perf_counter() - start, proc.pid
     finally:
         proc.terminate()
         try:
