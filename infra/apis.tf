@@ -1,15 +1,26 @@
 # The APIs the codelab enables, plus what this stack adds: Compute Engine (Cloud NAT for the private
-# nodes), Binary Authorization (the cluster enforces the project policy) and IAP (deploy/overlays/iap).
+# nodes), Binary Authorization (the cluster enforces the project policy), IAP (deploy/overlays/iap),
+# Filestore (the shared weights cache, deploy/components/weights-cache) and Cloud Monitoring (Managed
+# Prometheus and the custom-metrics adapter behind the queue-depth autoscaler). A fresh project also
+# needs IAM (service accounts and their grants), Cloud Resource Manager (`data "google_project"`,
+# project IAM members), Cloud Logging (build logs) and Cloud Storage (skaffold's build sources).
+# Service Usage itself (which enables these) is on in every project.
 locals {
   services = toset([
     "aiplatform.googleapis.com",
     "artifactregistry.googleapis.com",
     "binaryauthorization.googleapis.com",
     "cloudbuild.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
     "compute.googleapis.com",
     "container.googleapis.com",
+    "file.googleapis.com",
     "firestore.googleapis.com",
+    "iam.googleapis.com",
     "iap.googleapis.com",
+    "logging.googleapis.com",
+    "monitoring.googleapis.com",
+    "storage.googleapis.com",
   ])
 }
 

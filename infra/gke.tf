@@ -13,6 +13,9 @@ resource "google_service_account" "gke_nodes" {
   project      = var.project_id
   account_id   = "${substr(var.cluster_name, 0, 20)}-nodes"
   display_name = "GKE nodes of ${var.cluster_name} (logging, monitoring, image pulls)"
+
+  # A fresh project: the IAM API must be on before a service account can be created.
+  depends_on = [google_project_service.apis]
 }
 
 # The minimum a GKE node needs (logs, metrics, Autopilot's own agents).
@@ -20,6 +23,8 @@ resource "google_project_iam_member" "gke_nodes_default" {
   project = var.project_id
   role    = "roles/container.defaultNodeServiceAccount"
   member  = "serviceAccount:${google_service_account.gke_nodes.email}"
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_container_cluster" "autopilot" {
@@ -56,6 +61,14 @@ resource "google_container_cluster" "autopilot" {
         cidr_block   = cidr_blocks.value.cidr_block
         display_name = cidr_blocks.value.display_name
       }
+    }
+  }
+
+  # Managed collection for Google Cloud Managed Service for Prometheus (the Autopilot default, stated
+  # here because the autoscalers depend on it: deploy/base/*-podmonitoring.yaml).
+  monitoring_config {
+    managed_prometheus {
+      enabled = true
     }
   }
 

@@ -3,6 +3,9 @@
 # roles/iam.serviceAccountTokenCreator: nothing mints tokens for another identity.
 data "google_project" "this" {
   project_id = var.project_id
+
+  # Needs the Cloud Resource Manager API, which a fresh project may not have yet.
+  depends_on = [google_project_service.apis]
 }
 
 locals {

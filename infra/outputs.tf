@@ -27,3 +27,13 @@ output "chat_workload_principal" {
   description = "IAM principal of the chat Pods (Kubernetes service account via Workload Identity Federation)."
   value       = local.chat_ksa_principal
 }
+
+output "cloud_build_service_account" {
+  description = "Service account that runs skaffold's Cloud Build builds (granted push, log writing and its source bucket)."
+  value       = local.cloud_build_service_account
+}
+
+output "iap_ip_address" {
+  description = "Global static IP of the IAP load balancer (null unless enable_iap): create your DNS A record for it."
+  value       = one(google_compute_global_address.iap[*].address)
+}

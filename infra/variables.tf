@@ -133,3 +133,53 @@ variable "labels" {
     error_message = "Label keys must start with a lowercase letter; keys and values: lowercase letters, digits, '_' and '-', at most 63 chars."
   }
 }
+
+variable "cloud_build_service_account" {
+  description = "E-mail of the service account Cloud Build runs skaffold's builds as (`gcloud builds get-default-service-account`). Empty: the Compute Engine default service account, Cloud Build's default in projects created since 2024."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cloud_build_service_account == "" || can(regex("^[^@\\s]+@[a-z0-9.-]+\\.gserviceaccount\\.com$", var.cloud_build_service_account))
+    error_message = "cloud_build_service_account must be a service account e-mail (NAME@PROJECT.iam.gserviceaccount.com or similar) or empty."
+  }
+}
+
+variable "metrics_adapter_namespace" {
+  description = "Namespace of the Custom Metrics Stackdriver Adapter (its upstream manifest uses custom-metrics)."
+  type        = string
+  default     = "custom-metrics"
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.metrics_adapter_namespace))
+    error_message = "metrics_adapter_namespace must be a DNS-1123 label."
+  }
+}
+
+variable "metrics_adapter_ksa" {
+  description = "Kubernetes service account of the Custom Metrics Stackdriver Adapter; it gets roles/monitoring.viewer."
+  type        = string
+  default     = "custom-metrics-stackdriver-adapter"
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", var.metrics_adapter_ksa))
+    error_message = "metrics_adapter_ksa must be a DNS-1123 label."
+  }
+}
+
+variable "enable_iap" {
+  description = "Reserve the global static IP of deploy/overlays/iap (billed while reserved). Set true before deploying the IAP overlay."
+  type        = bool
+  default     = false
+}
+
+variable "iap_static_ip_name" {
+  description = "Name of the global static IP; must match kubernetes.io/ingress.global-static-ip-name in deploy/overlays/iap/ingress.yaml."
+  type        = string
+  default     = "gradio-chat-ip"
+
+  validation {
+    condition     = can(regex("^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", var.iap_static_ip_name))
+    error_message = "iap_static_ip_name must be a Compute Engine resource name."
+  }
+}
