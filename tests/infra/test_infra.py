@@ -66,6 +66,9 @@ TF_FILES = (
     "firestore.tf",
     "artifact_registry.tf",
     "iam.tf",
+    "cloudbuild.tf",
+    "monitoring.tf",
+    "iap.tf",
     "outputs.tf",
 )
 
@@ -330,7 +333,15 @@ def test_terraform_1_5_and_google_provider_pinned_to_6x(tf: Terraform) -> None:
 def test_the_apis_the_stack_needs_are_enabled(tf: Terraform, tf_text: str) -> None:
     services = tf.of_type("google_project_service")
     assert services
-    for api in ("cloudbuild", "artifactregistry", "container", "firestore", "aiplatform"):
+    for api in (
+        "cloudbuild",
+        "artifactregistry",
+        "container",
+        "firestore",
+        "aiplatform",
+        "file",
+        "monitoring",
+    ):
         assert f'"{api}.googleapis.com"' in tf_text, api
     for _, body in services:
         assert _val(body, "disable_on_destroy") is False
@@ -426,6 +437,11 @@ def test_no_token_creator_impersonation_or_basic_roles_anywhere(tf: Terraform) -
         "roles/datastore.user",
         "roles/container.defaultNodeServiceAccount",
         "roles/artifactregistry.reader",
+        # Cloud Build (skaffold's image build), monitoring (the custom-metrics adapter):
+        "roles/artifactregistry.writer",
+        "roles/logging.logWriter",
+        "roles/storage.objectAdmin",
+        "roles/monitoring.viewer",
     }, roles
 
 
@@ -479,9 +495,10 @@ def test_overlay_renders_and_validates_against_kubernetes_schemas(
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "did not validate" not in output and "ERROR" not in output, output
-    # Only the GKE custom resources have no bundled schema (asserted by hand in the IAP test).
+    # Only the GKE custom resources have no bundled schema (asserted by hand in the IAP test; PodMonitoring
+    # against its CRD's schema in test_podmonitorings_validate_against_the_crd_schema).
     unknown = set(re.findall(r"Couldn't find schema for kind (\w+)", output))
-    assert unknown <= {"BackendConfig", "FrontendConfig", "ManagedCertificate"}, unknown
+    assert unknown <= {"BackendConfig", "FrontendConfig", "ManagedCertificate", "PodMonitoring"}, unknown
 
 
 def test_checkov_kubernetes_has_no_failed_check_on_the_rendered_overlays(
@@ -596,7 +613,13 @@ def test_gemma_runs_pinned_vllm_openai_server_on_4_l4_gpus_with_tensor_parallel_
     shm = next(m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm")  # noqa: S108
     volume = next(v for v in pod["volumes"] if v["name"] == shm["name"])
     assert volume["emptyDir"]["medium"] == "Memory"
-    assert _obj(docs, "Deployment", "gemma-server")["spec"]["strategy"]["type"] == "Recreate"
+    # One replica at a time, never a surge (each replica is a 4-GPU node); the HPA owns the count.
+    gemma = _obj(docs, "Deployment", "gemma-server")
+    assert gemma["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    assert "replicas" not in gemma["spec"], "the HPA owns the replica count"
 
 
 def test_services_match_what_the_app_expects(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -641,9 +664,13 @@ def test_only_chat_pods_may_call_the_unauthenticated_model_server(
     docs = rendered["dev"]
     policy = _obj(docs, "NetworkPolicy", "gemma-server")
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gemma-server"}
-    (rule,) = policy["spec"]["ingress"]
+    # The chat Pods, and Managed Prometheus's collectors for /metrics (test_first_deploy.py): nobody else.
+    rule, scrape = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gradio-chat"}}}]
     assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert [src["namespaceSelector"]["matchLabels"] for src in scrape["from"]] == [
+        {"kubernetes.io/metadata.name": "gmp-system"}
+    ]
 
 
 def test_namespace_and_ksa_match_the_terraform_workload_identity_binding(
@@ -682,8 +709,12 @@ def test_iap_overlay_has_no_public_load_balancer_and_trusts_the_iap_header(
     assert _obj(docs, "FrontendConfig", frontend)["spec"]["redirectToHttps"]["enabled"] is True
     assert _config_map(docs, "hybrid-chat-config")["HYBRID_CHAT_TRUST_IAP"] == "true"
     # Nothing but Google's front ends may connect, so nobody can forge the IAP header from inside.
-    (rule,) = _obj(docs, "NetworkPolicy", "gradio-chat")["spec"]["ingress"]
+    # (and Managed Prometheus's collectors, in-cluster, for /metrics: test_first_deploy.py)
+    rule, scrape = _obj(docs, "NetworkPolicy", "gradio-chat")["spec"]["ingress"]
     assert {b["ipBlock"]["cidr"] for b in rule["from"]} == {"130.211.0.0/22", "35.191.0.0/16"}
+    assert [src["namespaceSelector"]["matchLabels"] for src in scrape["from"]] == [
+        {"kubernetes.io/metadata.name": "gmp-system"}
+    ]
 
 
 def test_weights_cache_overlay_keeps_the_hugging_face_cache_on_a_pvc(
@@ -691,7 +722,10 @@ def test_weights_cache_overlay_keeps_the_hugging_face_cache_on_a_pvc(
 ) -> None:
     docs = rendered["weights-cache"]
     pvc = _obj(docs, "PersistentVolumeClaim", "gemma-weights")
-    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # Shared by every replica the queue-depth HPA adds: ReadWriteOnce would leave the second one Pending.
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pvc["spec"]["storageClassName"] == "standard-rwx"
+    assert pvc["metadata"]["namespace"] == "hybrid-chat"
     pod = _pod_spec(docs, "gemma-server")
     c = _container(docs, "gemma-server")
     hf_home = next(e["value"] for e in c["env"] if e["name"] == "HF_HOME")
