@@ -30,10 +30,10 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from graph.memory import (
     META_KEY,
     AccessDenied,
+    ChatHistory,
     ConversationNotFound,
     ConversationStore,
     MemoryUnavailable,
-    estimate_tokens,
 )
 from tests.support.firestore_emulator import FirestoreEmulator, firestore_emulator, free_port
 
@@ -178,13 +178,57 @@ def store(backend: Backend) -> ConversationStore:
     return backend.make()
 
 
-def turn(label: str, answer: str | None = None, **meta: Any) -> list[BaseMessage]:
-    """A human question and its AI answer, labelled so tests can check they stay together."""
+@dataclass
+class Api:
+    """The history's sync or async methods behind one interface, so both run the same cases.
+
+    The sync calls run in a worker thread without an event loop, as a sync caller's would."""
+
+    kind: str
+
+    async def add(self, h: ChatHistory, msgs: list[BaseMessage], model: str | None = None) -> None:
+        if self.kind == "async":
+            await h.aadd_messages(msgs, model=model)
+        else:
+            await asyncio.to_thread(h.add_messages, msgs, model=model)
+
+    async def messages(self, h: ChatHistory) -> list[BaseMessage]:
+        if self.kind == "async":
+            return await h.aget_messages()
+        return await asyncio.to_thread(lambda: h.messages)
+
+    async def window(self, h: ChatHistory, max_messages: int | None = None) -> list[BaseMessage]:
+        if self.kind == "async":
+            return await h.aget_window(max_messages)
+        return await asyncio.to_thread(h.get_window, max_messages)
+
+    async def truncate(self, h: ChatHistory, from_message_id: str) -> int:
+        if self.kind == "async":
+            return await h.atruncate(from_message_id)
+        return await asyncio.to_thread(h.truncate, from_message_id)
+
+    async def clear(self, h: ChatHistory) -> None:
+        if self.kind == "async":
+            await h.aclear()
+        else:
+            await asyncio.to_thread(h.clear)
+
+
+@pytest.fixture(params=["async", "sync"])
+def api(request: pytest.FixtureRequest) -> Api:
+    return Api(request.param)
+
+
+def turn(label: str, answer: str | None = None, *, ids: bool = False, **meta: Any) -> list[BaseMessage]:
+    """A human question and its AI answer, labelled so tests can check they stay together.
+
+    `ids=True` gives them ids as the graph does (`q-<label>`, `a-<label>`)."""
     hc = {"backend": "gemma", "route_reason": "default", "latency_ms": 12.5, "ttft_ms": 3.0, **meta}
     return [
-        HumanMessage(f"question {label}"),
+        HumanMessage(f"question {label}", id=f"q-{label}" if ids else None),
         AIMessage(
             answer or f"answer {label}",
+            id=f"a-{label}" if ids else None,
             response_metadata={META_KEY: hc},
             usage_metadata={"input_tokens": 7, "output_tokens": 11, "total_tokens": 18},
         ),
@@ -198,33 +242,26 @@ def texts(msgs: list[BaseMessage]) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # The checklist
 # ------------------------------------------------------------------------------------------------
-async def test_a_saved_turn_reads_back_in_order_with_its_metadata(
-    backend: Backend, store: ConversationStore
+async def test_a_saved_turn_reads_back_equal_to_what_was_written(
+    backend: Backend, store: ConversationStore, api: Api
 ) -> None:
     h = store.history("s1", "alice")
     system = SystemMessage("be brief")
-    multimodal = HumanMessage([{"type": "text", "text": "look at this"}])
+    multimodal = HumanMessage([{"type": "text", "text": "look at this"}], id="mm-1")
     first = turn("1", backend="gemini", route_reason="long_context", latency_ms=812.0)
-    await h.aadd_messages([system, *first], model="gemini")
-    await h.aadd_messages([multimodal, AIMessage("seen")], model="gemma")
+    await api.add(h, [system, *first], model="gemini")
+    await api.add(h, [multimodal, AIMessage("seen", id="seen-1")], model="gemma")
+    written = [system, *first, multimodal, AIMessage("seen", id="seen-1")]
 
-    got = await h.aget_messages()
-    assert texts(got) == ["be brief", "question 1", "answer 1", str(multimodal.content), "seen"]
-    assert [m.type for m in got] == ["system", "human", "ai", "human", "ai"]
+    got = await api.messages(h)
+    assert got == written  # type, content, id, metadata, usage: nothing added, nothing lost
+    assert [m.id for m in got] == [None, None, None, "mm-1", "seen-1"]  # id-less stay id-less
     assert got[3].content == multimodal.content  # content blocks survive as blocks
-    assert [m.id for m in got[:3]] == [system.id, first[0].id, first[1].id]  # ids were assigned
-    answer = got[2]
-    assert isinstance(answer, AIMessage)
-    meta = answer.response_metadata[META_KEY]
-    assert (meta["backend"], meta["route_reason"], meta["latency_ms"], meta["ttft_ms"]) == (
-        "gemini",
-        "long_context",
-        812.0,
-        3.0,
+    assert all(
+        "seq" not in str(m.response_metadata) and "stored_at" not in str(m.response_metadata) for m in got
     )
-    assert answer.usage_metadata == {"input_tokens": 7, "output_tokens": 11, "total_tokens": 18}
-    assert [m.response_metadata[META_KEY]["seq"] for m in got] == [0, 1, 2, 3, 4]
-    assert datetime.fromisoformat(got[0].response_metadata[META_KEY]["stored_at"]).tzinfo is not None
+    assert await api.window(h, 2) == written[-2:]
+    assert (await h.aget_page(limit=5)).messages == written
 
     raw = backend.raw_messages("s1")
     assert [r["role"] for r in raw] == ["system", "human", "ai", "human", "ai"]
@@ -272,26 +309,32 @@ def test_another_process_sees_and_extends_the_history(kind: str, tmp_path: Path)
     assert all(a.content == b.content for a, b in zip(msgs[::2], msgs[1::2], strict=True))
 
 
-async def test_the_window_honours_count_and_token_budget_and_never_starts_with_an_answer(
-    store: ConversationStore,
-) -> None:
+async def test_the_window_is_the_newest_messages_oldest_first(store: ConversationStore, api: Api) -> None:
+    h = store.history("s1", "alice")
+    for i in range(10):
+        await api.add(h, turn(str(i)))
+    everything = await h.aget_messages()
+
+    assert await api.window(h, 5) == everything[-5:]  # an answer may come first: the node trims
+    assert await api.window(h, 100) == everything
+    assert await api.window(h) == everything
+    assert await api.window(h, 0) == []
+    assert await api.window(store.history("never-written", "alice"), 10) == []
+
+
+async def test_the_deprecated_token_budget_still_trims_and_says_so(store: ConversationStore) -> None:
     h = store.history("s1", "alice")
     for i in range(10):
         await h.aadd_messages(turn(str(i)))
     everything = await h.aget_messages()
+    from langchain_core.messages.utils import count_tokens_approximately
 
-    by_count = await h.aget_window(max_messages=5)
-    assert texts(by_count) == texts(everything[-4:])  # the 5th newest is an orphan answer: dropped
-    assert by_count[0].type == "human"
-
-    budget = sum(estimate_tokens(m) for m in everything[-3:])
-    by_tokens = await h.aget_window(max_tokens=budget)
-    assert texts(by_tokens) == texts(everything[-2:])
-    both = await h.aget_window(max_messages=6, max_tokens=10_000)
-    assert texts(both) == texts(everything[-6:])
-    assert texts(await h.aget_window()) == texts(everything)
-    assert await h.aget_window(max_messages=0) == []
-    assert await store.history("never-written", "alice").aget_window(10) == []
+    budget = count_tokens_approximately(everything[-3:])
+    with pytest.warns(DeprecationWarning, match="trim_messages"):
+        by_tokens = await h.aget_window(max_tokens=budget)
+    assert by_tokens == everything[-2:]  # the newest that fit, starting on a question
+    with pytest.warns(DeprecationWarning):
+        assert await asyncio.to_thread(h.get_window, 6, max_tokens=10_000) == everything[-6:]
 
 
 async def test_paging_covers_the_whole_conversation_exactly_once(store: ConversationStore) -> None:
@@ -310,7 +353,9 @@ async def test_paging_covers_the_whole_conversation_exactly_once(store: Conversa
     assert len(pages) == 5
 
 
-async def test_concurrent_writers_lose_nothing_and_keep_each_turn_together(store: ConversationStore) -> None:
+async def test_concurrent_writers_lose_nothing_and_keep_each_turn_together(
+    backend: Backend, store: ConversationStore
+) -> None:
     async def writer(w: int) -> None:
         h = store.history("s1", "alice")  # each writer has its own handle, like a browser tab
         for t in range(2):
@@ -319,8 +364,7 @@ async def test_concurrent_writers_lose_nothing_and_keep_each_turn_together(store
     await asyncio.gather(*(writer(w) for w in range(20)))
     msgs = await store.history("s1", "alice").aget_messages()
     assert len(msgs) == 80
-    seqs = [m.response_metadata[META_KEY]["seq"] for m in msgs]
-    assert seqs == list(range(80))
+    assert [r["seq"] for r in backend.raw_messages("s1")] == list(range(80))
     for q, a in zip(msgs[::2], msgs[1::2], strict=True):
         assert (q.type, a.type) == ("human", "ai")
         assert str(q.content).removeprefix("question ") == str(a.content).removeprefix("answer ")
@@ -364,24 +408,32 @@ async def test_two_independent_store_instances_writing_at_once_lose_nothing(back
     await asyncio.gather(writer(0), writer(1))
     msgs = await pods[0].history("s1", "alice").aget_messages()
     assert len(msgs) == 12
-    assert [m.response_metadata[META_KEY]["seq"] for m in msgs] == list(range(12))
+    assert [r["seq"] for r in backend.raw_messages("s1")] == list(range(12))
     assert all(str(q.content)[9:] == str(a.content)[7:] for q, a in zip(msgs[::2], msgs[1::2], strict=True))
 
 
-async def test_retrying_a_save_with_the_same_message_ids_does_not_duplicate(store: ConversationStore) -> None:
+async def test_retrying_a_save_with_the_same_message_ids_does_not_duplicate(
+    store: ConversationStore, api: Api
+) -> None:
     h = store.history("s1", "alice")
-    first = turn("1")
-    await h.aadd_messages(first)
-    await h.aadd_messages(first)  # the same objects (their ids were set by the first save)
-    await h.aadd_messages([m.model_copy() for m in first])  # a retry with new objects, same ids
-    assert texts(await h.aget_messages()) == ["question 1", "answer 1"]
+    first = turn("1", ids=True)  # the graph's messages carry ids
+    await api.add(h, first)
+    await api.add(h, first)
+    await api.add(h, [m.model_copy() for m in first])  # a retry with new objects, same ids
+    assert await api.messages(h) == first
 
     clash = HumanMessage("a different question", id=first[0].id)  # same id, different message
-    await h.aadd_messages([clash])
-    msgs = await h.aget_messages()
+    await api.add(h, [clash])
+    msgs = await api.messages(h)
     assert texts(msgs) == ["question 1", "answer 1", "a different question"]
-    assert clash.id != first[0].id and msgs[-1].id == clash.id
+    assert clash.id != first[0].id and msgs[-1].id == clash.id  # the clash got a fresh id, kept
     assert (await store.aget_conversation("s1", "alice")).message_count == 3
+
+    anonymous = HumanMessage("no id")  # as LangChain's `add_user_message` makes them
+    await api.add(h, [anonymous])
+    await api.add(h, [anonymous])  # nothing names it: stored twice, as any LangChain history would
+    assert (await api.messages(h))[-2:] == [HumanMessage("no id"), HumanMessage("no id")]
+    assert anonymous.id is None  # the caller's message is not changed
 
 
 async def test_another_user_is_refused_everything_and_never_sees_the_conversation(
@@ -455,14 +507,14 @@ async def test_the_title_comes_from_the_first_question_shortened_sensibly(store:
     assert long_q.startswith(title[:-1]) and not title[:-1].endswith(" ")
 
 
-async def test_delete_removes_the_conversation_and_all_its_messages(backend: Backend) -> None:
+async def test_delete_removes_the_conversation_and_all_its_messages(backend: Backend, api: Api) -> None:
     store = backend.make(**({"delete_batch_size": 500} if backend.kind == "firestore" else {}))
     h = store.history("s1", "alice")
     await h.aadd_messages([HumanMessage(f"m{i}") for i in range(600)])
     await store.history("keep", "alice").aadd_messages(turn("keep"))
     assert len(backend.raw_messages("s1")) == 600
 
-    await store.adelete("s1", "alice")
+    await api.clear(h)  # sync `clear` and async `aclear` are the same delete (retries, batches)
     assert backend.raw_messages("s1") == [] and backend.raw_session("s1") is None
     if backend.kind == "firestore":
         assert store.stats.extra["delete_batches"] == 2  # 600 messages, batches of 500
@@ -473,6 +525,67 @@ async def test_delete_removes_the_conversation_and_all_its_messages(backend: Bac
     await store.adelete("s1", "alice")  # a retried delete is a no-op
     await h.aadd_messages(turn("fresh start"))
     assert texts(await h.aget_messages()) == ["question fresh start", "answer fresh start"]
+
+
+async def test_truncate_cuts_from_a_message_on_and_keeps_the_conversation(
+    backend: Backend, store: ConversationStore, api: Api
+) -> None:
+    """Regenerate drops the last answer, edit drops from a question on: the conversation stays."""
+    h = store.history("s1", "alice")
+    for i in range(3):
+        await api.add(h, turn(str(i), ids=True), model="gemma")
+    await api.add(h, [HumanMessage("odd id", id="run/42:x"), AIMessage("ok", id="a-odd")])
+    await store.arename("s1", "alice", "My plans")
+
+    assert await api.truncate(h, "run/42:x") == 2  # an id that is not a valid document id
+    assert await api.truncate(h, "a-2") == 1  # regenerate
+    assert texts(await api.messages(h))[-1] == "question 2"
+    assert await api.truncate(h, "q-1") == 3  # edit from the second question
+    assert await api.messages(h) == turn("0", ids=True)
+    conv = await store.aget_conversation("s1", "alice")
+    assert (conv.title, conv.message_count, conv.user_id, conv.last_model) == (
+        "My plans",
+        2,
+        "alice",
+        "gemma",
+    )
+
+    assert await api.truncate(h, "q-1") == 0  # already cut: a retried truncate is a no-op
+    assert await api.truncate(h, "never-stored") == 0
+    assert await api.truncate(store.history("missing", "alice"), "q-0") == 0
+    with pytest.raises(AccessDenied):
+        await api.truncate(store.history("s1", "bob"), "q-0")
+
+    await api.add(h, turn("1", ids=True))  # the edited question may keep its id
+    await api.add(h, turn("2", ids=True))
+    assert texts(await api.messages(h)) == [f"{w} {i}" for i in range(3) for w in ("question", "answer")]
+    assert [r["seq"] for r in backend.raw_messages("s1")] == [0, 1, 8, 9, 10, 11]  # order kept, gaps fine
+    pages, before = [], None
+    while True:
+        page = await h.aget_page(before=before, limit=4)
+        pages = page.messages + pages
+        if page.next_before is None:
+            break
+        before = page.next_before
+    assert pages == await api.messages(h)
+    assert (await store.aget_conversation("s1", "alice")).message_count == 6
+
+    assert await api.truncate(h, "q-0") == 6  # from the first message: empty, header kept
+    conv = await store.aget_conversation("s1", "alice")
+    assert (conv.title, conv.message_count) == ("My plans", 0)
+    assert await api.messages(h) == [] and await api.window(h, 10) == []
+
+
+async def test_truncating_a_long_tail_works_in_batches(backend: Backend, api: Api) -> None:
+    store = backend.make(**({"delete_batch_size": 250} if backend.kind == "firestore" else {}))
+    h = store.history("s1", "alice")
+    msgs = [HumanMessage(f"m{i}", id=f"m{i}") for i in range(620)]
+    await h.aadd_messages(msgs)
+    assert await api.truncate(h, "m20") == 600
+    assert await h.aget_messages() == msgs[:20]
+    assert (await store.aget_conversation("s1", "alice")).message_count == 20
+    if backend.kind == "firestore":
+        assert store.stats.extra["truncate_batches"] == 3  # 600 messages, 250 a transaction
 
 
 async def test_expire_at_is_set_only_when_a_ttl_is_configured(backend: Backend) -> None:
@@ -572,12 +685,45 @@ async def test_firestore_reads_a_legacy_document_and_migrates_it_on_the_next_wri
     assert texts(await h.aget_messages()) == expected
     assert [c.session_id for c in (await store.alist_conversations("alice")).conversations] == ["old"]
 
+    raw.collection(COLLECTION).document("old3").set({"messages": items})
+    assert await h.__class__("old3", user_id="alice", store=store).atruncate("legacy-000001") == 2
+    assert b.raw_session("old3")["message_count"] == 1  # type: ignore[index]  # migrated, then cut
+    assert [m["content"] for m in b.raw_messages("old3")] == ["first question"]
+
     anyone = b.make(legacy_owner="*")  # trusted single-tenant mode: the first writer claims it
     raw.collection(COLLECTION).document("old2").set({"messages": items[:1]})
     await anyone.history("old2", "carol").aadd_messages([AIMessage("claimed")])
     with pytest.raises(AccessDenied):
         await anyone.history("old2", "dave").aget_window(10)
     assert b.raw_session("old2")["user_id"] == "carol"  # type: ignore[index]
+
+
+@pytest.mark.integration
+async def test_firestore_history_without_an_owner_is_the_packages_drop_in(
+    emulator: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`user_id=None` opens unowned sessions only; owned users open them only as `legacy_owner` says."""
+    b = _firestore_backend(emulator, monkeypatch)
+    from graph.memory.firestore import FirestoreChatMessageHistory
+
+    store = b.make()
+    anon = FirestoreChatMessageHistory("shared", user_id=None, store=store)
+    await anon.aadd_messages([HumanMessage("hello")])
+    assert await anon.aget_messages() == [HumanMessage("hello")]
+    assert b.raw_session("shared")["user_id"] is None  # type: ignore[index]
+    with pytest.raises(AccessDenied):
+        await store.history("shared", "alice").aget_messages()  # default: nobody may open it
+    await store.history("mine", "alice").aadd_messages([HumanMessage("private")])
+    with pytest.raises(AccessDenied):
+        await FirestoreChatMessageHistory("mine", user_id=None, store=store).aget_messages()
+
+    claims = b.make(legacy_owner="*")
+    await claims.history("shared", "alice").aadd_messages([AIMessage("hi")])  # the first writer claims
+    assert b.raw_session("shared")["user_id"] == "alice"  # type: ignore[index]
+    with pytest.raises(AccessDenied):
+        await anon.aget_messages()
+    for s in (store, claims):
+        await s.aclose()
 
 
 async def test_a_5_mb_conversation_saves_and_loads(store: ConversationStore) -> None:
@@ -588,7 +734,7 @@ async def test_a_5_mb_conversation_saves_and_loads(store: ConversationStore) -> 
         await h.aadd_messages([HumanMessage(f"r{i}"), AIMessage(f"{i}b:{chunk}")])
     msgs = await h.aget_messages()
     assert len(msgs) == 40 and sum(len(str(m.content)) for m in msgs) > 5_000_000
-    window = await h.aget_window(max_messages=40, max_tokens=200_000)
+    window = await h.aget_window(max_messages=40)
     assert texts(window)[-2:] == ["r9", f"9b:{chunk}"]
 
 
@@ -606,18 +752,14 @@ async def test_the_window_costs_the_same_at_100_and_1000_messages(backend: Backe
         times = []
         for _ in range(5):
             t0 = time.perf_counter()
-            assert len(await h.aget_window(max_messages=20, max_tokens=6000)) == 20
+            assert len(await h.aget_window(max_messages=20)) == 20
             times.append(time.perf_counter() - t0)
-        by_count = store.stats.docs_read // 5
-        store.stats.docs_read = 0
-        assert 10 < len(await h.aget_window(max_tokens=150)) < 40  # token budget only
-        cost[n] = (by_count, store.stats.docs_read, statistics.median(times))
+        cost[n] = (store.stats.docs_read // 5, 0, statistics.median(times))
     print(
         f"\n[figures] {backend.kind} window(20) load: "
         + ", ".join(f"{n} msgs {t * 1000:.2f} ms / {d} docs read" for n, (d, _, t) in cost.items())
     )
     assert cost[100][0] == cost[1000][0] <= 21  # the window's 20 messages (+ the header document)
-    assert max(cost[100][1], cost[1000][1]) <= 52  # budget-only windows read in bounded chunks
     assert cost[1000][2] < 4 * cost[100][2] + 0.1  # loose: other work shares this machine
 
 
@@ -631,7 +773,7 @@ async def test_figures_append_turn_plus_window_latency(backend: Backend) -> None
     for i in range(n):
         t0 = time.perf_counter()
         await h.aadd_messages(turn(str(i)), model="gemma")
-        await h.aget_window(max_messages=40, max_tokens=6000)
+        await h.aget_window(max_messages=40)
         samples.append(time.perf_counter() - t0)
     p50 = statistics.median(samples) * 1000
     p95 = statistics.quantiles(samples, n=20)[18] * 1000
@@ -697,7 +839,7 @@ def test_the_sync_api_works_too(store: ConversationStore) -> None:
     h.add_messages(turn("1"))
     h.add_message(HumanMessage("follow-up"))
     assert texts(h.messages) == ["question 1", "answer 1", "follow-up"]
-    assert texts(h.get_window(max_messages=2)) == ["follow-up"]  # the orphan answer is dropped
+    assert texts(h.get_window(max_messages=2)) == ["answer 1", "follow-up"]
     h.clear()
     assert h.messages == []
 

@@ -1,4 +1,4 @@
-"""Durable chat memory: pick a store from settings; the graph only sees the contract in `base`.
+"""Durable chat memory: pick a store from settings; the graph only sees the contract in `contract`.
 
 Store modules are imported lazily so an SQLite deployment never imports the Firestore client.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from graph.memory.base import (
+from graph.memory.contract import (
     META_KEY,
     AccessDenied,
     ChatHistory,
@@ -19,7 +19,6 @@ from graph.memory.base import (
     MemoryUnavailable,
     Page,
     StoreStats,
-    estimate_tokens,
 )
 
 if TYPE_CHECKING:
@@ -37,7 +36,6 @@ __all__ = [
     "MemoryUnavailable",
     "Page",
     "StoreStats",
-    "estimate_tokens",
     "make_store",
 ]
 
@@ -46,7 +44,7 @@ def make_store(settings: Settings) -> ConversationStore:
     """The store `settings.memory` names. No I/O: files and clients open on first use.
 
     Firestore talks to the emulator when `FIRESTORE_EMULATOR_HOST` is set (the client library reads it).
-    `firestore_legacy_owner` says who owns pre-migration documents (see `graph.memory.firestore`).
+    `firestore_legacy_owner` says who may open unowned documents (see `graph.memory.firestore`).
     """
     if settings.memory == "sqlite":
         from graph.memory.sqlite import SQLiteConversationStore

@@ -21,7 +21,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,8 +29,23 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from graph.memory.base import (
+from graph.memory.codec import (
     DEFAULT_TITLE,
+    decode_cursor,
+    derive_title,
+    deserialize_message,
+    encode_cursor,
+    message_fields,
+    message_text,
+    normalize_message,
+    plan_keys,
+    serialize_message,
+    stored_ids,
+    trim_to_tokens,
+    utcnow,
+    validate_title,
+)
+from graph.memory.contract import (
     AccessDenied,
     ChatHistory,
     Conversation,
@@ -40,21 +55,6 @@ from graph.memory.base import (
     MemoryUnavailable,
     Page,
     StoreStats,
-    TokenCounter,
-    decode_cursor,
-    dedupe_messages,
-    derive_title,
-    deserialize_message,
-    encode_cursor,
-    ensure_ids,
-    estimate_tokens,
-    message_fields,
-    message_text,
-    normalize_message,
-    select_window,
-    serialize_message,
-    utcnow,
-    validate_title,
 )
 
 SCHEMA_VERSION = 1
@@ -114,7 +114,6 @@ class SQLiteConversationStore(ConversationStore):
         path: str | Path,
         *,
         ttl_days: int = 0,
-        token_counter: TokenCounter | None = None,
         busy_timeout_s: float = 10.0,
         synchronous: str = "NORMAL",
         clock: Any = None,
@@ -125,7 +124,6 @@ class SQLiteConversationStore(ConversationStore):
             raise ValueError(f"invalid synchronous mode {synchronous!r}")
         self.path = Path(path)
         self.ttl_days = ttl_days
-        self.token_counter: TokenCounter = token_counter or estimate_tokens
         self.busy_timeout_s = busy_timeout_s
         self.synchronous = synchronous.upper()
         self.clock = clock or utcnow
@@ -232,99 +230,102 @@ class SQLiteConversationStore(ConversationStore):
         msgs = [normalize_message(m) for m in messages]
         if not msgs:
             return
-        ensure_ids(msgs)
-        for original, m in zip(messages, msgs, strict=True):
-            original.id = m.id
         now = self.clock()
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT user_id, next_seq, title FROM sessions WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            if row is not None and row[0] != user_id:
-                raise AccessDenied(f"conversation {session_id!r} belongs to another user")
-            ids = [str(m.id) for m in msgs]
-            marks = ",".join("?" * len(ids))
-            stored = {
-                r[0]: (r[1], r[2])
-                for r in conn.execute(
-                    f"SELECT message_id, role, content FROM messages WHERE session_id = ? "  # noqa: S608 - only "?" placeholders are formatted in
-                    f"AND message_id IN ({marks})",
-                    (session_id, *ids),
-                )
-            }
-            new = dedupe_messages(msgs, stored)
-            if not new:
-                return
+        try:
+            with self._write() as conn:
+                self._append_in(conn, session_id, user_id, msgs, model, now)
+        finally:
             for original, m in zip(messages, msgs, strict=True):
-                original.id = m.id
-            seq = row[1] if row else 0
-            ts = _ts(now)
-            rows = []
-            for m in new:
-                f = message_fields(m)
-                rows.append(
-                    (
-                        session_id, seq, str(m.id), m.type, message_text(m), ts, f["backend"],
-                        f["route_reason"], f["latency_ms"], f["ttft_ms"], f["model"],
-                        f["input_tokens"], f["output_tokens"], serialize_message(m),
-                    )
-                )  # fmt: skip
-                seq += 1
-            expire = self._expire(now)
-            if row is None:
-                conn.execute(
-                    "INSERT INTO sessions (session_id, user_id, title, created_at, updated_at, last_model, "
-                    "message_count, next_seq, expire_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (session_id, user_id, derive_title(new) or "", ts, ts, model, len(new), seq, expire),
-                )
-            else:
-                conn.execute(
-                    "UPDATE sessions SET updated_at = ?, last_model = COALESCE(?, last_model), "
-                    "message_count = message_count + ?, next_seq = ?, expire_at = ?, "
-                    "title = CASE WHEN title = '' THEN ? ELSE title END WHERE session_id = ?",
-                    (ts, model, len(new), seq, expire, derive_title(new) or "", session_id),
-                )
-            conn.executemany(f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)  # noqa: S608 - constant columns, "?" placeholders
+                if m is not original:
+                    original.id = m.id  # a collision got a fresh id: a retry must reuse it
 
-    def _rows_to_messages(self, rows: Iterator[tuple[Any, ...]]) -> Iterator[BaseMessage]:
-        for seq, raw, content, created in rows:
-            self.stats.docs_read += 1
-            yield deserialize_message(raw, content, seq, _dt(created))
+    def _append_in(
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        user_id: str,
+        msgs: list[BaseMessage],
+        model: str | None,
+        now: datetime,
+    ) -> None:
+        row = conn.execute(
+            "SELECT user_id, next_seq, title FROM sessions WHERE session_id = ?", (session_id,)
+        ).fetchone()
+        if row is not None and row[0] != user_id:
+            raise AccessDenied(f"conversation {session_id!r} belongs to another user")
+        ids = stored_ids(msgs)
+        marks = ",".join("?" * len(ids))
+        stored = {
+            r[0]: (r[1], r[2])
+            for r in conn.execute(
+                f"SELECT message_id, role, content FROM messages WHERE session_id = ? "  # noqa: S608 - only "?" placeholders are formatted in
+                f"AND message_id IN ({marks})",
+                (session_id, *ids),
+            )
+        }
+        new = plan_keys(msgs, stored)
+        if not new:
+            return
+        seq = row[1] if row else 0
+        ts = _ts(now)
+        rows = []
+        for key, m in new:
+            f = message_fields(m)
+            rows.append(
+                (
+                    session_id, seq, key, m.type, message_text(m), ts, f["backend"],
+                    f["route_reason"], f["latency_ms"], f["ttft_ms"], f["model"],
+                    f["input_tokens"], f["output_tokens"], serialize_message(m),
+                )
+            )  # fmt: skip
+            seq += 1
+        expire = self._expire(now)
+        title = derive_title(m for _, m in new) or ""
+        if row is None:
+            conn.execute(
+                "INSERT INTO sessions (session_id, user_id, title, created_at, updated_at, last_model, "
+                "message_count, next_seq, expire_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, user_id, title, ts, ts, model, len(new), seq, expire),
+            )
+        else:
+            conn.execute(
+                "UPDATE sessions SET updated_at = ?, last_model = COALESCE(?, last_model), "
+                "message_count = message_count + ?, next_seq = ?, expire_at = ?, "
+                "title = CASE WHEN title = '' THEN ? ELSE title END WHERE session_id = ?",
+                (ts, model, len(new), seq, expire, title, session_id),
+            )
+        conn.executemany(f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)  # noqa: S608 - constant columns, "?" placeholders
 
-    def _window(
-        self, session_id: str, user_id: str, max_messages: int | None, max_tokens: int | None
-    ) -> list[BaseMessage]:
-        conn = self._conn()
+    def _to_messages(self, rows: Iterable[tuple[Any, ...]]) -> list[BaseMessage]:
+        """(message, content) rows -> messages, exactly as written."""
+        out = [deserialize_message(raw, content) for raw, content in rows]
+        self.stats.docs_read += len(out)
+        return out
+
+    def _window(self, session_id: str, user_id: str, max_messages: int | None) -> list[BaseMessage]:
+        if max_messages is not None and max_messages <= 0:
+            with _mapped():
+                self._check_owner(self._conn(), session_id, user_id)
+            return []
         with _mapped():
-            if max_messages is None:
-                # Token budget only: stream newest first and stop reading once the budget is spent.
-                if not self._check_owner(conn, session_id, user_id):
-                    return []
-                cur = conn.execute(
-                    "SELECT seq, message, content, created_at FROM messages WHERE session_id = ? "
-                    "ORDER BY seq DESC",
-                    (session_id,),
-                )
-                try:
-                    return select_window(self._rows_to_messages(cur), None, max_tokens, self.token_counter)
-                finally:
-                    cur.close()
             # One statement: the owner rides along on every row (and alone when there are none).
-            rows = conn.execute(
-                "SELECT s.user_id, m.seq, m.message, m.content, m.created_at FROM sessions s "
-                "LEFT JOIN (SELECT * FROM messages WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) m "
-                "WHERE s.session_id = ?1 ORDER BY m.seq DESC",
-                (session_id, max(0, max_messages)),
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT s.user_id, m.message, m.content FROM sessions s "
+                    "LEFT JOIN (SELECT * FROM messages WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) m "
+                    "WHERE s.session_id = ?1 ORDER BY m.seq DESC",
+                    (session_id, -1 if max_messages is None else max_messages),
+                )
+                .fetchall()
+            )
         if not rows:
             return []
         if rows[0][0] != user_id:
             raise AccessDenied(f"conversation {session_id!r} belongs to another user")
         if rows[0][1] is None:
             return []
-        return select_window(
-            self._rows_to_messages(iter(r[1:] for r in rows)), max_messages, max_tokens, self.token_counter
-        )
+        return self._to_messages(r[1:] for r in reversed(rows))
 
     def _page(self, session_id: str, user_id: str, before: int | None, limit: int) -> Page:
         if limit <= 0:
@@ -334,13 +335,13 @@ class SQLiteConversationStore(ConversationStore):
             if not self._check_owner(conn, session_id, user_id):
                 return Page([], None)
             rows = conn.execute(
-                "SELECT seq, message, content, created_at FROM messages WHERE session_id = ? AND seq < ? "
+                "SELECT seq, message, content FROM messages WHERE session_id = ? AND seq < ? "
                 "ORDER BY seq DESC LIMIT ?",
                 (session_id, before if before is not None else 2**62, limit + 1),
             ).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        msgs = list(self._rows_to_messages(iter(reversed(rows))))
+        msgs = self._to_messages(r[1:] for r in reversed(rows))
         return Page(msgs, rows[-1][0] if more and rows else None)
 
     def _all(self, session_id: str, user_id: str) -> list[BaseMessage]:
@@ -349,10 +350,30 @@ class SQLiteConversationStore(ConversationStore):
             if not self._check_owner(conn, session_id, user_id):
                 return []
             rows = conn.execute(
-                "SELECT seq, message, content, created_at FROM messages WHERE session_id = ? ORDER BY seq",
-                (session_id,),
+                "SELECT message, content FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
             ).fetchall()
-        return list(self._rows_to_messages(iter(rows)))
+        return self._to_messages(rows)
+
+    def _truncate(self, session_id: str, user_id: str, from_message_id: str) -> int:
+        """`ChatHistory.atruncate`: one write transaction (concurrent appends queue behind it)."""
+        with self._write() as conn:
+            if not self._check_owner(conn, session_id, user_id):
+                return 0
+            row = conn.execute(
+                "SELECT seq FROM messages WHERE session_id = ? AND message_id = ?",
+                (session_id, from_message_id),
+            ).fetchone()
+            if row is None:
+                return 0
+            n = conn.execute(
+                "DELETE FROM messages WHERE session_id = ? AND seq >= ?", (session_id, row[0])
+            ).rowcount
+            conn.execute(
+                "UPDATE sessions SET message_count = MAX(0, message_count - ?), updated_at = ? "
+                "WHERE session_id = ?",
+                (n, _ts(self.clock()), session_id),
+            )
+            return n
 
     def _delete(self, session_id: str, user_id: str) -> None:
         with self._write() as conn:
@@ -455,7 +476,11 @@ class SQLiteConversationStore(ConversationStore):
 
 
 class SQLiteChatMessageHistory(ChatHistory):
-    """One user's conversation in a `SQLiteConversationStore` (a cheap handle; no I/O until used)."""
+    """One user's conversation in a `SQLiteConversationStore` (a cheap handle; no I/O until used).
+
+    sqlite3 is sync: the sync methods call the store directly, the async ones run the same calls in a
+    worker thread (as langgraph's SqliteSaver pairs with its async twin), so nothing is written twice.
+    """
 
     def __init__(self, store: SQLiteConversationStore, session_id: str, user_id: str) -> None:
         if not session_id or not user_id:
@@ -464,7 +489,7 @@ class SQLiteChatMessageHistory(ChatHistory):
         self.session_id = session_id
         self.user_id = user_id
 
-    # sync
+    # sync: native
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         return self.store._all(self.session_id, self.user_id)
@@ -475,10 +500,16 @@ class SQLiteChatMessageHistory(ChatHistory):
     def clear(self) -> None:
         self.store._delete(self.session_id, self.user_id)
 
-    def get_window(self, max_messages: int | None = None, max_tokens: int | None = None) -> list[BaseMessage]:
-        return self.store._window(self.session_id, self.user_id, max_messages, max_tokens)
+    def truncate(self, from_message_id: str) -> int:
+        return self.store._truncate(self.session_id, self.user_id, from_message_id)
 
-    # async
+    def get_window(
+        self, max_messages: int | None = None, *, max_tokens: int | None = None
+    ) -> list[BaseMessage]:
+        window = self.store._window(self.session_id, self.user_id, max_messages)
+        return window if max_tokens is None else trim_to_tokens(window, max_tokens)
+
+    # async: the same calls in a worker thread
     async def aget_messages(self) -> list[BaseMessage]:
         return await asyncio.to_thread(self.store._all, self.session_id, self.user_id)
 
@@ -488,12 +519,14 @@ class SQLiteChatMessageHistory(ChatHistory):
     async def aclear(self) -> None:
         await asyncio.to_thread(self.store._delete, self.session_id, self.user_id)
 
+    async def atruncate(self, from_message_id: str) -> int:
+        return await asyncio.to_thread(self.store._truncate, self.session_id, self.user_id, from_message_id)
+
     async def aget_window(
-        self, max_messages: int | None = None, max_tokens: int | None = None
+        self, max_messages: int | None = None, *, max_tokens: int | None = None
     ) -> list[BaseMessage]:
-        return await asyncio.to_thread(
-            self.store._window, self.session_id, self.user_id, max_messages, max_tokens
-        )
+        window = await asyncio.to_thread(self.store._window, self.session_id, self.user_id, max_messages)
+        return window if max_tokens is None else trim_to_tokens(window, max_tokens)
 
     async def aget_page(self, before: int | None = None, limit: int = 50) -> Page:
         return await asyncio.to_thread(self.store._page, self.session_id, self.user_id, before, limit)

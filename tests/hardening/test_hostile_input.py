@@ -389,7 +389,7 @@ def test_injection_strings_stay_one_user_message_in_json_too() -> None:
         m = HumanMessage(text, id="i")
         raw = serialize_message(m)
         assert json.loads(raw)["type"] == "human"
-        back: BaseMessage = deserialize_message(raw, text, 0, None)
+        back: BaseMessage = deserialize_message(raw, text)
         assert back.type == "human" and back.content == text
 
 

@@ -66,12 +66,13 @@ async def check_store(
 ) -> None:
     """Each session holds exactly its turns: (question, answer) pairs, in order, each once."""
     for session, turns in sessions.items():
-        msgs = await store.history(session, user).aget_messages()
+        history = store.history(session, user)
+        msgs = await history.aget_messages()
         pairs = [(m.type, m.content) for m in msgs]
         expected = [pair for q, a in turns for pair in (("human", q), ("ai", a))]
         assert pairs == expected, f"session {session}: {pairs} != {expected}"
-        seqs = [m.response_metadata["hybrid_chat"]["seq"] for m in msgs]
-        assert seqs == sorted(set(seqs)), f"session {session}: sequence numbers {seqs}"
+        page = await history.aget_page(limit=len(msgs) + 1)  # newest first by position, reversed
+        assert [m.id for m in page.messages] == [m.id for m in msgs], f"session {session}: order differs"
         assert len({m.id for m in msgs}) == len(msgs)
 
 
