@@ -74,6 +74,15 @@ class NullHistory(ChatHistory):
     def clear(self) -> None:
         return None
 
+    async def aget_messages(self) -> list[BaseMessage]:
+        return []
+
+    async def aclear(self) -> None:
+        return None
+
+    async def atruncate(self, from_message_id: str) -> int:
+        return 0
+
 
 class NullStore(ConversationStore):
     def history(self, session_id: str, user_id: str) -> NullHistory:
