@@ -1,15 +1,21 @@
 """An OpenAI-compatible server that misbehaves on purpose: the faults a vLLM backend really shows.
 
 Modes: "ok" (answers, streaming), "hang" (accepts, never answers), "reset" (drops the connection),
-"fail_after_3" (3 chunks, then the connection drops), "http_429" / "http_503" (an error status).
-`/metrics` serves `waiting` as vLLM's `vllm:num_requests_waiting`. Counts the chat requests it received.
+"fail_after_3" (3 chunks, then the connection drops), "http_429" / "http_503" (an error status),
+"echo" (streams "echo:" + the user messages' texts joined by "|", a word at a time, so a test sees the
+prompt a graph sent) and "echo_slow" (the same, one word every 0.2 s, padded with " ..." or cut to the
+request's max_tokens words: an answer of a known length, e.g. 5 words = 1 s).
+`/metrics` serves `waiting` as vLLM's `vllm:num_requests_waiting`. Counts the chat requests it received;
+`bodies` keeps every chat request's JSON body and `prompts` its messages, in arrival order.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +27,8 @@ class FaultServer:
         self.mode = mode
         self.waiting = 0.0
         self.requests = 0
+        self.bodies: list[dict[str, Any]] = []
+        self.prompts: list[list[dict[str, Any]]] = []
         self._stop = threading.Event()
         server = self
 
@@ -42,7 +50,12 @@ class FaultServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length) or b"{}")
                 server.requests += 1
+                server.bodies.append(request)
+                server.prompts.append(request.get("messages") or [])
                 mode = server.mode
+                if mode in ("echo", "echo_slow"):
+                    self._echo(request, slow=mode == "echo_slow")
+                    return
                 if mode == "hang":
                     server._stop.wait(60)
                     return
@@ -87,6 +100,50 @@ class FaultServer:
                 self._chunk(b"data: [DONE]\n\n")
                 self._chunk(b"")
 
+            def _echo(self, request: dict[str, Any], *, slow: bool) -> None:
+                users = [
+                    _text(m.get("content")) for m in request.get("messages") or [] if m.get("role") == "user"
+                ]
+                words = re.findall(r"\s*\S+", "echo:" + "|".join(users)) or ["echo:"]
+                if slow:
+                    limit = request.get("max_completion_tokens") or request.get("max_tokens") or 5
+                    words = (words + [" ..."] * limit)[:limit]
+                rid = f"chatcmpl-{uuid.uuid4().hex}"  # one id per answer, as vLLM gives
+                if not request.get("stream"):
+                    message = {"role": "assistant", "content": "".join(words)}
+                    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+                    body = {
+                        "id": rid,
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [choice],
+                    }
+                    self._send(200, json.dumps(body).encode())
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                deltas: list[tuple[dict[str, Any], str | None]] = [({"content": w}, None) for w in words]
+                try:
+                    for delta, finish in [*deltas, ({}, "stop")]:
+                        if slow and finish is None:
+                            time.sleep(0.2)
+                        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+                        chunk = {
+                            "id": rid,
+                            "object": "chat.completion.chunk",
+                            "created": 0,
+                            "model": "m",
+                            "choices": [choice],
+                        }
+                        self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self._chunk(b"data: [DONE]\n\n")
+                    self._chunk(b"")
+                except (BrokenPipeError, ConnectionResetError):  # the client went away (a cancelled run)
+                    self.close_connection = True
+
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
@@ -109,6 +166,13 @@ class FaultServer:
         self._stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _text(content: Any) -> str:
+    """The text of an OpenAI message content: a string, or a list of parts."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
 
 
 @contextmanager
