@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import httpx
 from langchain_core.messages import BaseMessage
 
-from graph.memory.base import ChatHistory, ConversationStore, Page
+from graph.memory.contract import ChatHistory, ConversationStore, Page
 
 
 def pct(values: Sequence[float], q: float) -> float:

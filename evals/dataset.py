@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 BackendName = Literal["gemma", "gemini"]
 SHIPPED = ("smoke", "memory", "routing", "safety")
-CHARS_PER_TOKEN = 4  # graph.memory.base.estimate_tokens: len // 4 (+4 per message)
+CHARS_PER_TOKEN = 4  # as langchain-core's count_tokens_approximately (4 characters a token)
 
 
 class DatasetError(ValueError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing_extensions import TypedDict
 
 from graph.backends import Backends
-from graph.memory.base import ConversationStore
+from graph.memory.contract import ConversationStore
 from graph.router import Router
 from graph.settings import Settings
 

@@ -18,7 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from graph import nodes
 from graph.backends import Backends
 from graph.context import Context, Services
-from graph.memory.base import ConversationStore
+from graph.memory.contract import ConversationStore
 from graph.router import Router
 from graph.settings import Settings, get_settings
 from graph.state import InputState, OutputState, State

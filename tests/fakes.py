@@ -13,7 +13,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
 from graph.backends import BackendName, Backends, GenerationParams
-from graph.memory.base import AccessDenied, ChatHistory, ConversationStore, Page
+from graph.memory.contract import AccessDenied, ChatHistory, ConversationStore, Page
 from graph.settings import Settings
 
 
@@ -51,13 +51,29 @@ class InMemoryHistory(ChatHistory):
 
     async def aadd_messages(self, messages: Sequence[BaseMessage], *, model: str | None = None) -> None:
         if self._store.fail_writes:
-            from graph.memory.base import MemoryUnavailable
+            from graph.memory.contract import MemoryUnavailable
 
             raise MemoryUnavailable("store down (test)")
         self.add_messages(messages)
 
     def clear(self) -> None:
         self._rows().clear()
+
+    async def aget_messages(self) -> list[BaseMessage]:
+        return self.messages
+
+    async def aclear(self) -> None:
+        self.clear()
+
+    async def atruncate(self, from_message_id: str) -> int:
+        rows = self._rows()
+        ids = [m.id for m in rows]
+        if from_message_id not in ids:
+            return 0
+        cut = ids.index(from_message_id)
+        removed = len(rows) - cut
+        del rows[cut:]
+        return removed
 
 
 class InMemoryStore(ConversationStore):

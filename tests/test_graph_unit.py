@@ -153,7 +153,7 @@ def test_the_user_comes_from_the_run_context() -> None:
     g, store, _ = make({"gemma": fake_model("a", "b"), "gemini": fake_model("x")})
     g.invoke(*ask("mine"), context={"user_id": "alice"})
     assert store.owners["s1"] == "alice"
-    from graph.memory.base import AccessDenied
+    from graph.memory.contract import AccessDenied
 
     with pytest.raises(AccessDenied):
         g.invoke(*ask("let me in"), context={"user_id": "mallory"})

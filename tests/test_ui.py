@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from graph import build_graph
 from graph.backends import Backends
-from graph.memory.base import META_KEY, AccessDenied
+from graph.memory.contract import META_KEY, AccessDenied
 from graph.memory.sqlite import SQLiteConversationStore
 from tests.browser.appserver import serve_app
 from tests.conftest import local_settings

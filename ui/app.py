@@ -31,7 +31,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from graph.memory.base import AccessDenied, ConversationNotFound, MemoryUnavailable, validate_title
+from graph.memory.codec import validate_title
+from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
 from graph.settings import Settings
 from ui import security
 from ui.api import api_router

@@ -27,13 +27,13 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from prometheus_client import Counter, Gauge, Histogram
 
-from graph.memory.base import (
+from graph.memory.codec import message_text
+from graph.memory.contract import (
     META_KEY,
     AccessDenied,
     ConversationList,
     ConversationNotFound,
     MemoryUnavailable,
-    message_text,
 )
 from graph.settings import Settings
 from graph.validation import InvalidInput

@@ -24,7 +24,8 @@ from pydantic import ConfigDict, Field
 
 from graph import build_graph
 from graph.backends import Backends
-from graph.memory.base import ConversationStore, message_text
+from graph.memory.codec import message_text
+from graph.memory.contract import ConversationStore
 from graph.settings import Settings
 from tests.fakes import ScriptedBackends
 from tests.support.firestore_emulator import FirestoreEmulator, firestore_emulator

@@ -32,7 +32,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 
 from graph import build_graph
-from graph.memory.base import ConversationStore, MemoryUnavailable
+from graph.memory.contract import ConversationStore, MemoryUnavailable
 from graph.settings import Settings
 from tests.hardening.conftest import (
     FS_COLLECTION,

@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from graph import build_graph
 from graph.backends import Backends
-from graph.memory.base import ConversationStore
+from graph.memory.contract import ConversationStore
 from graph.validation import MAX_MESSAGE_BYTES, InvalidInput, clean_text
 from tests.conftest import local_settings
 from tests.hardening.conftest import ScriptedModel, echo, make_store, new_id, scripted_graph, turn
@@ -383,7 +383,7 @@ async def test_a_1_mb_message_to_the_real_local_model_gets_a_clear_note_and_is_k
 
 def test_injection_strings_stay_one_user_message_in_json_too() -> None:
     """The serialized form of a stored human message keeps hostile content as a string value."""
-    from graph.memory.base import deserialize_message, serialize_message
+    from graph.memory.codec import deserialize_message, serialize_message
 
     for text in INJECTIONS:
         m = HumanMessage(text, id="i")

@@ -23,7 +23,7 @@ import pytest
 
 from graph import build_graph
 from graph.backends import Backends
-from graph.memory.base import ConversationStore
+from graph.memory.contract import ConversationStore
 from tests.conftest import local_settings
 from tests.hardening.conftest import (
     SERVER_PASSWORD,

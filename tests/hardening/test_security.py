@@ -21,7 +21,8 @@ from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
 from graph import build_graph
-from graph.memory.base import AccessDenied, ConversationStore, message_text
+from graph.memory.codec import message_text
+from graph.memory.contract import AccessDenied, ConversationStore
 from graph.settings import Settings
 from tests.hardening.conftest import (
     SERVER_PASSWORD,
