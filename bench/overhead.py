@@ -6,7 +6,7 @@ same wire mode, and CPU per turn (this process only; the stub runs elsewhere).
 
   sdk            AsyncOpenAI chat.completions.create(stream=True), chunks consumed
   chatopenai     ChatOpenAI.astream (what our gemma backend does)
-  graph          build_graph(...).ainvoke: load history -> route -> call model -> save (memory excluded)
+  graph          build_graph(...).ainvoke: prepare -> call model -> save (memory excluded)
   litellm        litellm.Router.acompletion(stream=True), chunks consumed (in-process router)
 
 Run: .venv/bin/python -m bench.overhead [--rounds 400] [--no-freeze]
@@ -39,12 +39,12 @@ async def main(rounds: int, freeze: bool) -> dict[str, dict[str, float]]:
         messages = [{"role": "user", "content": "Hello"}]
         sdk = AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
         settings = Settings(_env_file=None, gemma_base_url=base_url, max_tokens=16)  # type: ignore[call-arg]
-        graph = build_graph(settings, store=NullStore())
         from graph.backends import GenerationParams
+        from graph.context import Services
 
-        lc = graph.services.backends.model(
-            "gemma", GenerationParams(settings.temperature, settings.top_p, 16)
-        )
+        services = Services.build(settings, store=NullStore())
+        graph = build_graph(services=services)
+        lc = services.backends.model("gemma", GenerationParams(settings.temperature, settings.top_p, 16))
         assert isinstance(lc, ChatOpenAI)
         variants: dict[str, Callable[[int], Awaitable[object]]] = {}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from graph import build_graph
 from graph.backends import Backends, GenerationParams
+from graph.context import Services
 from graph.router import RouteRequest
 from graph.settings import Settings
 
@@ -52,8 +53,9 @@ async def main(turns: int) -> None:
     tmp = Path(tempfile.mkdtemp())
     settings = Settings(_env_file=None, sqlite_path=tmp / "b.db", temperature=0.0, max_tokens=8)  # type: ignore[call-arg]
     backends = Backends(settings)
-    graph = build_graph(settings, backends=backends)
-    router = graph.services.router
+    services = Services.build(settings, backends=backends)
+    graph = build_graph(services=services)
+    router = services.router
 
     req = RouteRequest(
         "auto", prompt_tokens=500, max_tokens=512, new_conversation=False, signals=router.signals()
@@ -86,7 +88,8 @@ async def main(turns: int) -> None:
             s2 = settings.model_copy(update={"gemma_base_url": server.base_url, "first_token_timeout_s": 2.0})
             b2 = Backends(s2, **backends.shared_standins())
             b2.warm()  # as the server does at start-up: the fallback's client is built already
-            g2 = build_graph(s2, backends=b2)
+            services2 = Services.build(s2, backends=b2)
+            g2 = build_graph(services=services2)
             await g2.ainvoke(
                 {"messages": [{"role": "user", "content": "hi"}], "model": "gemma"},
                 {"configurable": {"session_id": "alive"}},
@@ -109,7 +112,7 @@ async def main(turns: int) -> None:
             )
             print(
                 f"  next turn: {(time.perf_counter() - start) * 1000:.0f} ms "
-                f"(circuit {g2.services.router.breakers['gemma'].state})"
+                f"(circuit {services2.router.breakers['gemma'].state})"
             )
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
 

@@ -1,7 +1,7 @@
-"""The eval runner: every (case, model) through the compiled graph, as a programmatic user calls it.
+"""The eval runner: every (case, model) through the one `ChatClient`, as every way in calls the graph.
 
-- One graph (`build_graph(settings, ...)`), one session per (case, model, attempt); the user turns
-  are sent one by one with `graph.astream(..., stream_mode=["messages", "values"])`, so history comes
+- One client (`ChatClient.from_settings(settings, ...)`), one session per (case, model, attempt); the
+  user turns are sent one by one with `client.stream_turn(...)`, so history comes
   from memory and the first token is timed as a streaming client sees it.
 - Fixed generation: temperature (default 0), max_tokens and the seed are sent with every turn (the
   graph's `seed` input; at temperature 0 llama.cpp and vLLM decode greedily anyway).
@@ -33,7 +33,6 @@ from evals.results import RESULTS, ResultWriter, key_of, latest, read_results
 log = logging.getLogger(__name__)
 
 MODELS = ("gemma", "gemini", "auto")
-META = "hybrid_chat"
 RUN_FILE = "run.json"
 
 # USD per 1M tokens (input, output). Gemini 2.5 Flash: Vertex AI list price for text (checked
@@ -93,15 +92,6 @@ def _other(backend: str) -> str:
     return "gemini" if backend == "gemma" else "gemma"
 
 
-def routed_backend(backend: str | None, route_reason: str | None) -> str | None:
-    """The router's choice: the answering backend, unless the answer came from the fallback."""
-    if backend is None:
-        return None
-    if (route_reason or "").startswith("fallback"):
-        return _other(backend)
-    return backend
-
-
 def _seed_supported() -> bool:
     from graph.state import InputState
 
@@ -119,11 +109,11 @@ def cost_usd(turns: list[dict[str, Any]], prices: dict[str, tuple[float, float]]
 class CaseRunner:
     """Runs one (case, model) in a fresh session and returns its result record."""
 
-    def __init__(self, graph: Any, config: RunConfig, judge: LLMJudge | None) -> None:
-        self.graph = graph
+    def __init__(self, client: Any, config: RunConfig, judge: LLMJudge | None) -> None:
+        self.client = client
         self.config = config
         self.judge = judge
-        self.settings = graph.services.settings
+        self.settings = client.settings
         self.seed_ok = _seed_supported()
 
     async def _seed_other_user(self, case: Case, session_id: str) -> None:
@@ -132,66 +122,48 @@ class CaseRunner:
         spec = case.other_user_history
         if spec is None:
             return
-        history = self.graph.services.store.history(f"{session_id}-other", spec.user_id)
+        history = self.client.store.history(f"{session_id}-other", spec.user_id)
         msgs = [HumanMessage(m.content) if m.role == "user" else AIMessage(m.content) for m in spec.messages]
         await history.aadd_messages(msgs)
 
     async def _turn(self, text: str, case: Case, model: str, session_id: str) -> dict[str, Any]:
-        from langchain_core.messages import AIMessage, AIMessageChunk
+        """One turn through the one client, exactly as every other way in sends it."""
+        from graph.client import Delta
 
-        payload: dict[str, Any] = {
-            "messages": [{"role": "user", "content": text}],
+        options: dict[str, Any] = {
             "model": model,
             "temperature": self.config.temperature,
             "max_tokens": case.max_tokens or self.config.max_tokens,
+            "system_prompt": case.system_prompt,
+            "seed": self.config.seed if self.seed_ok else None,
         }
-        if case.system_prompt is not None:
-            payload["system_prompt"] = case.system_prompt
-        if self.seed_ok:
-            payload["seed"] = self.config.seed
-        config = {"configurable": {"session_id": session_id}}
-        context = {"user_id": self.config.user_id}
         started = time.perf_counter()
         first: float | None = None
-        final: dict[str, Any] = {}
-        try:
-            async for mode, data in self.graph.astream(
-                payload, config=config, context=context, stream_mode=["messages", "values"]
-            ):
-                if mode == "messages":
-                    chunk, meta = data
-                    if (
-                        first is None
-                        and meta.get("langgraph_node") == "call_model"
-                        and isinstance(chunk, AIMessageChunk)
-                        and chunk.content
-                    ):
-                        first = time.perf_counter()
-                else:
-                    final = data
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            return {"error": f"{type(exc).__name__}: {exc}"[:500], "answer": "", "raised": True}
+        done: Any = None
+        async for event in self.client.stream_turn(self.config.user_id, session_id, text, options):
+            if isinstance(event, Delta):
+                first = first or time.perf_counter()
+            else:
+                done = event
         ended = time.perf_counter()
-        answer = next((m for m in reversed(final.get("messages") or []) if isinstance(m, AIMessage)), None)
-        meta = (answer.response_metadata.get(META) if answer is not None else None) or {}
-        usage = (answer.usage_metadata if answer is not None else None) or {}
-        content = answer.content if answer is not None else ""
-        if not isinstance(content, str):
-            content = answer.text if answer is not None else ""
+        if done.kind == "failed":
+            err = done.error
+            return {"error": f"{type(err).__name__}: {err}"[:500], "answer": "", "raised": True}
+        a = done.answer
         return {
-            "answer": content,
-            "backend": final.get("backend") or meta.get("backend"),
-            "route_reason": final.get("route_reason") or meta.get("route_reason"),
-            "error": final.get("error"),
+            "answer": a.text,
+            "backend": a.backend,
+            "routed_backend": a.requested_backend,
+            "fallback": a.fallback,
+            "route_reason": a.route_reason,
+            "error": (f"no backend answered: {a.error}" if a.error else None) or done.save_error,
             "latency_ms": round((ended - started) * 1000, 1),
             "ttft_ms": round((first - started) * 1000, 1) if first is not None else None,
-            "model_latency_ms": meta.get("latency_ms"),
-            "model_ttft_ms": meta.get("ttft_ms"),
-            "input_tokens": usage.get("input_tokens"),
-            "output_tokens": usage.get("output_tokens"),
-            "tokens_per_s": meta.get("tokens_per_s"),
+            "model_latency_ms": a.latency_ms,
+            "model_ttft_ms": a.ttft_ms,
+            "input_tokens": a.input_tokens,
+            "output_tokens": a.output_tokens,
+            "tokens_per_s": a.tokens_per_s,
         }
 
     async def run(self, dataset: str, case: Case, model: str, fingerprint: str) -> dict[str, Any]:
@@ -238,7 +210,7 @@ class CaseRunner:
                 checks.append(
                     await self.judge.score(check, conversation=texts, answer=answer, reference=case.reference)
                 )
-        routed = routed_backend(backend, reason)
+        routed = last.get("routed_backend")
         if case.expected_route is not None:
             checks.append(check_route(case.expected_route, model, routed))
         applicable = [c.passed for c in checks if c.passed is not None]
@@ -265,7 +237,7 @@ class CaseRunner:
             "backend": backend,
             "routed_backend": routed,
             "route_reason": reason,
-            "fallback": bool((reason or "").startswith("fallback")),
+            "fallback": bool(last.get("fallback")),
             "latency_ms": last.get("latency_ms"),
             "ttft_ms": last.get("ttft_ms"),
             "model_latency_ms": last.get("model_latency_ms"),
@@ -326,7 +298,7 @@ async def run_eval(
     store: Any = None,
     backends: Any = None,
     router: Any = None,
-    graph: Any = None,
+    client: Any = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunOutcome:
     """Run (or resume) an eval into `config.out_dir`, then write the summary, report and plots."""
@@ -336,15 +308,15 @@ async def run_eval(
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique: {names}")
-    if graph is None:
-        from graph import build_graph
+    if client is None:
+        from graph.client import ChatClient
 
-        graph = build_graph(settings, store=store, backends=backends, router=router)
-    settings = graph.services.settings
+        client = ChatClient.from_settings(settings, store=store, backends=backends, router=router)
+    settings = client.settings
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
     _check_run_file(config, out / RUN_FILE)
-    _warn_context(datasets, graph.services.backends, settings)
+    _warn_context(datasets, client.services.backends, settings)
 
     results_path = out / RESULTS
     done = latest(read_results(results_path))
@@ -366,7 +338,7 @@ async def run_eval(
                     continue
                 todo.append((ds.name, case, model, fp))
 
-    backends_info = {b: graph.services.backends.label(b) for b in ("gemma", "gemini")}
+    backends_info = {b: client.services.backends.label(b) for b in ("gemma", "gemini")}
     run_info = {
         "identity": config.identity(),
         "datasets": {d.name: d.path for d in datasets},
@@ -394,8 +366,8 @@ async def run_eval(
         from graph.backends import GenerationParams
 
         params = GenerationParams(temperature=0.0, top_p=1.0, max_tokens=config.judge_max_tokens)
-        judge = LLMJudge(config.judge, await graph.services.backends.amodel(config.judge, params))
-    runner = CaseRunner(graph, config, judge)
+        judge = LLMJudge(config.judge, await client.services.backends.amodel(config.judge, params))
+    runner = CaseRunner(client, config, judge)
     writer = ResultWriter(results_path)
     queue: asyncio.Queue[tuple[str, Case, str, str]] = asyncio.Queue()
     for item in todo:

@@ -1,22 +1,22 @@
 """`build_graph()`: the one place the chat graph is wired.
 
-    load_history -> route -> call_model -> save_turn
+    prepare -> call_model -> save_turn          (a refused turn: prepare -> refuse, which raises)
 
-Few nodes on purpose: each costs time on every turn.
+Few nodes on purpose: each costs time on every turn. The nodes are async; `ChatGraph` serves the sync
+`invoke`/`stream` by running `astream` on the bridge's loop (graph/bridge.py), so no node has a sync copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from graph import nodes
-from graph.backends import Backends
+from graph.bridge import iterate_sync
 from graph.context import Context, Services
 from graph.memory.contract import ConversationStore
 from graph.router import Router
@@ -24,50 +24,37 @@ from graph.settings import Settings, get_settings
 from graph.state import InputState, OutputState, State
 
 
+class ChatGraph(CompiledStateGraph):
+    """The compiled chat graph; its sync `stream` (and so `invoke`) runs the async one on the bridge."""
+
+    def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
+        yield from iterate_sync(self.astream(input, config, **kwargs))
+
+
 def build_graph(
     settings: Settings | None = None,
     *,
+    services: Services | None = None,
     store: ConversationStore | None = None,
-    backends: Backends | None = None,
+    backends: Any = None,
     router: Router | None = None,
-    checkpointer: object | None = None,
-) -> CompiledStateGraph:
-    """The compiled chat graph. Settings default to the environment; every dependency can be handed in.
-
-    Nothing connects here: the memory store, the backends and any local stand-in start on first use.
-    The services are reachable as `graph.services` (the UI and the CLI share them).
-    """
-    from graph.policies import default_router
-
-    settings = settings or get_settings()
-    if store is None:
-        from graph.memory import make_store
-
-        store = make_store(settings)
-    backends = backends or Backends(settings)
-    services = Services(
-        settings=settings, store=store, backends=backends, router=router or default_router(settings, backends)
-    )
-
-    def io_node(name: str, sync: Callable[..., Any], asynchronous: Callable[..., Any]) -> RunnableCallable:
-        # One node, two bodies: `invoke` runs the sync one, `ainvoke`/`astream` the async one. This is
-        # what `add_node` itself builds for a plain function (LangGraph's RunnableCallable, untraced),
-        # given both bodies; a sync-only node would be sent to a thread pool in async runs, and a
-        # RunnableLambda re-inspects signatures and opens a callback run on every call (~1 ms a turn).
-        return RunnableCallable(
-            partial(sync, services=services), partial(asynchronous, services=services), name=name, trace=False
-        )
-
+    checkpointer: Any = None,
+) -> ChatGraph:
+    """The compiled chat graph. Settings default to the environment; every dependency can be handed in
+    (`services`, or any of `store`, `backends`, `router`). Nothing connects here: the store, the
+    backends and any local stand-in start on first use."""
+    if services is None:
+        services = Services.build(settings or get_settings(), store=store, backends=backends, router=router)
     builder = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
-    builder.add_node("load_history", io_node("load_history", nodes.load_history, nodes.aload_history))
-    builder.add_node("route", io_node("route", nodes.route, nodes.aroute))
-    builder.add_node("call_model", io_node("call_model", nodes.call_model, nodes.acall_model))
-    builder.add_node("save_turn", io_node("save_turn", nodes.save_turn, nodes.asave_turn))
-    builder.add_edge(START, "load_history")
-    builder.add_edge("load_history", "route")
-    builder.add_edge("route", "call_model")
+    builder.add_node("prepare", partial(nodes.prepare, services=services))
+    builder.add_node("refuse", nodes.refuse)
+    builder.add_node("call_model", partial(nodes.call_model, services=services))
+    builder.add_node("save_turn", partial(nodes.save_turn, services=services))
+    builder.add_edge(START, "prepare")
+    builder.add_conditional_edges("prepare", nodes.after_prepare, ["refuse", "call_model"])
+    builder.add_edge("refuse", END)
     builder.add_edge("call_model", "save_turn")
     builder.add_edge("save_turn", END)
-    graph = builder.compile(checkpointer=checkpointer, name="hybrid-chat")
-    graph.services = services  # type: ignore[attr-defined]
-    return graph
+    compiled = builder.compile(checkpointer=checkpointer, name="hybrid-chat")
+    # `copy()` rebuilds a compiled graph from its attributes; the same, as our subclass.
+    return ChatGraph(**{k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"})

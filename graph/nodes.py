@@ -1,8 +1,13 @@
-"""The graph's nodes: load history -> route -> call model -> save turn.
+"""The graph's nodes: prepare -> call model -> save turn (a refused turn: prepare -> refuse).
 
-Each I/O node has an async version (the UI runs the graph in its event loop; nothing here blocks it)
-and a sync twin for `graph.invoke`. Both share every decision through the small pure helpers below;
-only the I/O calls differ. `build_graph` binds the `Services` they are handed.
+Each node is an async function of LangGraph's public API (the state, the run's config and `Runtime`),
+bound to the long-lived `Services` by `build_graph`. Sync callers (`graph.invoke`) reach the same code
+through `graph/bridge.py`: nothing here is written twice.
+
+The conversation store is the truth. Under a checkpointer (the LangGraph server) the thread agrees with
+it: a run from an earlier checkpoint (regenerate, edit, time travel) cuts memory back to what the thread
+shows before the turn; refused input is removed from the thread again; the per-turn options never carry
+over (see `graph/state.py`).
 """
 
 from __future__ import annotations
@@ -14,102 +19,197 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, AnyMessage, BaseMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    AnyMessage,
+    BaseMessage,
+    RemoveMessage,
+    SystemMessage,
+)
+from langchain_core.messages.utils import count_tokens_approximately, trim_messages
 from langchain_core.runnables import RunnableConfig
-from langgraph.runtime import get_runtime
+from langgraph.runtime import Runtime
 
 from graph import metrics
 from graph.backends import BackendName, GenerationParams
 from graph.context import Context, Services
-from graph.memory.base import MemoryUnavailable, estimate_tokens
+from graph.memory.contract import AccessDenied, ChatHistory, ConversationNotFound, MemoryUnavailable
 from graph.router import SHORT_NAMES, RouteRequest
 from graph.settings import Settings
-from graph.state import State
-from graph.validation import check_id, check_new_messages, check_session_id, check_system_prompt, clean_text
+from graph.state import OPTION_KEYS, State
+from graph.validation import (
+    InvalidInput,
+    check_id,
+    check_new_messages,
+    check_session_id,
+    check_system_prompt,
+    clean_text,
+)
 
 log = logging.getLogger(__name__)
 
 META = "hybrid_chat"  # key of our metadata in an answer's response_metadata
+REFUSALS: dict[str, type[Exception]] = {
+    "invalid": InvalidInput,
+    "access_denied": AccessDenied,
+    "not_found": ConversationNotFound,
+    "memory_unavailable": MemoryUnavailable,
+}
 
 
-# --- load history ---------------------------------------------------------------------------
-def _identity(state: State, config: RunnableConfig, services: Services) -> tuple[str, str]:
-    configurable = config.get("configurable") or {}
-    session_id = (
-        state.get("session_id")
-        or configurable.get("session_id")
-        or configurable.get("thread_id")
-        or uuid.uuid4().hex
-    )
-    context: Context | None = get_runtime(Context).context
-    user_id = (context or {}).get("user_id") or services.settings.user_id
-    # Refused before any I/O: ids some store could not hold (or that would forge a log line), and a
-    # system prompt that is not valid Unicode.
-    check_system_prompt(state.get("system_prompt"))
-    return check_session_id(str(session_id)), check_id(str(user_id), "user id")
-
-
-def _turn_start(messages: list[AnyMessage], config: RunnableConfig) -> int:
-    """Where this turn begins in `messages`. Without a checkpointer, 0: the input is the whole turn.
-    With one (the LangGraph server), the thread's earlier turns come first: the turn starts after the
-    last answer, and the earlier ones must not reach the prompt again past the history window."""
-    # LangGraph puts the run's checkpointer (None without one) in the config under this key.
-    if (config.get("configurable") or {}).get("__pregel_checkpointer") is None:
-        return 0
+# --- prepare --------------------------------------------------------------------------------
+def turn_start(messages: Sequence[BaseMessage]) -> int:
+    """Where this turn's input begins: after the last answer. Without a checkpointer the input is the
+    whole turn (0); with one, the thread's earlier turns come first."""
     return next((i + 1 for i in range(len(messages) - 1, -1, -1) if messages[i].type == "ai"), 0)
 
 
-def _loaded(
-    state: State, config: RunnableConfig, session_id: str, user_id: str, history: list[AnyMessage]
+def is_error_note(message: BaseMessage) -> bool:
+    """The graph's note that no backend answered: shown, never stored, never part of a prompt."""
+    return message.type == "ai" and bool((message.response_metadata.get(META) or {}).get("error"))
+
+
+def _identity(
+    state: State, config: RunnableConfig, runtime: Runtime[Context], s: Settings
+) -> tuple[str, str]:
+    configurable = config.get("configurable") or {}
+    thread_id = runtime.execution_info.thread_id if runtime.execution_info else None
+    session_id = (
+        state.get("session_id")
+        or configurable.get("session_id")
+        or thread_id
+        or configurable.get("thread_id")
+        or uuid.uuid4().hex
+    )
+    user_id = (runtime.context or {}).get("user_id") or s.user_id
+    return check_session_id(str(session_id)), check_id(str(user_id), "user id")
+
+
+def resolve_options(
+    state: State, config: RunnableConfig, runtime: Runtime[Context], services: Services
 ) -> dict[str, Any]:
-    turn_start = _turn_start(state["messages"], config)
-    # This turn's messages are known once the history is: `InvalidInput` before any model call.
-    check_new_messages(new_messages({**state, "history": history, "turn_start": turn_start}))
-    return {"session_id": session_id, "user_id": user_id, "history": history, "turn_start": turn_start}
-
-
-async def aload_history(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
-    session_id, user_id = _identity(state, config, services)
+    """Each option from, in order: the input, the run's context, `configurable`, the settings."""
     s = services.settings
-    history = await services.store.history(session_id, user_id).aget_window(
-        max_messages=s.history_max_messages, max_tokens=s.history_max_tokens
-    )
-    return _loaded(state, config, session_id, user_id, history)
+    defaults = {
+        "model": s.default_model,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_tokens": s.max_tokens,
+        "system_prompt": s.system_prompt,
+        "seed": None,
+    }
+    sources = (state, runtime.context or {}, config.get("configurable") or {})
+    out = {k: next((src[k] for src in sources if src.get(k) is not None), defaults[k]) for k in OPTION_KEYS}
+    if out["model"] not in services.router.policies:
+        choices = ", ".join(sorted(services.router.policies))
+        raise InvalidInput(f"unknown model {str(out['model'])[:40]!r}: choose one of {choices}")
+    if out["system_prompt"] is not None and not isinstance(out["system_prompt"], str):
+        raise InvalidInput("the system prompt must be text")
+    check_system_prompt(out["system_prompt"])
+    return out
 
 
-def load_history(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
-    session_id, user_id = _identity(state, config, services)
+async def _rewind(
+    history: ChatHistory, window: list[BaseMessage], prior: Sequence[BaseMessage]
+) -> list[BaseMessage]:
+    """Cut memory back to the thread's last stored message (`prior` is what the thread shows before this
+    turn). Memory ahead of the thread means the run starts from an earlier checkpoint (regenerate, edit,
+    time travel): the abandoned turns must not reach this prompt or any later one. A thread whose
+    messages memory does not know (memory wiped, or history passed in without a checkpointer) leaves
+    memory untouched."""
+    anchor = next((m for m in reversed(prior) if not is_error_note(m)), None)
+    if anchor is None or not window or window[-1].id == anchor.id:
+        return window
+    ids = [m.id for m in window]
+    if anchor.id in ids:
+        cut = ids.index(anchor.id) + 1
+        await history.atruncate(str(ids[cut]))
+        return window[:cut]
+    after = await _stored_after(history, str(anchor.id), newer=window[0])
+    if after is None:
+        return window
+    await history.atruncate(after)
+    return await history.aget_window(max_messages=len(window))
+
+
+async def _stored_after(history: ChatHistory, anchor_id: str, newer: BaseMessage) -> str | None:
+    """The id of the stored message right after `anchor_id`, paging back from the window's start
+    (`newer`); None when memory does not hold `anchor_id`."""
+    page = await history.aget_page(limit=200)
+    while True:
+        ids = [m.id for m in page.messages]
+        if anchor_id in ids:
+            i = ids.index(anchor_id)
+            return str(ids[i + 1]) if i + 1 < len(ids) else str(newer.id)
+        if page.next_before is None or not page.messages:
+            return None
+        newer = page.messages[0]
+        page = await history.aget_page(before=page.next_before, limit=200)
+
+
+def _refusal(unstored: Sequence[BaseMessage], exc: Exception) -> dict[str, Any]:
+    """Refused: this run's input leaves the thread again (a checkpointer keeps the input of a run that
+    raised, and every later run on the thread would be refused with it); `refuse` then raises."""
+    kind = next((k for k, t in REFUSALS.items() if isinstance(exc, t)), "invalid")
+    return {
+        "messages": [RemoveMessage(id=str(m.id)) for m in unstored if m.id],
+        "refused": {"kind": kind, "message": str(exc)},
+    }
+
+
+async def prepare(
+    state: State, config: RunnableConfig, runtime: Runtime[Context], *, services: Services
+) -> dict[str, Any]:
+    """Identity, options, memory's window (cut back to the thread), this turn's input checked, route."""
     s = services.settings
-    history = services.store.history(session_id, user_id).get_window(
-        max_messages=s.history_max_messages, max_tokens=s.history_max_tokens
+    messages = state["messages"]
+    start = turn_start(messages)
+    unstored: Sequence[BaseMessage] = messages[start:]
+    try:
+        session_id, user_id = _identity(state, config, runtime, s)
+        options = resolve_options(state, config, runtime, services)
+        history = services.store.history(session_id, user_id)
+        window = await history.aget_window(max_messages=s.history_max_messages)
+        window = await _rewind(history, window, messages[:start])
+        seen = {m.id for m in window}
+        unstored = [m for m in messages[start:] if m.id not in seen]
+        if not unstored and messages and messages[-1].id not in seen and messages[-1].type == "ai":
+            unstored = [messages[-1]]  # an answer passed in as the input: refused as such, never stored
+        check_new_messages(unstored)
+    except (InvalidInput, AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
+        log.warning("turn refused: %s", type(exc).__name__)
+        return _refusal(unstored, exc)
+    system = options["system_prompt"] or ""
+    new_tokens = count_tokens_approximately(unstored) + len(system) // 4
+    kept = trim_messages(
+        [m for m in window if not is_error_note(m)],
+        max_tokens=max(0, s.history_max_tokens - new_tokens),
+        token_counter=count_tokens_approximately,
+        strategy="last",
+        start_on="human",
     )
-    return _loaded(state, config, session_id, user_id, history)
-
-
-def new_messages(state: State) -> list[AnyMessage]:
-    """This turn's messages (its input, then its answer once there), minus any already in the history."""
-    seen = {m.id for m in state.get("history") or []}
-    return [m for m in state["messages"][state.get("turn_start", 0) :] if m.id not in seen]
-
-
-# --- route ----------------------------------------------------------------------------------
-def route(state: State, *, services: Services) -> dict[str, Any]:
-    requested = state.get("model") or services.settings.default_model
-    history = state.get("history") or []
-    prompt = [*history, *new_messages(state)]
-    system = state.get("system_prompt", services.settings.system_prompt) or ""
-    router = services.router
-    decision = router.decide(
+    if services.router.gemma_load is not None:
+        services.router.gemma_load.kick()  # refresh vLLM's queue length in the background
+    decision = services.router.decide(
         RouteRequest(
-            requested=requested,
-            prompt_tokens=sum(estimate_tokens(m) for m in prompt) + len(system) // 4,
-            max_tokens=state.get("max_tokens", services.settings.max_tokens),
-            new_conversation=not history,
-            signals=router.signals(),
+            requested=options["model"],
+            prompt_tokens=count_tokens_approximately(kept) + new_tokens,
+            max_tokens=options["max_tokens"],
+            new_conversation=not window,
+            signals=services.router.signals(),
         )
     )
     metrics.ROUTES.labels(decision.backend, decision.reason.split(" (")[0]).inc()
+    services.turns.begin(str(unstored[-1].id))
     return {
+        "session_id": session_id,
+        "user_id": user_id,
+        "turn_start": start,
+        "history": {str(m.id): m for m in kept},
+        "options": options,
+        "refused": None,
+        "error": None,
         "backend": decision.backend,
         "route_reason": decision.reason,
         "fallback": decision.fallback,
@@ -117,27 +217,37 @@ def route(state: State, *, services: Services) -> dict[str, Any]:
     }
 
 
-async def aroute(state: State, *, services: Services) -> dict[str, Any]:
-    if services.router.gemma_load is not None:
-        services.router.gemma_load.kick()  # refresh vLLM's queue length in the background
-    return route(state, services=services)
+def after_prepare(state: State) -> str:
+    return "refuse" if state.get("refused") else "call_model"
+
+
+async def refuse(state: State) -> dict[str, Any]:
+    """Ends a refused run with the error that says why (the thread is already clean)."""
+    refused = state.get("refused") or {}
+    raise REFUSALS.get(refused.get("kind", ""), InvalidInput)(refused.get("message", "refused"))
 
 
 # --- call model -----------------------------------------------------------------------------
-def _params(state: State, services: Services) -> GenerationParams:
-    s = services.settings
+def new_messages(state: State) -> list[AnyMessage]:
+    """This turn's messages (its input, then its answer once there), minus any already in the history."""
+    seen = set((state.get("history") or {}).keys())
+    return [m for m in state["messages"][state.get("turn_start", 0) :] if m.id not in seen]
+
+
+def _params(options: dict[str, Any]) -> GenerationParams:
     return GenerationParams(
-        temperature=state.get("temperature", s.temperature),
-        top_p=state.get("top_p", s.top_p),
-        max_tokens=state.get("max_tokens", s.max_tokens),
-        seed=state.get("seed"),
+        temperature=options["temperature"],
+        top_p=options["top_p"],
+        max_tokens=options["max_tokens"],
+        seed=options.get("seed"),
     )
 
 
-def _prompt(state: State, services: Services) -> list[BaseMessage]:
-    system = state.get("system_prompt", services.settings.system_prompt)
+def _prompt(state: State) -> list[BaseMessage]:
+    system = (state.get("options") or {}).get("system_prompt")
     head: list[BaseMessage] = [SystemMessage(system)] if system and system.strip() else []
-    return [*head, *alternate_roles([*(state.get("history") or []), *new_messages(state)])]
+    turn = [m for m in new_messages(state) if m.type == "human"]
+    return [*head, *alternate_roles([*(state.get("history") or {}).values(), *turn])]
 
 
 def alternate_roles(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
@@ -155,22 +265,18 @@ def alternate_roles(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         if not out and message.type == "ai":
             continue
         if out and out[-1].type == message.type:
-            merged = f"{_text(out[-1])}\n\n{_text(message)}"
+            merged = f"{out[-1].text}\n\n{message.text}"
             out[-1] = out[-1].model_copy(update={"content": merged})
         else:
             out.append(message)
     return out
 
 
-def _text(message: BaseMessage) -> str:
-    return message.content if isinstance(message.content, str) else message.text
-
-
 class _Answer:
     """Accumulates streamed chunks and times them (time to first token, tokens per second)."""
 
-    def __init__(self, backend: BackendName, label: str, reason: str) -> None:
-        self.backend, self.label, self.reason = backend, label, reason
+    def __init__(self, backend: BackendName, label: str, reason: str, routed: BackendName) -> None:
+        self.backend, self.label, self.reason, self.routed = backend, label, reason, routed
         self.started = time.perf_counter()
         self.first_token: float | None = None
         self.full: AIMessageChunk | None = None
@@ -193,20 +299,24 @@ class _Answer:
         usage = full.usage_metadata or {}
         out_tokens = usage.get("output_tokens") or 0
         gen_time = elapsed - ((self.first_token or self.started) - self.started)
+        finish = full.response_metadata.get("finish_reason") or full.response_metadata.get("finishReason")
         meta: dict[str, Any] = {
             "backend": self.backend,
             "backend_label": self.label,
+            "requested_backend": self.routed,
+            "fallback": self.backend != self.routed,
             "route_reason": self.reason,
             "latency_ms": round(elapsed * 1000, 1),
             "ttft_ms": round((self.first_token - self.started) * 1000, 1) if self.first_token else None,
+            "input_tokens": usage.get("input_tokens") or 0,
             "output_tokens": out_tokens,
             "tokens_per_s": round(out_tokens / gen_time, 1) if out_tokens and gen_time > 0 else None,
+            "finish_reason": "interrupted" if interrupted else (str(finish).lower() if finish else None),
         }
         if interrupted:
             meta["interrupted"] = interrupted
-        content = full.content if isinstance(full.content, str) else full.text
         return AIMessage(
-            content=clean_text(content),  # a lone surrogate from a backend would make the turn unsavable
+            content=clean_text(full.text),  # a lone surrogate from a backend would make the turn unsavable
             # The streamed chunks' id: LangGraph's "messages" stream then does not emit it a second time.
             id=full.id or f"ai-{uuid.uuid4().hex}",
             response_metadata={**full.response_metadata, META: meta},
@@ -214,16 +324,24 @@ class _Answer:
         )
 
 
-def _error_answer(backend: BackendName, label: str, reason: str, exc: BaseException) -> AIMessage:
-    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    text = (
-        f"{label} is unavailable right now ({type(exc).__name__}: {detail}). "
-        "Your message is saved; try again or pick another model."
-    )
+def _error_answer(
+    backend: BackendName, routed: BackendName, label: str, reason: str, exc: BaseException
+) -> AIMessage:
+    log.warning("no backend answered (last: %s, %s): %s", backend, _kind(exc), str(exc)[:300])
+    text = f"{label} is unavailable right now. Your message is saved; try again or pick another model."
     return AIMessage(
         content=text,
         id=f"err-{uuid.uuid4().hex}",
-        response_metadata={META: {"backend": backend, "route_reason": reason, "error": detail}},
+        response_metadata={
+            META: {
+                "backend": backend,
+                "requested_backend": routed,
+                "fallback": backend != routed,
+                "route_reason": reason,
+                "error": _kind(exc),
+                "finish_reason": "error",
+            }
+        },
     )
 
 
@@ -235,7 +353,7 @@ class FirstTokenTimeout(TimeoutError):
     pass
 
 
-def _attempts(state: State, services: Services) -> list[tuple[BackendName, str]]:
+def _attempts(state: State) -> list[tuple[BackendName, str]]:
     backend: BackendName = state["backend"]  # type: ignore[assignment]
     reason = state["route_reason"]
     attempts = [(backend, reason)] * (2 if state.get("retry") else 1)
@@ -293,11 +411,6 @@ def _result(answer: AIMessage, reason: str, error: str | None) -> dict[str, Any]
     return {"messages": [answer], "backend": meta["backend"], "route_reason": reason, "error": error}
 
 
-def _give_up(services: Services, last: tuple[BackendName, str, BaseException]) -> dict[str, Any]:
-    backend, reason, exc = last
-    return _result(_error_answer(backend, services.backends.label(backend), reason, exc), reason, str(exc))
-
-
 async def _astream_into(
     answer: _Answer, model: Any, prompt: list[BaseMessage], config: RunnableConfig, s: Settings
 ) -> None:
@@ -317,14 +430,18 @@ async def _astream_into(
         raise TimeoutError(f"answer not finished within {s.request_timeout_s:g} s") from exc
 
 
-async def acall_model(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
-    prompt, params = _prompt(state, services), _params(state, services)
+async def call_model(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
+    """Stream the answer from the routed backend: a retry, then the fallback, before the first token;
+    after it, a failure keeps the partial answer (two models' text is never spliced). Cancelled (Stop,
+    a cancelled run, a closed connection): the question and what streamed are saved, marked stopped."""
+    prompt, params = _prompt(state), _params(state["options"])
     routed: BackendName = state["backend"]  # type: ignore[assignment]
     last: tuple[BackendName, str, BaseException] | None = None
-    for backend, reason in _attempts(state, services):
+    answer: _Answer | None = None
+    for backend, reason in _attempts(state):
         if last is not None and last[0] == backend and _kind(last[2]) in NO_RETRY:
             continue  # a backend that just timed out is not asked again: go to the fallback
-        answer = _Answer(backend, services.backends.label(backend), reason)
+        answer = _Answer(backend, services.backends.label(backend), reason, routed)
         breaker = services.router.breakers[backend]
         probing = False
         try:
@@ -337,50 +454,45 @@ async def acall_model(state: State, config: RunnableConfig, *, services: Service
         except asyncio.CancelledError:
             if probing:  # else the breaker would wait forever for this probe's verdict
                 breaker.cancel_probe()
+            _save_stopped(state, answer, services)
             raise
         except Exception as exc:
             _failed(backend, exc, services)
             if answer.has_tokens:  # never splice two models' text: keep the partial, say so
-                return _result(answer.message(interrupted=str(exc)[:200]), reason, f"interrupted: {exc}")
+                return _result(
+                    answer.message(interrupted=str(exc)[:200]), reason, f"interrupted: {_kind(exc)}"
+                )
             last = (backend, reason, exc)
             continue
         message = answer.message()
         _succeeded(backend, message, services, routed)
         return _result(message, reason, None)
     assert last is not None
-    return _give_up(services, last)
+    backend, reason, exc = last
+    note = _error_answer(backend, routed, services.backends.label(backend), reason, exc)
+    return _result(note, reason, f"no backend answered: {_kind(exc)}")
 
 
-def call_model(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
-    prompt, params = _prompt(state, services), _params(state, services)
-    routed: BackendName = state["backend"]  # type: ignore[assignment]
-    total = services.settings.request_timeout_s
-    last: tuple[BackendName, str, BaseException] | None = None
-    for backend, reason in _attempts(state, services):
-        if last is not None and last[0] == backend and _kind(last[2]) in NO_RETRY:
-            continue  # a backend that just timed out is not asked again: go to the fallback
-        answer = _Answer(backend, services.backends.label(backend), reason)
+def _save_stopped(state: State, answer: _Answer | None, services: Services) -> None:
+    """After a cancel: keep the question and what was streamed (marked stopped), as chat UIs do. Saved
+    in a task of its own: the cancelled node cannot await it."""
+    humans = [m for m in new_messages(state) if m.type == "human"]
+    messages: list[BaseMessage] = list(humans)
+    if answer is not None and answer.has_tokens:
+        messages.append(answer.message(interrupted="stopped"))
+    session_id, user_id = state["session_id"], state["user_id"]
+
+    async def save() -> None:
         try:
-            if not services.router.breakers[backend].allow():
-                raise BackendDown(f"{SHORT_NAMES[backend]} is marked down after repeated failures")
-            model = services.backends.model(backend, params)
-            answer.restart_clock()
-            # The sync path relies on the clients' read timeout for the first token (see backends).
-            for chunk in model.stream(prompt, config=config):
-                answer.feed(chunk)  # type: ignore[arg-type]
-                if time.perf_counter() - answer.started > total:
-                    raise TimeoutError(f"answer not finished within {total:g} s")
+            history = services.store.history(session_id, user_id)
+            await history.aadd_messages(messages, model=answer.backend if answer else None)
         except Exception as exc:
-            _failed(backend, exc, services)
-            if answer.has_tokens:
-                return _result(answer.message(interrupted=str(exc)[:200]), reason, f"interrupted: {exc}")
-            last = (backend, reason, exc)
-            continue
-        message = answer.message()
-        _succeeded(backend, message, services, routed)
-        return _result(message, reason, None)
-    assert last is not None
-    return _give_up(services, last)
+            log.warning("saving a stopped turn failed: %s", type(exc).__name__)
+        finally:
+            if humans:
+                services.turns.end(str(humans[-1].id))
+
+    services.turns.keep(asyncio.get_running_loop().create_task(save()))
 
 
 # --- save turn ------------------------------------------------------------------------------
@@ -390,14 +502,13 @@ def _to_save(state: State) -> list[BaseMessage]:
     new = new_messages(state)
     keep = [m for m in new if m.type == "human"]
     answer = new[-1] if new and new[-1].type == "ai" else None
-    if answer is not None and not (answer.response_metadata.get(META) or {}).get("error"):
+    if answer is not None and not is_error_note(answer):
         keep.append(answer)
     return keep
 
 
-def _log_turn(state: State) -> None:
+def _log_turn(state: State, answer: BaseMessage | None) -> None:
     """One line per turn, with what operators need and no message content."""
-    answer = last_answer(state["messages"])
     meta = (answer.response_metadata.get(META) if answer else None) or {}
     log.info(
         "turn session=%s backend=%s route=%r ttft_ms=%s latency_ms=%s output_tokens=%s error=%s",
@@ -411,30 +522,37 @@ def _log_turn(state: State) -> None:
     )
 
 
-def _save_failed(exc: Exception) -> dict[str, Any]:
-    metrics.MEMORY_ERRORS.labels("save_turn").inc()
-    log.error("saving the turn failed: %s", exc)
-    return {"error": f"the turn could not be saved: {exc}"}
+async def _replayed(history: ChatHistory, state: State, to_save: list[BaseMessage]) -> None:
+    """A turn saved a second time is a run resumed from a checkpoint inside it (regenerate: LangGraph
+    runs only the nodes after that checkpoint). Memory then holds this turn's question with the old
+    answer after it: cut from that answer on, so the new one takes its place. Only this turn's own
+    question (by id) is looked for: another tab's turns are never cut."""
+    humans = [str(m.id) for m in to_save if m.type == "human"]
+    if not humans:
+        return
+    window = await history.aget_window(max_messages=len(state.get("history") or {}) + len(to_save) + 8)
+    ids = [str(m.id) for m in window]
+    if humans[-1] in ids and ids.index(humans[-1]) + 1 < len(ids):
+        await history.atruncate(ids[ids.index(humans[-1]) + 1])
 
 
-async def asave_turn(state: State, *, services: Services) -> dict[str, Any]:
-    _log_turn(state)
+async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
+    """Saves the turn, then clears what must not outlive it."""
+    to_save = _to_save(state)
+    answer = state["messages"][-1] if state["messages"] and state["messages"][-1].type == "ai" else None
+    _log_turn(state, answer)
     history = services.store.history(state["session_id"], state["user_id"])
+    done: dict[str, Any] = {"history": {}, "refused": None}
     try:
-        await history.aadd_messages(_to_save(state), model=state.get("backend"))
+        humans = [m for m in to_save if m.type == "human"]
+        if humans and not services.turns.end(str(humans[-1].id)):
+            await _replayed(history, state, to_save)
+        await history.aadd_messages(to_save, model=state.get("backend"))
     except MemoryUnavailable as exc:
-        return _save_failed(exc)
-    return {}
-
-
-def save_turn(state: State, *, services: Services) -> dict[str, Any]:
-    _log_turn(state)
-    history = services.store.history(state["session_id"], state["user_id"])
-    try:
-        history.add_messages(_to_save(state))
-    except MemoryUnavailable as exc:
-        return _save_failed(exc)
-    return {}
+        metrics.MEMORY_ERRORS.labels("save_turn").inc()
+        log.error("saving the turn failed: %s", type(exc).__name__)
+        return {**done, "error": "the turn could not be saved: the conversation store is unreachable"}
+    return done
 
 
 def last_answer(messages: Sequence[BaseMessage]) -> AIMessage | None:

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from graph import build_graph
 from graph.backends import Backends
+from graph.client import ChatClient
 from tests.conftest import local_settings
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ def app_for(tmp_path: Path, local_backends: Backends, **overrides: Any) -> Any:
     from ui.app import create_app
 
     settings = local_settings(tmp_path, **overrides)
-    return create_app(settings, graph=build_graph(settings, backends=local_backends))
+    return create_app(settings, client=ChatClient.from_settings(settings, backends=local_backends))
 
 
 async def post_chat(app: Any, body: dict, **kw: Any) -> tuple[int, list[tuple[str, dict]], str]:

@@ -329,8 +329,8 @@ async def test_a_backend_that_is_down_is_counted_as_errors_not_a_crash(tmp_path:
     results = read_results(tmp_path / "run" / "results.jsonl")
     assert all(r["status"] == "error" for r in results)
     # The first calls hit the closed port; then the circuit breaker marks Gemma down: both are errors.
-    assert "Connection error" in results[0]["error"]
-    assert all("Connection error" in r["error"] or "marked down" in r["error"] for r in results)
+    assert results[0]["error"] == "no backend answered: connection"
+    assert all(r["error"].endswith((": connection", ": circuit_open")) for r in results)
     assert all((tmp_path / "run" / n).exists() for n in REPORT_FILES)
     assert "| d | gemma | 3 | 0/3 (0.0%) | 3 |" in (tmp_path / "run" / "report.md").read_text()
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from graph import build_graph
 from graph.backends import Backends
+from graph.client import ChatClient
 from tests.conftest import local_settings
 from tests.support.fault_server import closed_port_url, fault_server
 
@@ -26,7 +26,7 @@ def make_chat(tmp_path: Path, local_backends: Backends, gemma_url: str, **overri
         tmp_path, gemma_base_url=gemma_url, first_token_timeout_s=1.0, request_timeout_s=20, **overrides
     )
     backends = Backends(settings, **local_backends.shared_standins())
-    return build_graph(settings, backends=backends)
+    return ChatClient.from_settings(settings, backends=backends)
 
 
 def turn(text: str, session: str = "s", model: str = "gemma") -> tuple[dict, dict]:
@@ -36,7 +36,7 @@ def turn(text: str, session: str = "s", model: str = "gemma") -> tuple[dict, dic
 
 
 async def saved(chat, session: str = "s") -> list[tuple[str, str]]:
-    window = await chat.services.store.history(session, "local").aget_window()
+    window = await chat.store.history(session, "local").aget_window(max_messages=100)
     return [(m.type, m.content) for m in window]
 
 
@@ -45,7 +45,7 @@ async def test_refused_connections_fall_back_to_gemini_at_once(
 ) -> None:
     chat = make_chat(tmp_path, local_backends, closed_port_url())
     started = time.perf_counter()
-    out = await chat.ainvoke(*turn("What is the capital of France?"))
+    out = await chat.graph.ainvoke(*turn("What is the capital of France?"))
     elapsed = time.perf_counter() - started
     assert (
         out["backend"] == "gemini"
@@ -65,7 +65,7 @@ async def test_a_backend_that_hangs_before_the_first_token_times_out_then_falls_
     with fault_server("hang") as server:
         chat = make_chat(tmp_path, local_backends, server.base_url)
         started = time.perf_counter()
-        out = await chat.ainvoke(*turn("hello"))
+        out = await chat.graph.ainvoke(*turn("hello"))
         elapsed = time.perf_counter() - started
     assert server.requests == 1  # a backend that timed out is not asked again: the user waited enough
     assert out["backend"] == "gemini" and "fallback" in out["route_reason"]
@@ -78,7 +78,7 @@ async def test_http_errors_are_retried_once_then_fall_back(
 ) -> None:
     with fault_server(f"http_{status}") as server:
         chat = make_chat(tmp_path, local_backends, server.base_url)
-        out = await chat.ainvoke(*turn("hello"))
+        out = await chat.graph.ainvoke(*turn("hello"))
     assert server.requests == 2 and out["backend"] == "gemini"
     assert len(await saved(chat)) == 2
 
@@ -90,7 +90,7 @@ async def test_a_failure_after_three_chunks_keeps_the_partial_answer_marked_inte
         chat = make_chat(tmp_path, local_backends, server.base_url)
         chunks = []
         final = {}
-        async for mode, data in chat.astream(*turn("hello"), stream_mode=["messages", "values"]):
+        async for mode, data in chat.graph.astream(*turn("hello"), stream_mode=["messages", "values"]):
             if mode == "messages" and data[1]["langgraph_node"] == "call_model" and data[0].content:
                 chunks.append(data[0].content)
             elif mode == "values":
@@ -107,7 +107,7 @@ async def test_without_fallback_a_dead_backend_gives_a_clear_note_and_keeps_the_
     tmp_path: Path, local_backends: Backends
 ) -> None:
     chat = make_chat(tmp_path, local_backends, closed_port_url(), fallback_enabled=False)
-    out = await chat.ainvoke(*turn("Are you there?"))
+    out = await chat.graph.ainvoke(*turn("Are you there?"))
     assert out["error"] and "unavailable right now" in out["messages"][-1].content
     assert "Traceback" not in out["messages"][-1].content
     assert await saved(chat) == [("human", "Are you there?")]
@@ -118,17 +118,17 @@ async def test_the_circuit_breaker_skips_a_dead_backend_and_closes_when_it_retur
 ) -> None:
     with fault_server("hang") as server:
         chat = make_chat(tmp_path, local_backends, server.base_url, breaker_failures=2, breaker_open_s=2)
-        await chat.ainvoke(*turn("one", session="a"))  # a first-token timeout (no retry after one)
-        await chat.ainvoke(*turn("one more", session="a2"))  # a second: the circuit opens
+        await chat.graph.ainvoke(*turn("one", session="a"))  # a first-token timeout (no retry after one)
+        await chat.graph.ainvoke(*turn("one more", session="a2"))  # a second: the circuit opens
         assert server.requests == 2
         started = time.perf_counter()
-        out = await chat.ainvoke(*turn("two", session="b"))
+        out = await chat.graph.ainvoke(*turn("two", session="b"))
         skipped_in = time.perf_counter() - started
         assert server.requests == 2 and out["backend"] == "gemini"  # not called at all
         assert skipped_in < 1.0, skipped_in  # no waiting for a timeout
         server.mode = "ok"
         await asyncio.sleep(2.1)
-        out = await chat.ainvoke(*turn("three", session="c"))
+        out = await chat.graph.ainvoke(*turn("three", session="c"))
         assert out["backend"] == "gemma" and out["messages"][-1].content == "Hello from the fault server."
         assert chat.services.router.breakers["gemma"].state == "closed"
 
@@ -138,12 +138,12 @@ async def test_auto_sends_new_conversations_to_gemini_when_vllm_queues(
 ) -> None:
     with fault_server("ok") as server:
         chat = make_chat(tmp_path, local_backends, server.base_url)
-        out = await chat.ainvoke(*turn("hi", session="calm", model="auto"))
+        out = await chat.graph.ainvoke(*turn("hi", session="calm", model="auto"))
         assert out["backend"] == "gemma" and out["route_reason"] == "auto: preferred gemma"
         server.waiting = 5
         await chat.services.router.gemma_load.refresh()  # what the background refresh does every few s
-        busy = await chat.ainvoke(*turn("hi", session="new", model="auto"))
-        ongoing = await chat.ainvoke(*turn("more", session="calm", model="auto"))
+        busy = await chat.graph.ainvoke(*turn("hi", session="new", model="auto"))
+        ongoing = await chat.graph.ainvoke(*turn("more", session="calm", model="auto"))
     assert busy["backend"] == "gemini" and busy["route_reason"] == "auto: gemma busy (5 requests waiting)"
     assert ongoing["backend"] == "gemma"
 
@@ -153,6 +153,6 @@ async def test_auto_sends_a_context_too_long_for_gemma_to_gemini(
 ) -> None:
     with fault_server("ok") as server:
         chat = make_chat(tmp_path, local_backends, server.base_url, gemma_max_model_len=512, max_tokens=16)
-        out = await chat.ainvoke(*turn("word " * 600, model="auto"))
+        out = await chat.graph.ainvoke(*turn("word " * 600, model="auto"))
     assert out["backend"] == "gemini" and out["route_reason"].startswith("auto: context too long for gemma")
     assert server.requests == 0

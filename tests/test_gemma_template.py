@@ -18,6 +18,7 @@ from langchain_core.messages import HumanMessage
 from langchain_openai.chat_models.base import _convert_message_to_dict
 
 from graph import build_graph
+from graph.client import ChatClient
 from graph.nodes import _prompt
 from tests.conftest import local_settings
 from tests.support.fault_server import closed_port_url
@@ -79,8 +80,8 @@ async def test_a_conversation_with_a_failed_turn_still_gets_an_answer_and_the_sy
     assert failed["error"]  # the question is saved, without an answer: two user turns in a row follow
 
     settings = local_settings(tmp_path, gemma_base_url=f"{gemma_like_server}/v1", fallback_enabled=False)
-    chat = build_graph(settings)
-    out = await chat.ainvoke(
+    chat = ChatClient.from_settings(settings)
+    out = await chat.graph.ainvoke(
         {
             "messages": [HumanMessage("Second question")],
             "model": "gemma",
@@ -89,17 +90,17 @@ async def test_a_conversation_with_a_failed_turn_still_gets_an_answer_and_the_sy
         session,
     )
     assert not out.get("error") and out["backend"] == "gemma", out.get("error")
-    window = await chat.services.store.history("s", "local").aget_window()
+    window = await chat.store.history("s", "local").aget_window(max_messages=100)
     assert [m.content for m in window][:2] == ["First question", "Second question"]
 
     # What the server renders from the messages the graph sends: the system prompt opens the first
     # user turn, both questions are one user turn, no hand-built "User's Turn:" strings.
     state = {
-        "messages": [HumanMessage("Second question")],
-        "history": window[:1],
-        "system_prompt": "Be brief.",
+        "messages": [HumanMessage("Second question", id="q2")],
+        "history": {str(window[0].id): window[0]},
+        "options": {"system_prompt": "Be brief."},
     }
-    sent = [_convert_message_to_dict(m) for m in _prompt(state, chat.services)]  # type: ignore[arg-type]
+    sent = [_convert_message_to_dict(m) for m in _prompt(state)]  # type: ignore[arg-type]
     async with httpx.AsyncClient() as client:
         r = await client.post(f"{gemma_like_server}/apply-template", json={"messages": sent})
     rendered = r.json()["prompt"]

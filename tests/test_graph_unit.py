@@ -6,6 +6,7 @@ import pytest
 from langchain_core.messages import AIMessage, SystemMessage
 
 from graph import build_graph
+from graph.context import Services
 from graph.settings import Settings
 from tests.fakes import FailingChatModel, InMemoryStore, ScriptedBackends, fake_model
 
@@ -14,7 +15,12 @@ def make(models: dict, **settings: object):
     store = InMemoryStore()
     s = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
     backends = ScriptedBackends(s, models)
-    return build_graph(s, store=store, backends=backends), store, backends
+    services = Services.build(s, store=store, backends=backends)
+    SERVICES[id(store)] = services
+    return build_graph(services=services), store, backends
+
+
+SERVICES: dict[int, Services] = {}  # each test graph's services, by its store (breakers are checked)
 
 
 def ask(text: str, session: str = "s1", **extra: object) -> tuple[dict, dict]:
@@ -102,20 +108,21 @@ async def test_the_circuit_opens_skips_the_dead_backend_and_closes_when_it_is_ba
     def gemma():
         return fake_model("Gemma is back") if healthy["gemma"] else failing()()
 
-    g, _, backends = make(
+    g, store, backends = make(
         {"gemma": gemma, "gemini": lambda: fake_model("From Gemini")}, breaker_failures=2, breaker_open_s=30
     )
-    for breaker in g.services.router.breakers.values():
+    services = SERVICES[id(store)]
+    for breaker in services.router.breakers.values():
         breaker.clock = lambda: now[0]
     await g.ainvoke(*ask("one", session="a", model="gemma"))  # two failures (try + retry): circuit opens
-    assert g.services.router.breakers["gemma"].state == "open"
+    assert services.router.breakers["gemma"].state == "open"
     backends.calls.clear()
     out = await g.ainvoke(*ask("two", session="b", model="gemma"))
     assert backends.calls == ["gemini"] and out["backend"] == "gemini"  # skipped without calling gemma
     healthy["gemma"] = True
     now[0] += 31  # half-open: the next request probes gemma
     out = await g.ainvoke(*ask("three", session="c", model="gemma"))
-    assert out["backend"] == "gemma" and g.services.router.breakers["gemma"].state == "closed"
+    assert out["backend"] == "gemma" and services.router.breakers["gemma"].state == "closed"
 
 
 async def test_auto_falls_back_to_the_other_backend_before_the_first_token() -> None:

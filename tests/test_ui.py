@@ -20,8 +20,8 @@ from google.auth import jwt as gjwt
 from google.auth.crypt import es256
 from pydantic import SecretStr
 
-from graph import build_graph
 from graph.backends import Backends
+from graph.client import ChatClient
 from graph.memory.contract import META_KEY, AccessDenied
 from graph.memory.sqlite import SQLiteConversationStore
 from tests.browser.appserver import serve_app
@@ -215,7 +215,7 @@ async def test_identity_modes(tmp_path: Path) -> None:
 def service(tmp_path: Path, local_backends: Backends) -> ChatService:
     settings = local_settings(tmp_path)
     backends = Backends(settings, **local_backends.shared_standins())
-    return ChatService(build_graph(settings, backends=backends))
+    return ChatService(ChatClient.from_settings(settings, backends=backends))
 
 
 async def _turn(svc: ChatService, user: str, sid: str, text: str) -> tuple[list[str], Done]:
@@ -249,7 +249,7 @@ async def test_conversations_are_private(service: ChatService) -> None:
         service.messages("bob", "secret"),
         service.rename("bob", "secret", "mine now"),
         service.delete("bob", "secret"),
-        service.rewind("bob", "secret", []),
+        service.truncate("bob", "secret", "any-id"),
     ):
         with pytest.raises(AccessDenied):
             await attempt
@@ -258,20 +258,25 @@ async def test_conversations_are_private(service: ChatService) -> None:
 
 
 @pytest.mark.integration
-async def test_rewind_forks_without_the_dropped_turn(service: ChatService) -> None:
+async def test_regenerate_cuts_the_conversation_in_place(service: ChatService) -> None:
+    """Regenerate and edit forget the dropped turns in the store itself: same conversation, same title."""
     await _turn(service, "alice", "r1", "First question")
     await _turn(service, "alice", "r1", "Second question")
     await service.rename("alice", "r1", "My chat")
     stored = await service.messages("alice", "r1")
-    new_sid, mapping = await service.rewind("alice", "r1", [str(stored[2].id), str(stored[3].id)])
-    assert new_sid != "r1"
-    kept = await service.messages("alice", new_sid)
-    assert [m.content for m in kept] == [stored[0].content, stored[1].content]
-    assert [mapping[str(m.id)] for m in stored[:2]] == [m.id for m in kept]
+    assert await service.truncate("alice", "r1", str(stored[2].id)) == 2
+    kept = await service.messages("alice", "r1")
+    assert [(m.id, m.content) for m in kept] == [(m.id, m.content) for m in stored[:2]]
     assert kept[1].response_metadata[META_KEY]["backend"] == "gemma"
-    assert (await service.store.aget_conversation(new_sid, "alice")).title == "My chat"
-    assert [c.session_id for c in (await service.conversations("alice")).conversations] == [new_sid]
-    assert await service.rewind("alice", new_sid, ["not-stored"]) == (new_sid, {})
+    conversation = await service.client.store.aget_conversation("r1", "alice")
+    assert conversation.title == "My chat" and conversation.message_count == 2
+    assert await service.truncate("alice", "r1", "not-stored") == 0
+    await _turn(service, "alice", "r1", "Second question, again")
+    assert [m.content for m in await service.messages("alice", "r1")][:3] == [
+        "First question",
+        stored[1].content,
+        "Second question, again",
+    ]
 
 
 @pytest.mark.integration
@@ -307,7 +312,7 @@ async def test_health_ready_and_metrics(tmp_path: Path, local_backends: Backends
     from ui.app import create_app
 
     settings = local_settings(tmp_path)
-    app = create_app(settings, graph=build_graph(settings, backends=local_backends))
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=local_backends))
     assert (await _get(app, "/healthz")).json() == {"status": "ok"}
     ready = await _get(app, "/readyz")
     assert ready.status_code == 200 and ready.json()["memory"] == "ok"
@@ -324,7 +329,9 @@ async def test_not_ready_when_the_memory_store_is_down(tmp_path: Path, local_bac
     (tmp_path / "not-a-dir").write_text("")
     settings = local_settings(tmp_path, sqlite_path=tmp_path / "not-a-dir" / "chat.db")
     store = SQLiteConversationStore(settings.sqlite_path)
-    app = create_app(settings, graph=build_graph(settings, store=store, backends=local_backends))
+    app = create_app(
+        settings, client=ChatClient.from_settings(settings, store=store, backends=local_backends)
+    )
     ready = await _get(app, "/readyz")
     assert ready.status_code == 503 and ready.json()["memory"].startswith("unavailable")
     assert (await _get(app, "/healthz")).status_code == 200
@@ -334,7 +341,7 @@ async def test_iap_mode_refuses_requests_without_identity(tmp_path: Path, local_
     from ui.app import create_app
 
     settings = local_settings(tmp_path, trust_iap=True, iap_verify_jwt=False)
-    app = create_app(settings, graph=build_graph(settings, backends=local_backends))
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=local_backends))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         assert (await client.get("/config")).status_code == 401
         header = {"X-Goog-Authenticated-User-Email": "accounts.google.com:alice@example.com"}
@@ -351,7 +358,7 @@ def test_users_are_isolated_through_the_ui_api(tmp_path: Path, local_backends: B
     settings = local_settings(
         tmp_path, auth_users=SecretStr("alice:alice-pw,bob:bob-pw"), rate_limit_per_minute=2
     )
-    app = create_app(settings, graph=build_graph(settings, backends=local_backends))
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=local_backends))
     with serve_app(app) as url:
         assert httpx.get(url + "/config").status_code == 401  # not signed in
         alice = Client(url, auth=("alice", "alice-pw"), verbose=False)

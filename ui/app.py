@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from graph.client import ChatClient
 from graph.memory.codec import validate_title
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
 from graph.settings import Settings
@@ -197,15 +198,13 @@ def build_blocks(service: ChatService, identity: Identity, limiter: RateLimiter)
         except LimitExceeded as exc:
             yield refused(st, exc)
             return
-        if st.sid is not None:
-            drop = [r["id"] for r in st.rows[j:] if r.get("id")]
+        drop = next((r["id"] for r in st.rows[j:] if r.get("id")), None)
+        if st.sid is not None and drop is not None:
             try:
-                st.sid, mapping = await service.rewind(user, st.sid, drop)
+                await service.truncate(user, st.sid, str(drop))
             except (AccessDenied, MemoryUnavailable) as exc:
                 yield refused(st, LimitExceeded(friendly_error(exc)))
                 return
-            for row in st.rows[:j]:
-                row["id"] = mapping.get(str(row.get("id")), row.get("id"))
         del st.rows[j:]
         async for out in run_turn(user, st, text, params):
             yield out
@@ -607,21 +606,19 @@ async def refuse_invalid_body(_request: Request, exc: RequestValidationError) ->
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-def create_app(settings: Settings | None = None, graph: Any = None) -> FastAPI:
-    """The one ASGI app. `graph` (from `graph.build_graph`) defaults to one built from `settings`."""
+def create_app(settings: Settings | None = None, client: ChatClient | None = None) -> FastAPI:
+    """The one ASGI app. `client` (a `graph.client.ChatClient`) defaults to one built from `settings`."""
     from graph.settings import get_settings
 
-    owns_graph = graph is None
+    owns_client = client is None
     if settings is None:
-        settings = graph.services.settings if graph is not None else get_settings()
-    if graph is None:
-        from graph import build_graph
-
-        graph = build_graph(settings)
+        settings = client.settings if client is not None else get_settings()
+    if client is None:
+        client = ChatClient.from_settings(settings)
     identity = Identity(settings)
-    service = ChatService(graph)
+    service = ChatService(client)
     limiter = RateLimiter(settings.rate_limit_per_minute)
-    services = graph.services
+    services = client.services
 
     gradio_app: Any = None  # the mounted Gradio app (its stop_event ends the heartbeat streams)
 
@@ -665,7 +662,7 @@ def create_app(settings: Settings | None = None, graph: Any = None) -> FastAPI:
             with contextlib.suppress(Exception):
                 await warm
             await begin_shutdown()
-            if owns_graph:
+            if owns_client:
                 with contextlib.suppress(Exception):
                     await services.store.aclose()
                 await asyncio.to_thread(services.backends.close)

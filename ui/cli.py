@@ -79,85 +79,73 @@ def _serve(settings: Any, host: str | None, port: int | None) -> int:
     return 0
 
 
-async def _turn(graph: Any, text: str, args: argparse.Namespace, session: str) -> dict[str, Any]:
-    """Stream one turn to stdout; returns the final output state."""
-    payload: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
-    for key in ("model", "temperature", "max_tokens"):
-        if getattr(args, key, None) is not None:
-            payload[key] = getattr(args, key)
-    config = {"configurable": {"session_id": session}}
-    context = {"user_id": args.user} if args.user else None
-    final: dict[str, Any] = {}
-    streamed = False
-    async for mode, data in graph.astream(
-        payload, config=config, context=context, stream_mode=["messages", "values"]
-    ):
-        if mode == "messages":
-            chunk, meta = data
-            if (
-                meta.get("langgraph_node") == "call_model"
-                and isinstance(chunk.content, str)
-                and chunk.content
-            ):
-                sys.stdout.write(chunk.content)
-                sys.stdout.flush()
-                streamed = True
+async def _turn(client: Any, text: str, args: argparse.Namespace, session: str) -> Any:
+    """Stream one turn to stdout through the one client; returns its `Done`."""
+    from graph.client import Delta
+
+    options = {k: getattr(args, k, None) for k in ("model", "temperature", "max_tokens")}
+    user = args.user or client.settings.user_id
+    shown = 0
+    done: Any = None
+    async for event in client.stream_turn(user, session, text, options):
+        if isinstance(event, Delta):
+            sys.stdout.write(event.text[shown:])
+            sys.stdout.flush()
+            shown = len(event.text)
         else:
-            final = data
-    if not streamed and final.get("messages"):
-        sys.stdout.write(str(final["messages"][-1].content))
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    return final
+            done = event
+    if done.kind != "failed":
+        sys.stdout.write(done.text[shown:] + "\n")
+        sys.stdout.flush()
+    return done
 
 
-def _describe(final: dict[str, Any]) -> str:
-    answer = final["messages"][-1] if final.get("messages") else None
-    meta = (answer.response_metadata.get("hybrid_chat") if answer is not None else None) or {}
-    parts = [meta.get("backend_label") or final.get("backend", "?"), final.get("route_reason", "")]
-    if meta.get("ttft_ms") is not None:
-        parts.append(f"first token {meta['ttft_ms']:.0f} ms")
-    if meta.get("tokens_per_s"):
-        parts.append(f"{meta['tokens_per_s']:.0f} tok/s")
-    parts.append(f"session {final.get('session_id')}")
+def _describe(done: Any, session: str) -> str:
+    a = done.answer
+    parts = [a.backend_label or a.backend or "?", a.route_reason or ""]
+    if a.ttft_ms is not None:
+        parts.append(f"first token {a.ttft_ms:.0f} ms")
+    if a.tokens_per_s:
+        parts.append(f"{a.tokens_per_s:.0f} tok/s")
+    parts.append(f"session {session}")
     return " | ".join(p for p in parts if p)
 
 
 async def _chat(settings: Any, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from graph import build_graph
+    from graph.client import ChatClient
 
     err = Console(stderr=True, highlight=False)
-    graph = build_graph(settings)
+    client = ChatClient.from_settings(settings)
     session = args.session or uuid.uuid4().hex
-    if args.command == "ask":
-        try:
-            final = await _turn(graph, args.question, args, session)
-        except ValueError as exc:  # refused before any model call (InvalidInput): a usage error
-            err.print(f"[red]error:[/red] {exc}")
-            return 2
-        if not args.quiet:
-            err.print(f"[dim]{_describe(final)}[/dim]")
-        if final.get("error"):
-            err.print(f"[red]error:[/red] {final['error']}")
-            return 1
-        return 0
-    err.print(f"[bold]hybrid-chat[/bold] session {session} (empty line or Ctrl-D to quit)")
+    interactive = args.command == "chat"
+    if interactive:
+        err.print(f"[bold]hybrid-chat[/bold] session {session} (empty line or Ctrl-D to quit)")
     while True:
-        try:
-            text = await asyncio.to_thread(input, "> ")
-        except EOFError:
-            return 0
-        if not text.strip():
-            return 0
-        try:
-            final = await _turn(graph, text, args, session)
-        except ValueError as exc:  # refused (empty, too long, invalid text): say why, keep chatting
-            err.print(f"[red]not sent:[/red] {exc}")
+        if interactive:
+            try:
+                text = await asyncio.to_thread(input, "> ")
+            except EOFError:
+                return 0
+            if not text.strip():
+                return 0
+        else:
+            text = args.question
+        done = await _turn(client, text, args, session)
+        if done.kind == "failed":  # refused before any model call (empty, too long, not yours, ...)
+            err.print(f"[red]{'not sent' if interactive else 'error'}:[/red] {done.text}")
+            if not interactive:
+                return 2 if isinstance(done.error, ValueError) else 1
             continue
         if not args.quiet:
-            err.print(f"[dim]{_describe(final)}[/dim]")
+            err.print(f"[dim]{_describe(done, session)}[/dim]")
+        if done.kind == "backend_error" or done.save_error:
+            err.print(f"[red]error:[/red] {done.answer.error or done.save_error}")
+            if not interactive:
+                return 1
+        if not interactive:
+            return 0
 
 
 if __name__ == "__main__":

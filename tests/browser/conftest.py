@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from graph import build_graph
 from graph.backends import Backends
+from graph.client import ChatClient
 from tests.browser.appserver import SwitchableBackends, serve_app
 from tests.conftest import local_settings
 
@@ -72,7 +72,7 @@ def app_env(
     )
     backends = SwitchableBackends(settings, **local_backends.shared_standins())
     started = time.perf_counter()
-    app = create_app(settings, graph=build_graph(settings, backends=backends))
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
     with serve_app(app) as url:
         MEASUREMENTS["app_start_s"] = round(time.perf_counter() - started, 2)
         yield url, backends

@@ -32,6 +32,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 
 from graph import build_graph
+from graph.context import Services
 from graph.memory.contract import ConversationStore, MemoryUnavailable
 from graph.settings import Settings
 from tests.hardening.conftest import (
@@ -106,7 +107,13 @@ def gemma_graph(store: ConversationStore, base_url: str, **overrides: Any) -> tu
     }
     settings = Settings(_env_file=None, **values)  # type: ignore[arg-type]
     gemini = ScriptedModel(reply=lambda prompt: GEMINI_ANSWER, delay_s=0.01)
-    return build_graph(settings, store=store, backends=MixedBackends(settings, gemini)), gemini
+    services = Services.build(settings, store=store, backends=MixedBackends(settings, gemini))
+    graph = build_graph(services=services)
+    GRAPH_SERVICES[id(graph)] = services
+    return graph, gemini
+
+
+GRAPH_SERVICES: dict[int, Services] = {}  # each test graph's services (breakers are checked)
 
 
 # --- the Gemma backend fails while sessions run -----------------------------------------------
@@ -171,7 +178,7 @@ async def test_a_cancelled_half_open_probe_does_not_leave_the_backend_down_forev
         graph, _ = gemma_graph(store, server.base_url, breaker_failures=2, breaker_open_s=0.3)
         await graph.ainvoke(*turn("times out", "a", model="gemma"))  # one timeout (never retried)
         await graph.ainvoke(*turn("opens the circuit", "a2", model="gemma"))  # a second: open
-        breaker = graph.services.router.breakers["gemma"]
+        breaker = GRAPH_SERVICES[id(graph)].router.breakers["gemma"]
         assert breaker.state == "open"
         await asyncio.sleep(0.35)
         probe = asyncio.create_task(graph.ainvoke(*turn("the probe", "b", model="gemma")))

@@ -21,6 +21,7 @@ from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
 from graph import build_graph
+from graph.context import Services
 from graph.memory.codec import message_text
 from graph.memory.contract import AccessDenied, ConversationStore
 from graph.settings import Settings
@@ -197,14 +198,15 @@ async def test_secrets_and_message_contents_stay_out_of_the_logs(
             breaker_failures=1000,
         )
         gemini = ScriptedModel(reply=lambda prompt: f"fallback answer {MARKER}")
-        graph = build_graph(settings, store=store, backends=MixedBackends(settings, gemini))
+        services = Services.build(settings, store=store, backends=MixedBackends(settings, gemini))
+        graph = build_graph(services=services)
         for mode in ("ok", "fail_after_3", "reset", "http_503"):
             server.mode = mode
             await graph.ainvoke(*turn(f"{MARKER} {mode}", "s", model="gemma"))
         with pytest.raises(ValueError):
             await graph.ainvoke(*turn(f"{MARKER} \ud800", "s"))
     assert seen and set(seen) == {f"Bearer {secret}"}  # the key was in use
-    for text in (repr(settings), str(settings), settings.model_dump_json(), repr(graph.services)):
+    for text in (repr(settings), str(settings), settings.model_dump_json(), repr(services)):
         assert secret not in text
     assert secret not in caplog.text
     assert any(r.name.startswith("graph") for r in caplog.records), "nothing logged: an empty check"
