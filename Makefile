@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 INFRA_VENV := .venv-infra
 
-.PHONY: run test lint infra-tools langgraph-server browser clean
+.PHONY: run test lint infra-tools langgraph-server langgraph-dev browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ $(LG_VENV)/.installed: pyproject.toml
 	touch $@
 
 langgraph-server: $(LG_VENV)/.installed
+
+# The graph behind the LangGraph CLI's dev server (Studio, agent-chat-ui): ten runs at once (its
+# default is one, so threads would be answered one after another).
+langgraph-dev: $(LG_VENV)/.installed
+	$(LG_VENV)/bin/langgraph dev --no-browser --n-jobs-per-worker 10
 
 # Browser tests drive Debian's chromium with Playwright (never `playwright install`).
 browser:

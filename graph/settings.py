@@ -6,6 +6,7 @@ the Kubernetes ConfigMap and users' scripts set them as `HYBRID_CHAT_<FIELD>`.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -83,7 +84,9 @@ class Settings(BaseSettings):
 
     # --- Memory ------------------------------------------------------------------------------
     memory: Literal["sqlite", "firestore"] = "sqlite"
-    sqlite_path: Path = Path("hybrid-chat.db")
+    # A data directory, never the working directory: a repository root watched by `langgraph dev`
+    # would see the database change on every turn.
+    sqlite_path: Path = Field(default_factory=lambda: _data_dir() / "hybrid-chat.db")
     firestore_project: str | None = Field(
         default=None, description="Project of the Firestore database (default: the ambient project)."
     )
@@ -151,6 +154,12 @@ class Settings(BaseSettings):
         default=20.0, ge=0, description="On shutdown, running answers get this long to finish, then stop."
     )
     # --- end UI ---
+
+
+def _data_dir() -> Path:
+    """$XDG_DATA_HOME/hybrid-chat (default ~/.local/share/hybrid-chat): where runtime files go."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hybrid-chat"
 
 
 @lru_cache(maxsize=1)
