@@ -36,6 +36,7 @@ from graph.backends import BackendName, GenerationParams
 from graph.context import Context, Services
 from graph.memory.contract import AccessDenied, ChatHistory, ConversationNotFound, MemoryUnavailable
 from graph.router import SHORT_NAMES, RouteRequest
+from graph.sanitize import for_model
 from graph.settings import Settings
 from graph.state import OPTION_KEYS, State
 from graph.validation import (
@@ -247,7 +248,7 @@ def _prompt(state: State) -> list[BaseMessage]:
     system = (state.get("options") or {}).get("system_prompt")
     head: list[BaseMessage] = [SystemMessage(system)] if system and system.strip() else []
     turn = [m for m in new_messages(state) if m.type == "human"]
-    return [*head, *alternate_roles([*(state.get("history") or {}).values(), *turn])]
+    return for_model([*head, *alternate_roles([*(state.get("history") or {}).values(), *turn])])
 
 
 def alternate_roles(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
