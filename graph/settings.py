@@ -138,6 +138,15 @@ class Settings(BaseSettings):
         description="Other sites (comma-separated origins, https://host[:port]) whose pages may call this "
         "app with the user's sign-in. Unset: only the app's own pages.",
     )
+    login_max_failures: int = Field(
+        default=10,
+        ge=0,
+        description="Failed sign-ins (login form or HTTP Basic) per user name before a lockout, with a "
+        "growing wait from the 4th on; a client address gets 5x as many. 0 = no throttling.",
+    )
+    login_lockout_s: float = Field(
+        default=300.0, gt=0, description="How long a lockout lasts; failures are forgotten after as long."
+    )
     max_request_bytes: int = Field(
         default=1_048_576,
         ge=1024,

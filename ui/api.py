@@ -28,6 +28,8 @@ from pydantic import BaseModel, Field, ValidationError
 from ui.auth import Identity
 from ui.chat import ChatService, Delta, Done, turn_params
 from ui.limits import LimitExceeded, RateLimiter, check_message
+from ui.security import client_address
+from ui.throttle import REFUSAL
 
 
 class ChatRequest(BaseModel):
@@ -54,7 +56,9 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 async def api_user(identity: Identity, request: Request) -> str:
-    """The caller, as the settings say; 401 when the request does not prove it."""
+    """The caller, as the settings say; 401 when the request does not prove it, 429 (with `Retry-After`)
+    while its user name or address is throttled for failed passwords (`ui.throttle`, shared with the
+    login form): a right password is refused then too."""
     if identity.mode == "local":
         return identity.settings.user_id
     if identity.mode == "iap":
@@ -68,12 +72,18 @@ async def api_user(identity: Identity, request: Request) -> str:
             name, _, password = base64.b64decode(header[6:]).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             name, password = "", ""
+        address = client_address(request.scope)
+        wait = identity.throttle.begin(name, address)
+        if wait > 0:
+            raise HTTPException(429, REFUSAL, headers={"Retry-After": identity.throttle.retry_after(wait)})
         for user, secret in identity.users:
             # compare_digest: the time taken does not tell how much of the password was right
             if hmac.compare_digest(name.encode(), user.encode()) & hmac.compare_digest(
                 password.encode(), secret.encode()
             ):
+                identity.throttle.succeeded(name, address)
                 return user
+        identity.throttle.failed(name, address)
     raise HTTPException(
         401, "sign in with HTTP Basic", headers={"WWW-Authenticate": 'Basic realm="hybrid-chat"'}
     )

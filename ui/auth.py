@@ -14,6 +14,11 @@ Exactly one mode is active, chosen by settings:
 
 Requests without a valid identity get 401 from Gradio for every page and API route. `/healthz`, `/readyz`
 and `/metrics` are plain FastAPI routes and need none (probes and Prometheus do not pass IAP).
+
+Failed passwords are throttled per user name and client address (`ui.throttle`, one `LoginThrottle` per
+`Identity`, shared by the login form and HTTP Basic). A rejected IAP assertion is logged by its kind of
+fault (malformed, wrong algorithm, unknown key, bad signature or claims, ...), once per kind per minute
+with the count since: never the token or its text, and not one line per request.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from typing import Any
 import httpx
 
 from graph.settings import Settings
+from ui.security import gradio_app_kwargs
+from ui.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,35 @@ IAP_ISSUER = "https://cloud.google.com/iap"
 
 
 class IapError(ValueError):
-    """An IAP assertion that does not prove who the user is."""
+    """An IAP assertion that does not prove who the user is. `reason`: a short, fixed kind of fault,
+    safe to log (the message may quote the token's content)."""
+
+    def __init__(self, message: str, reason: str = "invalid assertion") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LogLimiter:
+    """Logs a warning once per distinct reason per `period_s`, with how many were left out since."""
+
+    def __init__(self, period_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period_s = period_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def warning(self, what: str, reason: str) -> None:
+        now = self.clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self.period_s:
+            self._skipped[reason] = self._skipped.get(reason, 0) + 1
+            return
+        skipped = self._skipped.pop(reason, 0)
+        self._last[reason] = now
+        if len(self._last) > 1000:  # reasons are a fixed set; bound it anyway
+            self._last = {reason: now}
+        more = f" (and {skipped} more in the last {self.period_s:.0f} s)" if skipped else ""
+        log.warning("%s: %s%s", what, reason, more)
 
 
 def parse_iap_email_header(value: str | None) -> str | None:
@@ -93,7 +128,7 @@ class IapVerifier:
             response.raise_for_status()
             certs = response.json()
         if not isinstance(certs, dict) or not all(isinstance(v, str) for v in certs.values()):
-            raise IapError(f"unexpected key file at {self.certs_url}")
+            raise IapError(f"unexpected key file at {self.certs_url}", "IAP keys unavailable")
         self._certs, self._fetched_at = certs, self._clock()
 
     async def _key(self, kid: str) -> str:
@@ -105,10 +140,10 @@ class IapVerifier:
                     await self._fetch()
                 except (httpx.HTTPError, ValueError) as exc:
                     if not self._certs:
-                        raise IapError(f"cannot fetch IAP keys: {exc}") from exc
+                        raise IapError(f"cannot fetch IAP keys: {exc}", "IAP keys unavailable") from exc
                     log.warning("refreshing IAP keys failed (keeping the cached ones): %s", exc)
         if kid not in self._certs:
-            raise IapError(f"unknown key id {kid!r}")
+            raise IapError(f"unknown key id {kid!r}", "unknown key id")
         return self._certs[kid]
 
     async def verify(self, token: str) -> dict[str, Any]:
@@ -118,31 +153,39 @@ class IapVerifier:
         try:
             header = jwt.decode_header(token)
         except (ValueError, exceptions.GoogleAuthError) as exc:
-            raise IapError(f"malformed assertion: {exc}") from exc
+            raise IapError(f"malformed assertion: {exc}", "malformed token") from exc
         if header.get("alg") != "ES256":
-            raise IapError(f"unexpected algorithm {header.get('alg')!r}")
+            raise IapError(f"unexpected algorithm {header.get('alg')!r}", "not ES256")
         key = await self._key(str(header.get("kid")))
         try:
             claims = jwt.decode(
                 token, certs={str(header["kid"]): key}, audience=self.audience, clock_skew_in_seconds=30
             )
         except (ValueError, exceptions.GoogleAuthError) as exc:
-            raise IapError(str(exc)) from exc
+            raise IapError(str(exc), "bad signature, audience or expiry") from exc
         if claims.get("iss") != IAP_ISSUER:
-            raise IapError(f"unexpected issuer {claims.get('iss')!r}")
+            raise IapError(f"unexpected issuer {claims.get('iss')!r}", "wrong issuer")
         if not isinstance(claims.get("email"), str) or "@" not in claims["email"]:
-            raise IapError("no e-mail in the assertion")
+            raise IapError("no e-mail in the assertion", "no e-mail")
         return claims
 
 
 class Identity:
     """Resolves the user of each request as the settings say (see the module docstring)."""
 
-    def __init__(self, settings: Settings, *, verifier: IapVerifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        verifier: IapVerifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.mode = "local"
         self.users: list[tuple[str, str]] = []
         self.verifier: IapVerifier | None = None
+        self.throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_s, clock=clock)
+        self.rejections = LogLimiter(clock=clock)
         if settings.trust_iap and settings.auth_users is not None:
             raise ValueError("set either HYBRID_CHAT_TRUST_IAP or HYBRID_CHAT_AUTH_USERS, not both")
         if settings.trust_iap:
@@ -176,20 +219,24 @@ class Identity:
         try:
             claims = await self.verifier.verify(token)
         except IapError as exc:
-            log.warning("rejected an IAP assertion: %s", exc)
+            self.rejections.warning("rejected an IAP assertion", exc.reason)
             return None
         email = claims["email"].strip().lower()
         if headers.get(IAP_EMAIL_HEADER) is not None and header_email != email:
-            log.warning("IAP e-mail header disagrees with the signed assertion; rejected")
+            self.rejections.warning("rejected an IAP assertion", "e-mail header disagrees with the token")
             return None
         return email
 
     def gradio_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `gr.mount_gradio_app` enforcing this mode on every Gradio route."""
         if self.mode == "iap":
-            return {"auth_dependency": self.iap_user}
+            return {"auth_dependency": self.iap_user, "app_kwargs": gradio_app_kwargs(None)}
         if self.mode == "password":
-            return {"auth": self.users, "auth_message": "Sign in to hybrid-chat."}
+            return {
+                "auth": self.users,
+                "auth_message": "Sign in to hybrid-chat.",
+                "app_kwargs": gradio_app_kwargs(self.throttle),
+            }
         return {}
 
     def user_of(self, request: Any) -> str:

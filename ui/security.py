@@ -12,22 +12,65 @@ an image tag on another site must not sign anyone out.
 Request bodies are bounded by `FastAPI(max_body_size=...)` (Starlette's `RequestBodyLimitMiddleware`),
 which covers the mounted Gradio app too: a body whose declared length is over the limit is refused with
 413 before it is read, and a chunked one as soon as it passes the limit.
+
+Every response that passes `SameSiteGuard` carries `SECURITY_HEADERS`: a Content-Security-Policy the
+Gradio page works under (same-origin everything; inline scripts and styles, which Gradio's page needs),
+`frame-ancestors 'none'` and `X-Frame-Options: DENY` (no framing, so no click-jacking of "Delete for
+good"), `nosniff`, `Referrer-Policy: same-origin`.
+
+Inside Gradio's own app (through `mount_gradio_app(app_kwargs=...)`, a public parameter:
+`gradio_app_kwargs`), `SignInGuard` throttles password guessing on `POST /login` (`ui.throttle`) and
+keeps the API description out of the login page (Gradio embeds `window.gradio_api_info`, every named
+endpoint with its parameters, in the page it serves before sign-in); Gradio's `/openapi.json`, `/docs`
+and `/redoc` are turned off.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ui.throttle import REFUSAL, LoginThrottle
 
 log = logging.getLogger(__name__)
 
 SIGN_IN_COOKIE_PREFIX = "access-token"  # Gradio's `access-token-<id>` and `access-token-unsecure-<id>`
+
+# Gradio's page runs inline scripts (its config) and inline styles, and uses blob:/data: URLs for
+# media and workers; everything else it loads is its own (fonts included). Checked in Chromium: no
+# violation on the login page nor during a chat (tests/hardening/test_headers.py).
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' 'unsafe-inline' 'unsafe-eval'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "media-src 'self' data: blob:",
+        "worker-src 'self' blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
 
 
 def parse_origins(raw: str | None) -> list[str]:
@@ -74,6 +117,7 @@ class SameSiteGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_security_headers(send)
         headers = Headers(scope=scope)
         origin = headers.get("origin")
         if origin is not None and not self._same_site(origin.rstrip("/"), headers):
@@ -117,6 +161,150 @@ def _tighten(cookie: str, https: bool) -> str:
     if https or any(p.lower() == "secure" for p in parts):
         kept.append("Secure")
     return "; ".join(kept)
+
+
+def _with_security_headers(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            out = MutableHeaders(scope=message)
+            for name, value in SECURITY_HEADERS.items():
+                if name not in out:
+                    out[name] = value
+        await send(message)
+
+    return sending
+
+
+def client_address(scope: Scope) -> str:
+    """The client's address as the server saw it (uvicorn applies X-Forwarded-For from trusted proxies:
+    `--forwarded-allow-ips`, default 127.0.0.1)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+async def _form_user(scope: Scope, body: bytes) -> str:
+    """The `username` field of a login form (urlencoded or multipart), as Gradio reads it; "" if none."""
+
+    async def once() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(dict(scope), once).form(max_files=0, max_fields=20)
+        value = form.get("username")
+        return value.strip() if isinstance(value, str) else ""
+    except Exception:  # any unreadable form has no user name (Gradio then refuses it)
+        return ""
+
+
+_API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
+_NO_API_INFO = b'window.gradio_api_info = {"named_endpoints":{},"unnamed_endpoints":{}};</script>'
+
+
+class SignInGuard:
+    """Inside Gradio's app: `POST /login` throttled (`ui.throttle`), and the login page (the page Gradio
+    serves before sign-in, its config saying `auth_required`) without the API description."""
+
+    def __init__(self, app: ASGIApp, throttle: LoginThrottle | None = None) -> None:
+        self.app = app
+        self.throttle = throttle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/login" and self.throttle:
+            await self._login(scope, receive, send, self.throttle)
+            return
+        if scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, _without_api_info(send))
+            return
+        await self.app(scope, receive, send)
+
+    async def _login(self, scope: Scope, receive: Receive, send: Send, throttle: LoginThrottle) -> None:
+        # The form is small and the body already bounded by the app's max_body_size: read it, take the
+        # user name, then hand the same bytes to Gradio.
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        user, address = await _form_user(scope, body), client_address(scope)
+        wait = throttle.begin(user, address)
+        if wait > 0:
+            refusal = JSONResponse(
+                {"detail": REFUSAL}, status_code=429, headers={"retry-after": throttle.retry_after(wait)}
+            )
+            await refusal(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        status = 0
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, replay, watch)
+        finally:
+            if status == 200:
+                throttle.succeeded(user, address)
+            else:
+                throttle.failed(user, address)
+
+
+def _without_api_info(send: Send) -> Send:
+    """A page response whose embedded config says `auth_required` (the login page) is sent without the
+    API description Gradio embeds in it; other responses pass as they are."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def sending(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            if Headers(raw=message["headers"]).get("content-type", "").startswith("text/html"):
+                start = message  # held until the body is complete
+                return
+            await send(message)
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        if b'"auth_required":true' in body:
+            body = _API_INFO.sub(lambda _m: _NO_API_INFO, body, count=1)
+        headers = MutableHeaders(scope=start)
+        if "content-length" in headers:
+            headers["content-length"] = str(len(body))
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return sending
+
+
+def gradio_app_kwargs(throttle: LoginThrottle | None) -> dict[str, Any]:
+    """`mount_gradio_app(app_kwargs=...)` with sign-in on: Gradio's FastAPI app without its OpenAPI
+    description and docs pages, and with `SignInGuard`."""
+    return {
+        "openapi_url": None,
+        "docs_url": None,
+        "redoc_url": None,
+        "middleware": [Middleware(SignInGuard, throttle=throttle)],
+    }
 
 
 def install(app: FastAPI, allowed_origins: list[str]) -> None:
