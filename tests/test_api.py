@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def app_for(tmp_path: Path, local_backends: Backends, **overrides: Any) -> Any:
-    from ui.app import create_app
+    from ui.server import create_app
 
     settings = local_settings(tmp_path, **overrides)
     return create_app(settings, client=ChatClient.from_settings(settings, backends=local_backends))

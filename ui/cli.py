@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Any, host: str | None, port: int | None) -> int:
     import uvicorn
 
-    from ui.app import create_app
+    from ui.server import create_app
 
     settings = settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     print(f"hybrid-chat: http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""Serve `ui.app.create_app` in this process (uvicorn in a thread, free port) for UI tests.
+"""Serve `ui.server.create_app` in this process (uvicorn in a thread, free port) for UI tests.
 
 In-process so tests can share the session's local model servers and flip a backend to failing
 mid-test. The real `hybrid-chat serve` subprocess path is covered by tests/test_serve.py.

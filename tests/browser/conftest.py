@@ -65,7 +65,7 @@ def browser() -> Iterator[Any]:
 def app_env(
     tmp_path_factory: pytest.TempPathFactory, local_backends: Backends
 ) -> Iterator[tuple[str, SwitchableBackends]]:
-    from ui.app import create_app
+    from ui.server import create_app
 
     settings = local_settings(
         tmp_path_factory.mktemp("browser"), fallback_enabled=False, rate_limit_per_minute=0

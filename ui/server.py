@@ -1,0 +1,162 @@
+"""The server: the Gradio chat page mounted in FastAPI beside /healthz, /readyz, /metrics and /api/chat.
+
+One ASGI app with the edge middleware (ui/security.py: same-site requests only, bounded bodies), a
+lifespan that warms both backends at start-up and drains running answers on shutdown (uvicorn's
+SIGTERM: running answers get `shutdown_grace_s`, then stop with what streamed saved), the probes, and
+the Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from graph.client import ChatClient
+from graph.settings import Settings
+from ui import security
+from ui.api import api_router
+from ui.auth import Identity
+from ui.chat import ChatService
+from ui.handlers import ChatHandlers
+from ui.limits import RateLimiter
+from ui.page import build_page
+from ui.security import parse_origins
+from ui.theme import CSS, theme
+
+log = logging.getLogger(__name__)
+
+
+async def refuse_invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming the fields at fault, never echoing what was sent (it could be megabytes, or a secret)."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()][:10]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def create_app(settings: Settings | None = None, client: ChatClient | None = None) -> FastAPI:
+    """The one ASGI app. `client` (a `graph.client.ChatClient`) defaults to one built from `settings`."""
+    from graph.settings import get_settings
+
+    owns_client = client is None
+    if settings is None:
+        settings = client.settings if client is not None else get_settings()
+    if client is None:
+        client = ChatClient.from_settings(settings)
+    identity = Identity(settings)
+    service = ChatService(client)
+    limiter = RateLimiter(settings.rate_limit_per_minute)
+    services = client.services
+
+    gradio_app: Any = None  # the mounted Gradio app (its stop_event ends the heartbeat streams)
+
+    async def begin_shutdown() -> None:
+        """Stop taking turns, let running answers finish (up to the grace period, then stop them,
+        saving what was streamed), then end Gradio's heartbeat streams so the server can exit."""
+        if service.draining:
+            return
+        service.draining = True
+        log.info("shutting down: %d answer(s) streaming", len(service.active))
+        started = time.perf_counter()
+        await service.drain(settings.shutdown_grace_s)
+        log.info("shutting down: answers drained in %.1f s", time.perf_counter() - started)
+        if gradio_app is not None:
+            gradio_app.stop_event.set()
+
+    async def watch_server(server: Any) -> None:
+        # uvicorn waits for open connections before the lifespan shutdown runs, and browsers keep a
+        # heartbeat stream open: without this, a SIGTERM would wait for every tab to close.
+        while not server.should_exit:  # noqa: ASYNC110 - uvicorn's flag, no event to wait on
+            await asyncio.sleep(0.2)
+        await begin_shutdown()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The uvicorn.Server running us: found through its SIGTERM handler (uvicorn installs it in the
+        # main thread); embedders running a Server in another thread can set app.state.uvicorn_server.
+        server = getattr(_app.state, "uvicorn_server", None)
+        server = server or getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+        # Build both backends' clients (and any local stand-in) in the background now, so that the
+        # first answer, or the first fallback, does not pay for imports and start-up.
+        warm = asyncio.get_running_loop().create_task(asyncio.to_thread(services.backends.warm))
+        watcher = None
+        if server is not None and hasattr(server, "should_exit"):
+            watcher = asyncio.get_running_loop().create_task(watch_server(server))
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            with contextlib.suppress(Exception):
+                await warm
+            await begin_shutdown()
+            if owns_client:
+                with contextlib.suppress(Exception):
+                    await services.store.aclose()
+                await asyncio.to_thread(services.backends.close)
+            log.info("shut down")
+
+    app = FastAPI(
+        title="hybrid-chat",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+        max_body_size=settings.max_request_bytes,  # every route, the Gradio mount included
+    )
+    security.install(app, parse_origins(settings.allowed_origins))
+    app.add_exception_handler(RequestValidationError, refuse_invalid_body)
+    app.state.chat = service
+    app.state.begin_shutdown = begin_shutdown  # for embedders running their own server loop
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        body: dict[str, Any] = {"status": "ok", "memory": "ok"}
+        try:
+            await asyncio.wait_for(services.store.aping(), timeout=3)
+        except Exception as exc:  # the detail goes to the log, not to whoever asks
+            log.warning("readyz: memory store unavailable: %s: %s", type(exc).__name__, str(exc)[:300])
+            body["memory"] = "unavailable"
+        backends = service.health.all()
+        body["backends"] = {h.backend: h.state for h in backends}
+        if service.draining:
+            body["status"] = "shutting down"
+            return JSONResponse(body, status_code=503)
+        if body["memory"] != "ok" or not any(h.usable for h in backends):
+            body["status"] = "unavailable"
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        # Not prometheus_client's make_asgi_app: mounted at /metrics it would only answer /metrics/
+        # (the Gradio mount at "/" takes the rest), and a Route takes a function for an endpoint.
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(api_router(service, identity, limiter))  # before the mount, which takes "/"
+    gr.mount_gradio_app(
+        app,
+        build_page(ChatHandlers(service, identity, limiter)),
+        path="",
+        theme=theme(),
+        css=CSS,
+        footer_links=["api"],
+        run_history=False,
+        ssr_mode=False,
+        **identity.gradio_kwargs(),
+    )
+    gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "stop_event"))
+    return app
