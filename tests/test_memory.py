@@ -576,6 +576,24 @@ async def test_truncate_cuts_from_a_message_on_and_keeps_the_conversation(
     assert await api.messages(h) == [] and await api.window(h, 10) == []
 
 
+async def test_editing_the_first_question_retitles_a_conversation_nobody_renamed(
+    store: ConversationStore, api: Api
+) -> None:
+    """The automatic title follows the first question when it is edited; a chosen title stays."""
+    auto, named = store.history("auto", "alice"), store.history("named", "alice")
+    for h in (auto, named):
+        await api.add(h, turn("Ada", ids=True))
+    await store.arename("named", "alice", "Mine")
+    for h in (auto, named):
+        assert await api.truncate(h, "q-Ada") == 2
+        await api.add(h, [HumanMessage("question Grace", id="q-Grace"), AIMessage("hi", id="a-Grace")])
+    assert (await store.aget_conversation("auto", "alice")).title == "question Grace"
+    assert (await store.aget_conversation("named", "alice")).title == "Mine"
+    await api.add(auto, turn("later", ids=True))
+    assert await api.truncate(auto, "q-later") == 2  # not from the first question: the title stays
+    assert (await store.aget_conversation("auto", "alice")).title == "question Grace"
+
+
 async def test_truncating_a_long_tail_works_in_batches(backend: Backend, api: Api) -> None:
     store = backend.make(**({"delete_batch_size": 250} if backend.kind == "firestore" else {}))
     h = store.history("s1", "alice")

@@ -73,7 +73,7 @@ from google.api_core import retry as retries
 from google.auth import exceptions as auth_exc
 from google.cloud import firestore
 from google.cloud.firestore_v1.async_transaction import async_transactional
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from graph.memory.codec import (
@@ -551,6 +551,13 @@ class FirestoreConversationStore(ConversationStore):
         if not target.exists or target.get("message_id") != from_message_id:
             return 0
         start: int = target.get("seq")
+        earlier = col.where(filter=firestore.FieldFilter("seq", "<", start)).select([]).limit(1)
+        # Cut from the first message: a title it gave the conversation follows the edited message.
+        auto_title = (
+            derive_title([HumanMessage(str(target.get("content") or ""))])
+            if target.get("role") == "human" and not [d async for d in earlier.stream(**self._rpc())]
+            else None
+        )
         end: int | None = None  # next_seq when the truncate started: later appends are kept
         size = min(self.delete_batch_size, _MAX_TX_WRITES - 1)  # one write is the header's
 
@@ -572,7 +579,10 @@ class FirestoreConversationStore(ConversationStore):
                 tx.delete(s.reference)
             if snaps:
                 count = max(0, int(head.data.get("message_count", 0)) - len(snaps))
-                tx.update(sess, {"message_count": count, "updated_at": self.clock()})
+                update: dict[str, Any] = {"message_count": count, "updated_at": self.clock()}
+                if auto_title is not None and head.data.get("title") == auto_title:
+                    update["title"] = ""
+                tx.update(sess, update)
             return len(snaps)
 
         total = 0

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, HumanMessage
 
 from graph.memory.codec import (
     DEFAULT_TITLE,
@@ -360,18 +360,22 @@ class SQLiteConversationStore(ConversationStore):
             if not self._check_owner(conn, session_id, user_id):
                 return 0
             row = conn.execute(
-                "SELECT seq FROM messages WHERE session_id = ? AND message_id = ?",
+                "SELECT seq, role, content FROM messages WHERE session_id = ? AND message_id = ?",
                 (session_id, from_message_id),
             ).fetchone()
             if row is None:
                 return 0
+            first = conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM messages WHERE session_id = ? AND seq < ?)",
+                (session_id, row[0]),
+            ).fetchone()[0]
             n = conn.execute(
                 "DELETE FROM messages WHERE session_id = ? AND seq >= ?", (session_id, row[0])
             ).rowcount
             conn.execute(
-                "UPDATE sessions SET message_count = MAX(0, message_count - ?), updated_at = ? "
-                "WHERE session_id = ?",
-                (n, _ts(self.clock()), session_id),
+                "UPDATE sessions SET message_count = MAX(0, message_count - ?), updated_at = ?, "
+                "title = CASE WHEN ? AND title = ? THEN '' ELSE title END WHERE session_id = ?",
+                (n, _ts(self.clock()), bool(first), _derived_title(row[1], row[2]), session_id),
             )
             return n
 
@@ -530,6 +534,12 @@ class SQLiteChatMessageHistory(ChatHistory):
 
     async def aget_page(self, before: int | None = None, limit: int = 50) -> Page:
         return await asyncio.to_thread(self.store._page, self.session_id, self.user_id, before, limit)
+
+
+def _derived_title(role: str, content: str) -> str | None:
+    """The title the first message gave the conversation: an edit of that message re-derives it
+    (`atruncate` from the first message clears a title nobody chose)."""
+    return derive_title([HumanMessage(content)]) if role == "human" else None
 
 
 def _conversation(row: tuple[Any, ...]) -> Conversation:
