@@ -25,6 +25,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from graph import build_graph
 from graph.backends import Backends
 from graph.memory.contract import ConversationStore
+from graph.sanitize import neutralise
 from graph.validation import MAX_MESSAGE_BYTES, InvalidInput, clean_text
 from tests.conftest import local_settings
 from tests.hardening.conftest import ScriptedModel, echo, make_store, new_id, scripted_graph, turn
@@ -117,7 +118,11 @@ async def run_conversation(store: ConversationStore, texts: list[str], replies: 
         prompt = model.prompts[-1]
         # The model got the system prompt, then the history and this text as ONE user message.
         assert isinstance(prompt[0], SystemMessage)
-        assert [(m.type, m.content) for m in prompt[1:]] == [*expected, ("human", text)]
+        # User text reaches the model with control-token strings broken (graph/sanitize.py).
+        sent_turns = [*expected, ("human", text)]
+        assert [(m.type, m.content) for m in prompt[1:]] == [
+            (role, neutralise(content) if role == "human" else content) for role, content in sent_turns
+        ]
         answer = out["messages"][-1]
         # The backend's text exactly, except lone surrogates (pairs joined, strays replaced by U+FFFD).
         assert isinstance(answer, AIMessage) and answer.content == clean_text(sent[-1])
