@@ -157,7 +157,19 @@ class Settings(BaseSettings):
         default=20, ge=0, description="Messages per user per minute, per replica; 0 = no limit."
     )
     max_concurrent_streams: int = Field(
-        default=32, ge=1, description="Answers streaming at once, per replica."
+        default=32, ge=1, description="Answers streaming at once, per replica (page and API share it)."
+    )
+    stream_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A turn over the stream limit waits this long for a place, then is refused "
+        "(/api/chat: 503 with Retry-After; the page: a busy notice).",
+    )
+    stream_write_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="/api/chat: a client that takes no more of its answer for this long is dropped "
+        "(its answer stops, its place is freed).",
     )
     shutdown_grace_s: float = Field(
         default=20.0, ge=0, description="On shutdown, running answers get this long to finish, then stop."

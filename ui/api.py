@@ -13,23 +13,29 @@ Response: `text/event-stream`; `event: delta` with `{"text": "<the new piece>"}`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
+from starlette.types import Message, Receive, Scope, Send
 
 from ui.auth import Identity
 from ui.chat import ChatService, Delta, Done, turn_params
-from ui.limits import LimitExceeded, RateLimiter, check_message
+from ui.limits import Busy, LimitExceeded, RateLimiter, StreamSlot, check_message
 from ui.security import client_address
 from ui.throttle import REFUSAL
+
+log = logging.getLogger(__name__)
 
 
 class ChatRequest(BaseModel):
@@ -89,11 +95,73 @@ async def api_user(identity: Identity, request: Request) -> str:
     )
 
 
+class EventStream(Response):
+    """The answer's Server-Sent Events, bounded on both sides of the connection.
+
+    - The client goes away (`http.disconnect`): the stream is cancelled at once, which cancels the
+      graph and with it the backend's request (the graph saves what streamed, marked stopped).
+      Starlette's `StreamingResponse` would only notice at its next write, and not at all while a
+      backend is slow to send its first token.
+    - The client stops reading: once the socket's buffers are full a write waits; a write that waits
+      longer than `write_timeout_s` drops the client (the connection is closed, the answer stopped).
+    - Either way, and at the end, the answer's place among the streams (`slot`) is released.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], slot: StreamSlot, *, write_timeout_s: float) -> None:
+        self.events = events
+        self.slot = slot
+        self.write_timeout_s = write_timeout_s
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-store"})  # no body attribute: no content-length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._serve(receive, send)
+        finally:
+            self.slot.release()
+            with contextlib.suppress(Exception):
+                await self.events.aclose()  # never started (a client gone at once): nothing runs
+
+    async def _serve(self, receive: Receive, send: Send) -> None:
+        async def write(message: Message) -> None:
+            await asyncio.wait_for(send(message), timeout=self.write_timeout_s)
+
+        async def stream() -> None:
+            await write({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with contextlib.aclosing(self.events) as events:
+                async for chunk in events:
+                    await write({"type": "http.response.body", "body": chunk, "more_body": True})
+            await write({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def gone() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        streaming = asyncio.ensure_future(stream())
+        watching = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, watching):
+                task.cancel()
+            await asyncio.gather(streaming, watching, return_exceptions=True)
+        if not streaming.cancelled() and isinstance(streaming.exception(), TimeoutError):
+            # Returning with the response unfinished makes the server close the connection.
+            log.warning("dropped an /api/chat client that stopped reading for %g s", self.write_timeout_s)
+        elif streaming.cancelled():
+            log.info("an /api/chat client went away: its answer was stopped")
+        elif streaming.exception() is not None:
+            raise streaming.exception()  # type: ignore[misc]
+
+
 def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -> APIRouter:
     router = APIRouter()
 
     @router.post("/api/chat")
-    async def chat(request: Request) -> StreamingResponse:
+    async def chat(request: Request) -> Response:
         # Who calls first, then the body (bounded by the app's max_body_size): a stranger's upload is
         # refused before a byte of it is read.
         user = await api_user(identity, request)
@@ -117,10 +185,16 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
         except LimitExceeded as exc:
             raise HTTPException(429, str(exc)) from None
         session_id = (body.session_id or "").strip() or uuid.uuid4().hex
+        # A place among the answers streaming at once (shared with the page), before the response
+        # starts: a busy server can still say 503 and when to come back.
+        try:
+            slot = await service.stream_slot()
+        except Busy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
 
         async def events() -> AsyncIterator[bytes]:
             sent = 0
-            async for event in service.turn(user, session_id, text, params):
+            async for event in service.turn(user, session_id, text, params, slot=slot):
                 if isinstance(event, Delta):
                     yield _sse("delta", {"text": event.text[sent:]})
                     sent = len(event.text)
@@ -135,8 +209,6 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
                         },
                     )
 
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
-        )
+        return EventStream(events(), slot, write_timeout_s=service.settings.stream_write_timeout_s)
 
     return router

@@ -39,7 +39,7 @@ from graph.memory.contract import (
 from graph.settings import Settings
 from graph.validation import InvalidInput
 from ui.health import HealthBoard
-from ui.limits import LimitExceeded, check_message
+from ui.limits import Busy, LimitExceeded, StreamSlot, StreamSlots, check_message
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,48 @@ class ChatService:
         self.health = health or HealthBoard(client.services.router)
         self.active: set[asyncio.Task[Any]] = set()
         self.draining = False  # set on shutdown: no new turns
+        self.streams = StreamSlots(self.settings.max_concurrent_streams, self.settings.stream_wait_s)
+
+    async def stream_slot(self) -> StreamSlot:
+        """A place for one streaming answer, within `stream_wait_s`; `Busy` otherwise. A caller that
+        must answer "busy" before it starts streaming (the API's status code, the page's input box)
+        takes it first and hands it to `turn`."""
+        try:
+            return await self.streams.acquire()
+        except Busy:
+            UI_REJECTED.labels("busy").inc()
+            raise
 
     async def turn(
+        self,
+        user: str,
+        session_id: str,
+        text: str,
+        params: TurnParams,
+        *,
+        human_id: str | None = None,
+        slot: StreamSlot | None = None,
+    ) -> AsyncIterator[Delta | Done]:
+        """Stream one turn. Every answer holds a place of `streams` (the one limit shared by the page,
+        Gradio's `/chat` and `/api/chat`) while it runs: `slot` if the caller took one (released here,
+        like one taken here), else one taken now; none free within the wait: a `Done("failed")` saying
+        the server is busy."""
+        if slot is None:
+            try:
+                slot = await self.stream_slot()
+            except Busy as exc:
+                yield Done("failed", str(exc))
+                return
+        try:
+            # aclosing: a consumer leaving early (Stop, a client gone) cancels the graph at once.
+            run = self._turn(user, session_id, text, params, human_id=human_id)
+            async with contextlib.aclosing(run):
+                async for event in run:
+                    yield event
+        finally:
+            slot.release()
+
+    async def _turn(
         self, user: str, session_id: str, text: str, params: TurnParams, *, human_id: str | None = None
     ) -> AsyncIterator[Delta | Done]:
         text = check_message(text, self.settings.max_message_chars)

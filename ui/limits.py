@@ -1,4 +1,4 @@
-"""Limits on what one user may send: message length and a per-user rate limit.
+"""Limits: message length, a per-user rate limit, and the one limit on answers streaming at once.
 
 The rate limit is a token bucket per user, kept in this process: `per_minute` messages may be sent in a
 burst, and the bucket refills at `per_minute / 60` messages a second. It is per replica (N replicas
@@ -8,6 +8,7 @@ without a shared store on the hot path. Regenerate and edit-and-resend count as 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -94,3 +95,55 @@ class RateLimiter:
         if len(self._buckets) >= self.MAX_USERS:  # all busy: forget the oldest half
             for user in sorted(self._buckets, key=lambda u: self._buckets[u].updated)[: self.MAX_USERS // 2]:
                 del self._buckets[user]
+
+
+class Busy(LimitExceeded):
+    """No place for another answer within the wait: `retry_after_s` says when to try again."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StreamSlot:
+    """A place held by one streaming answer; `release` is idempotent."""
+
+    def __init__(self, slots: StreamSlots) -> None:
+        self._slots: StreamSlots | None = slots
+
+    def release(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots._release()
+
+
+class StreamSlots:
+    """The one limit on answers streaming at once, shared by every way in (the page, Gradio's `/chat`,
+    `/api/chat`): a semaphore whose waiters give up after `wait_s` with `Busy`. Places are taken before
+    the graph runs, so time spent waiting here never counts against a backend's first-token deadline."""
+
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self.limit = limit
+        self.wait_s = wait_s
+        self.in_use = 0
+        self._free = asyncio.Semaphore(limit)
+
+    async def acquire(self) -> StreamSlot:
+        try:
+            if self._free.locked():
+                await asyncio.wait_for(self._free.acquire(), timeout=self.wait_s)
+            else:
+                await self._free.acquire()  # free: no wait (a zero wait_s would time out at once)
+        except TimeoutError:
+            retry = max(1, math.ceil(self.wait_s))
+            raise Busy(
+                f"The server is busy answering {self.limit} questions right now. "
+                f"Please try again in a few seconds.",
+                retry,
+            ) from None
+        self.in_use += 1
+        return StreamSlot(self)
+
+    def _release(self) -> None:
+        self.in_use -= 1
+        self._free.release()

@@ -20,7 +20,9 @@ CLOSE_SIDEBAR_ON_PHONE = f"""() => {{
   const open = bar && (bar.classList.contains('open') || bar.closest('.sidebar.open'));
   if (open) bar.querySelector('button[aria-label="Toggle Sidebar"]')?.click();
 }}"""
-TURN_CONCURRENCY_ID = "chat-turn"
+# Turns are not limited by Gradio's queue: the one stream limit (`ChatService.streams`, shared with
+# `/api/chat`) holds them, waiting a bounded time and then saying the server is busy.
+TURN_CONCURRENCY = None
 
 
 def build_page(h: ChatHandlers) -> gr.Blocks:
@@ -101,8 +103,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         turn_outputs = [chatbot, textbox, state, health]
         turn_kwargs: dict[str, Any] = {
             "api_visibility": "private",
-            "concurrency_limit": h.settings.max_concurrent_streams,
-            "concurrency_id": TURN_CONCURRENCY_ID,
+            "concurrency_limit": TURN_CONCURRENCY,
             "show_progress": "minimal",
         }
         send_ev = textbox.submit(h.send, [textbox, state, *gen_inputs], turn_outputs, **turn_kwargs)
@@ -161,8 +162,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         gr.api(
             h.chat,
             api_name="chat",
-            concurrency_limit=h.settings.max_concurrent_streams,
-            concurrency_id=TURN_CONCURRENCY_ID,
+            concurrency_limit=TURN_CONCURRENCY,
         )
         gr.api(h.conversations, api_name="conversations")
         gr.api(h.conversation, api_name="conversation")

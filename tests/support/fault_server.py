@@ -7,6 +7,8 @@ prompt a graph sent) and "echo_slow" (the same, one word every 0.2 s, padded wit
 request's max_tokens words: an answer of a known length, e.g. 5 words = 1 s).
 `/metrics` serves `waiting` as vLLM's `vllm:num_requests_waiting`. Counts the chat requests it received;
 `bodies` keeps every chat request's JSON body and `prompts` its messages, in arrival order.
+`in_progress` counts the chat requests being answered now (a client that goes away ends its request at
+the next word it is sent) and `max_in_progress` the most at once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class FaultServer:
         self.prompts: list[list[dict[str, Any]]] = []
         self._stop = threading.Event()
         server = self
+        self.in_progress = 0
+        self.max_in_progress = 0
+        self._count = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -49,6 +54,16 @@ class FaultServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length) or b"{}")
+                with server._count:
+                    server.in_progress += 1
+                    server.max_in_progress = max(server.max_in_progress, server.in_progress)
+                try:
+                    self._post()
+                finally:
+                    with server._count:
+                        server.in_progress -= 1
+
+            def _post(self) -> None:
                 server.requests += 1
                 server.bodies.append(request)
                 server.prompts.append(request.get("messages") or [])
