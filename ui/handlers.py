@@ -39,7 +39,7 @@ from ui.chat import (
     rows_from_messages,
     turn_params,
 )
-from ui.limits import LimitExceeded, RateLimiter, check_message
+from ui.limits import LimitExceeded, RateLimiter, StreamSlot, check_message
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,11 @@ CONVERSATIONS_PAGE = 30
 
 @dataclass
 class Session:
-    """One browser tab's state, kept server-side (gr.State is never sent to the browser)."""
+    """One browser tab's state, kept server-side (gr.State is never sent to the browser). It belongs to
+    the signed-in user who opened the tab (`user`): Gradio finds a tab's state by the `session_hash` the
+    browser chose, so another user presenting that hash gets a fresh `Session`, never this one."""
 
+    user: str | None = None
     sid: str | None = None  # the open conversation (None: a new one, created by its first message)
     rows: list[dict[str, Any]] = field(default_factory=list)  # what the chat shows, with stored ids
     cursor: str | None = None  # conversations listing: where the next page starts
@@ -59,8 +62,17 @@ class Session:
     stopped: bool = False
 
 
-def _session(st: Any) -> Session:
-    return st if isinstance(st, Session) else Session()
+def _session(st: Any, user: str) -> Session:
+    """The tab's state if it is `user`'s; a fresh one for anyone else (logged: someone presented
+    another user's session_hash)."""
+    if isinstance(st, Session):
+        if st.user == user:
+            return st
+        if st.user is None:
+            st.user = user
+            return st
+        log.warning("%r presented the tab of another user (the same session_hash): given a fresh tab", user)
+    return Session(user=user)
 
 
 def _index(index: Any) -> int:
@@ -89,7 +101,9 @@ class ChatHandlers:
         return gr.update(interactive=True, submit_btn=True, stop_btn=False)
 
     # --- the streamed turn, shared by send / regenerate / edit -------------------------------
-    async def run_turn(self, user: str, st: Session, text: str, params: TurnParams) -> AsyncIterator[tuple]:
+    async def run_turn(
+        self, user: str, st: Session, text: str, params: TurnParams, slot: StreamSlot
+    ) -> AsyncIterator[tuple]:
         st.sid = st.sid or uuid.uuid4().hex
         human_id = str(uuid.uuid4())
         rows = st.rows
@@ -98,7 +112,7 @@ class ChatHandlers:
         answer: dict[str, Any] | None = None
         try:
             yield chatbot_value(rows), self.textbox_busy(), st, gr.skip()
-            turn = self.service.turn(user, st.sid, text, params, human_id=human_id)
+            turn = self.service.turn(user, st.sid, text, params, human_id=human_id, slot=slot)
             async with contextlib.aclosing(turn):
                 async for event in turn:
                     if st.stopped:
@@ -123,6 +137,13 @@ class ChatHandlers:
                     yield chatbot_value(rows), gr.skip(), st, self.service.health.html()
         finally:
             st.busy = False
+            slot.release()  # the turn releases it; this covers a turn closed before it started
+
+    async def take_slot(self) -> StreamSlot:
+        """A place among the answers streaming at once (shared with Gradio's `/chat` and `/api/chat`),
+        waiting at most `stream_wait_s`: `Busy` (a LimitExceeded) tells the user the server is busy
+        while their text stays in the input box."""
+        return await self.service.stream_slot()
 
     def check_turn(self, user: str, text: str, params_in: tuple) -> tuple[str, TurnParams]:
         """Limits first (length, parameters, rate): a refused message stays in the input box."""
@@ -156,17 +177,18 @@ class ChatHandlers:
         system: str,
         request: gr.Request,
     ) -> AsyncIterator[tuple]:
-        st = _session(st)
         user = self.user_of(request)
+        st = _session(st, user)
         if st.busy:
             yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."))
             return
         try:
             text, params = self.check_turn(user, text, (model, temperature, top_p, max_tokens, system))
+            slot = await self.take_slot()
         except LimitExceeded as exc:
             yield self.refused(st, exc)
             return
-        async for out in self.run_turn(user, st, text, params):
+        async for out in self.run_turn(user, st, text, params, slot):
             yield out
 
     async def resend_from(
@@ -178,19 +200,23 @@ class ChatHandlers:
             return
         try:
             text, params = self.check_turn(user, text, params_in)
+            slot = await self.take_slot()
         except LimitExceeded as exc:
             yield self.refused(st, exc)
             return
-        drop = next((r["id"] for r in st.rows[j:] if r.get("id")), None)
-        if st.sid is not None and drop is not None:
-            try:
-                await self.service.truncate(user, st.sid, str(drop))
-            except (AccessDenied, MemoryUnavailable) as exc:
-                yield self.refused(st, LimitExceeded(friendly_error(exc)))
-                return
-        del st.rows[j:]
-        async for out in self.run_turn(user, st, text, params):
-            yield out
+        try:
+            drop = next((r["id"] for r in st.rows[j:] if r.get("id")), None)
+            if st.sid is not None and drop is not None:
+                try:
+                    await self.service.truncate(user, st.sid, str(drop))
+                except (AccessDenied, MemoryUnavailable) as exc:
+                    yield self.refused(st, LimitExceeded(friendly_error(exc)))
+                    return
+            del st.rows[j:]
+            async for out in self.run_turn(user, st, text, params, slot):
+                yield out
+        finally:
+            slot.release()
 
     async def regenerate(
         self,
@@ -203,14 +229,15 @@ class ChatHandlers:
         retry: gr.RetryData,
         request: gr.Request,
     ) -> AsyncIterator[tuple]:
-        st = _session(st)
+        user = self.user_of(request)
+        st = _session(st, user)
         i = min(_index(retry.index), len(st.rows) - 1)
         j = next((k for k in range(i, -1, -1) if st.rows[k]["role"] == "user"), None)
         if j is None:
             yield self.refused(st, LimitExceeded("Nothing to regenerate."))
             return
         async for out in self.resend_from(
-            self.user_of(request), st, j, st.rows[j]["text"], (model, temperature, top_p, max_tokens, system)
+            user, st, j, st.rows[j]["text"], (model, temperature, top_p, max_tokens, system)
         ):
             yield out
 
@@ -225,7 +252,8 @@ class ChatHandlers:
         edit: gr.EditData,
         request: gr.Request,
     ) -> AsyncIterator[tuple]:
-        st = _session(st)
+        user = self.user_of(request)
+        st = _session(st, user)
         j = _index(edit.index)
         value = edit.value
         if isinstance(value, list):  # content blocks
@@ -234,12 +262,13 @@ class ChatHandlers:
             yield chatbot_value(st.rows), gr.skip(), st, gr.skip()
             return
         async for out in self.resend_from(
-            self.user_of(request), st, j, str(value), (model, temperature, top_p, max_tokens, system)
+            user, st, j, str(value), (model, temperature, top_p, max_tokens, system)
         ):
             yield out
 
     async def stop(self, st: Any, request: gr.Request) -> tuple:
-        st = _session(st)
+        user = self.user_of(request)
+        st = _session(st, user)
         if not st.busy:
             return gr.skip(), gr.skip()
         st.stopped = True
@@ -261,7 +290,7 @@ class ChatHandlers:
                 break
             await asyncio.sleep(0.1)
         await self.service.saved(3)
-        conv, _more = await self.conversation_choices(self.user_of(request), st)
+        conv, _more = await self.conversation_choices(user, st)
         return shown, conv
 
     # --- conversations -----------------------------------------------------------------------
@@ -292,23 +321,25 @@ class ChatHandlers:
 
     async def on_load(self, request: gr.Request) -> tuple:
         user = self.user_of(request)
-        st = Session()
+        st = Session(user=user)
         conv, more = await self.conversation_choices(user, st)
         return st, conv, more, self.user_html(user), self.service.health.html()
 
     async def after_turn(self, st: Any, request: gr.Request) -> tuple:
-        st = _session(st)
-        conv, _more = await self.conversation_choices(self.user_of(request), st)
+        user = self.user_of(request)
+        st = _session(st, user)
+        conv, _more = await self.conversation_choices(user, st)
         return self.textbox_ready(), conv
 
     async def more_conversations(self, st: Any, request: gr.Request) -> tuple:
-        st = _session(st)
-        conv, more = await self.conversation_choices(self.user_of(request), st, more=True)
+        user = self.user_of(request)
+        st = _session(st, user)
+        conv, more = await self.conversation_choices(user, st, more=True)
         return conv, more
 
     async def open_conversation(self, sid: Any, st: Any, request: gr.Request) -> AsyncIterator[tuple]:
-        st = _session(st)
         user = self.user_of(request)
+        st = _session(st, user)
         if st.busy:
             gr.Warning("Wait for the current answer, or press Stop.")
             yield gr.skip(), st, gr.skip()
@@ -330,8 +361,8 @@ class ChatHandlers:
             note = {"role": "assistant", "content": render_answer(friendly_error(exc), kind="failed")}
             yield [note], st, gr.update(value="")
 
-    async def new_conversation(self, st: Any) -> tuple:
-        st = _session(st)
+    async def new_conversation(self, st: Any, request: gr.Request) -> tuple:
+        st = _session(st, self.user_of(request))
         if st.busy:
             gr.Warning("Wait for the current answer, or press Stop.")
             return gr.skip(), st, gr.skip(), gr.skip()
@@ -339,8 +370,8 @@ class ChatHandlers:
         return [], st, gr.update(value=None), gr.update(value="")
 
     async def rename(self, title: str, st: Any, request: gr.Request) -> Any:
-        st = _session(st)
         user = self.user_of(request)
+        st = _session(st, user)
         if st.sid is None or not st.rows:
             gr.Warning("Send a message first: an empty conversation has nothing to rename.")
             return gr.skip()
@@ -356,8 +387,8 @@ class ChatHandlers:
         conv, _more = await self.conversation_choices(user, st)
         return conv
 
-    def arm_delete(self, st: Any) -> tuple:
-        st = _session(st)
+    def arm_delete(self, st: Any, request: gr.Request) -> tuple:
+        st = _session(st, self.user_of(request))
         if st.sid is None or not st.rows:
             gr.Warning("No saved conversation is open.")
             return gr.skip(), gr.skip()
@@ -367,8 +398,8 @@ class ChatHandlers:
         return gr.update(visible=True), gr.update(visible=False)
 
     async def delete(self, st: Any, request: gr.Request) -> tuple:
-        st = _session(st)
         user = self.user_of(request)
+        st = _session(st, user)
         if st.sid is not None and not st.busy:
             try:
                 await self.service.delete(user, st.sid)

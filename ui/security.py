@@ -23,14 +23,26 @@ Inside Gradio's own app (through `mount_gradio_app(app_kwargs=...)`, a public pa
 keeps the API description out of the login page (Gradio embeds `window.gradio_api_info`, every named
 endpoint with its parameters, in the page it serves before sign-in); Gradio's `/openapi.json`, `/docs`
 and `/redoc` are turned off.
+
+Uploads: the page takes no files, so `/gradio_api/upload` (and its progress route) is refused with 404
+for everyone, before Gradio writes a byte to its temporary directory.
+
+Tabs: Gradio keys a tab (its state, its event stream, cancelling its events) on the `session_hash` the
+browser chose. With sign-in on, `SignInGuard` binds each hash to the first signed-in user who presents
+it; the tab's event stream, events and heartbeat are refused (403) to any other user, and
+`/gradio_api/cancel`, which Gradio serves without sign-in, needs the tab's own user (401 without
+sign-in, 403 for anyone else). The handlers check the same (`ui.handlers.Session.user`).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import re
+from collections import OrderedDict
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers, MutableHeaders
@@ -128,6 +140,11 @@ class SameSiteGuard:
             )
             await response(scope, receive, send)
             return
+        if _UPLOADS.match(scope["path"]):
+            await JSONResponse({"detail": "This app takes no uploads."}, status_code=404)(
+                scope, receive, send
+            )
+            return
         if scope["path"].rstrip("/") == "/logout":
             if scope["method"] != "POST":
                 await JSONResponse({"detail": "Sign out with POST."}, status_code=405)(scope, receive, send)
@@ -196,17 +213,72 @@ async def _form_user(scope: Scope, body: bytes) -> str:
         return ""
 
 
+_UPLOADS = re.compile(r"^(/gradio_api)?/upload(_progress)?/?$")
+# Gradio's routes that act on a tab, found by its session_hash: in a JSON body, the query, or the path.
+_TAB_BODY = re.compile(r"^/gradio_api/(queue/join|cancel|call/[^/]+)/?$")
+_TAB_QUERY = re.compile(r"^/gradio_api/queue/data/?$")
+_TAB_PATH = re.compile(r"^/gradio_api/heartbeat/([^/]+)/?$")
+MAX_TABS = 100_000  # tab owners remembered (the least recently seen are forgotten first)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body (already bounded by the app's max_body_size); None if the client left."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives `body` again, then whatever comes next (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def signed_in_user(scope: Scope) -> str | None:
+    """The signed-in user of a request inside Gradio's app, as Gradio's own `/user` route finds it:
+    its `auth_dependency` (IAP), else its sign-in cookie."""
+    app = scope.get("app")
+    request = Request(scope)
+    dependency = getattr(app, "auth_dependency", None)
+    if dependency is not None:
+        user = dependency(request)
+        if inspect.isawaitable(user):
+            user = await user
+        return str(user) if user else None
+    cookie_id = getattr(app, "cookie_id", "")
+    token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(
+        f"access-token-unsecure-{cookie_id}"
+    )
+    user = getattr(app, "tokens", {}).get(token) if token else None
+    return str(user) if user else None
+
+
 _API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
 _NO_API_INFO = b'window.gradio_api_info = {"named_endpoints":{},"unnamed_endpoints":{}};</script>'
 
 
 class SignInGuard:
-    """Inside Gradio's app: `POST /login` throttled (`ui.throttle`), and the login page (the page Gradio
-    serves before sign-in, its config saying `auth_required`) without the API description."""
+    """Inside Gradio's app: `POST /login` throttled (`ui.throttle`), the login page (the page Gradio
+    serves before sign-in, its config saying `auth_required`) without the API description, and each tab
+    (`session_hash`) kept to the user who opened it (see the module docstring)."""
 
     def __init__(self, app: ASGIApp, throttle: LoginThrottle | None = None) -> None:
         self.app = app
         self.throttle = throttle
+        self.tab_owners: OrderedDict[str, str] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -215,21 +287,62 @@ class SignInGuard:
         if scope["method"] == "POST" and scope["path"].rstrip("/") == "/login" and self.throttle:
             await self._login(scope, receive, send, self.throttle)
             return
+        path = scope["path"]
+        if _TAB_BODY.match(path) or _TAB_QUERY.match(path) or _TAB_PATH.match(path):
+            await self._tab(scope, receive, send)
+            return
         if scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, _without_api_info(send))
             return
         await self.app(scope, receive, send)
 
+    async def _tab(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request on a tab: passed on only for the tab's own user (the first to present its hash)."""
+        path = scope["path"]
+        session_hash: str | None = None
+        if (found := _TAB_PATH.match(path)) is not None:
+            session_hash = found.group(1)
+        elif _TAB_QUERY.match(path):
+            session_hash = (
+                parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash") or [None]
+            )[0]
+        else:
+            body = await _read_body(receive)
+            if body is None:
+                return
+            receive = _replay(body, receive)
+            try:
+                value = json.loads(body).get("session_hash")
+            except (ValueError, AttributeError):  # not a JSON object: Gradio refuses it itself
+                value = None
+            session_hash = value if isinstance(value, str) else None
+        cancel = path.rstrip("/").endswith("/cancel")
+        if session_hash is None and not cancel:
+            await self.app(scope, receive, send)  # no tab named (e.g. a /call without one): Gradio's own
+            return
+        user = await signed_in_user(scope)
+        if user is None:
+            await JSONResponse({"detail": "Not authenticated"}, status_code=401)(scope, receive, send)
+            return
+        owner = self.tab_owners.get(session_hash) if session_hash else None
+        if owner is None and not cancel and session_hash:
+            owner = self.tab_owners[session_hash] = user
+            if len(self.tab_owners) > MAX_TABS:
+                self.tab_owners.popitem(last=False)
+        if owner != user:
+            log.warning("refused %s on a tab of another user (or none) to %r", path, user)
+            await JSONResponse({"detail": "Not your tab."}, status_code=403)(scope, receive, send)
+            return
+        if session_hash:
+            self.tab_owners.move_to_end(session_hash)
+        await self.app(scope, receive, send)
+
     async def _login(self, scope: Scope, receive: Receive, send: Send, throttle: LoginThrottle) -> None:
         # The form is small and the body already bounded by the app's max_body_size: read it, take the
         # user name, then hand the same bytes to Gradio.
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await _read_body(receive)
+        if body is None:
+            return
         user, address = await _form_user(scope, body), client_address(scope)
         wait = throttle.begin(user, address)
         if wait > 0:
@@ -238,15 +351,7 @@ class SignInGuard:
             )
             await refusal(scope, receive, send)
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
+        replay = _replay(body, receive)
         status = 0
 
         async def watch(message: Message) -> None:

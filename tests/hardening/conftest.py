@@ -172,7 +172,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 # --- the running server (`hybrid-chat serve`), shared by the HTTP tests ----------------------------
 # One user per purpose: the rate limit is per user and per minute, and the tests share one server.
 SERVER_USERS = [f"{p}{i}" for p in ("user", "api") for i in range(20)] + [
-    *("spammer", "alice", "eve", "smoke", "mallory", "logger")
+    *("spammer", "alice", "eve", "smoke", "mallory", "logger", "tab_a", "tab_b", "uploader", "leaver")
 ]
 SERVER_PASSWORD = "pw-Zq8-hardening"  # noqa: S105 - a throwaway password of a local test server
 SERVER_SECRET = "sk-hardening-SECRET-4f9c2e"  # noqa: S105 - must never appear in a log
@@ -214,6 +214,7 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             "HYBRID_CHAT_AUTH_USERS": ",".join(f"{u}:{SERVER_PASSWORD}" for u in SERVER_USERS),
             "HYBRID_CHAT_LOG_LEVEL": "INFO",
             "HYBRID_CHAT_ALLOWED_ORIGINS": ALLOWED_ORIGIN,
+            "GRADIO_TEMP_DIR": str(tmp / "gradio"),  # where Gradio would keep uploads
         }
         log = tmp / "serve.log"
         with running_server(env, log) as (url, started_in, pid):
@@ -225,6 +226,7 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                 "pid": pid,
                 "fault": fault,
                 "auth_headers": auth_headers,
+                "gradio_tmp": tmp / "gradio",
             }
 
 
