@@ -13,6 +13,7 @@ over (see `graph/state.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -202,7 +203,9 @@ async def prepare(
         )
     )
     metrics.ROUTES.labels(decision.backend, decision.reason.split(" (")[0]).inc()
-    services.turns.begin(str(unstored[-1].id))
+    # The question is saved now, in the background: a crash mid-answer keeps it; the answer waits for it.
+    questions = [m for m in unstored if m.type == "human"]
+    services.turns.begin(str(unstored[-1].id), history.aadd_messages(questions))
     return {
         "session_id": session_id,
         "user_id": user_id,
@@ -419,12 +422,15 @@ async def _astream_into(
     loop = asyncio.get_running_loop()
     start = loop.time()
     try:
-        async with asyncio.timeout(start + min(s.first_token_timeout_s, s.request_timeout_s)) as timer:
-            async for chunk in model.astream(prompt, config=config):
-                had_tokens = answer.has_tokens
-                answer.feed(chunk)
-                if answer.has_tokens and not had_tokens:
-                    timer.reschedule(start + s.request_timeout_s)
+        async with asyncio.timeout_at(start + min(s.first_token_timeout_s, s.request_timeout_s)) as timer:
+            # aclosing: a deadline or a cancel closes the stream here and now, which ends the backend's
+            # HTTP request (left to the garbage collector, it would go on and be closed in any thread).
+            async with contextlib.aclosing(model.astream(prompt, config=config)) as stream:
+                async for chunk in stream:
+                    had_tokens = answer.has_tokens
+                    answer.feed(chunk)
+                    if answer.has_tokens and not had_tokens:
+                        timer.reschedule(start + s.request_timeout_s)
     except TimeoutError as exc:
         if not answer.has_tokens:
             raise FirstTokenTimeout(f"no first token within {s.first_token_timeout_s:g} s") from exc
@@ -485,13 +491,12 @@ def _save_stopped(state: State, answer: _Answer | None, services: Services) -> N
 
     async def save() -> None:
         try:
+            if humans:  # after the question's own save, so the order stays question, answer
+                await services.turns.end(str(humans[-1].id))
             history = services.store.history(session_id, user_id)
             await history.aadd_messages(messages, model=answer.backend if answer else None)
         except Exception as exc:
             log.warning("saving a stopped turn failed: %s", type(exc).__name__)
-        finally:
-            if humans:
-                services.turns.end(str(humans[-1].id))
 
     services.turns.keep(asyncio.get_running_loop().create_task(save()))
 
@@ -546,7 +551,7 @@ async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
     done: dict[str, Any] = {"history": {}, "refused": None}
     try:
         humans = [m for m in to_save if m.type == "human"]
-        if humans and not services.turns.end(str(humans[-1].id)):
+        if humans and not await services.turns.end(str(humans[-1].id)):
             await _replayed(history, state, to_save)
         await history.aadd_messages(to_save, model=state.get("backend"))
     except MemoryUnavailable as exc:

@@ -1,15 +1,20 @@
-"""Turns in flight in this process: which prepared turn is still to be saved, and the stopped turns'
+"""Turns in flight in this process: the question's save started by `prepare`, and the stopped turns'
 background saves.
 
-`save_turn` asks whether its turn was prepared by this very run. It was not when LangGraph resumed the
-run from a checkpoint after `prepare` (regenerate): the turn was saved once already, and memory must be
-cut back before its new answer is saved. A turn is named by its (last) question's message id.
+`prepare` saves the turn's question at once, in the background (the model is asked meanwhile: a crash
+mid-answer keeps the question, and the first token does not wait for the write); `save_turn` awaits that
+save before saving the answer. `save_turn` also learns here whether its turn was prepared by this very
+run: it was not when LangGraph resumed the run from a checkpoint after `prepare` (regenerate), and
+memory must then be cut back before the new answer is saved. A turn is named by its (last) question's
+message id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 
 MAX_TURNS = 10_000  # turns that never reach their save (a crash mid-node) must not pile up
@@ -17,20 +22,26 @@ MAX_TURNS = 10_000  # turns that never reach their save (a crash mid-node) must 
 
 class Turns:
     def __init__(self) -> None:
-        self._open: OrderedDict[str, int] = OrderedDict()
+        self._open: OrderedDict[str, asyncio.Task[Any]] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
 
-    def begin(self, key: str) -> None:
-        self._open[key] = self._open.get(key, 0) + 1
+    def begin(self, key: str, question_saved: Awaitable[Any]) -> None:
+        """The turn `key` starts; `question_saved` saves its question (run as a task at once)."""
+        task = asyncio.ensure_future(question_saved)
+        self.keep(task)
+        self._open[key] = task
         while len(self._open) > MAX_TURNS:
             self._open.popitem(last=False)
 
-    def end(self, key: str) -> bool:
-        """True when this process prepared the turn `key` and had not saved it yet."""
-        count = self._open.pop(key, 0)
-        if count > 1:
-            self._open[key] = count - 1
-        return count > 0
+    async def end(self, key: str) -> bool:
+        """True when this process prepared the turn `key` and had not ended it yet; waits for its
+        question's save first (a failed one is redone by the answer's save, which re-adds the question)."""
+        task = self._open.pop(key, None)
+        if task is None:
+            return False
+        with contextlib.suppress(Exception):
+            await task
+        return True
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Holds a background save until it is done (the loop keeps only weak references)."""
@@ -38,6 +49,6 @@ class Turns:
         task.add_done_callback(self._background.discard)
 
     async def settle(self, limit_s: float = 3.0) -> None:
-        """Wait (at most `limit_s`) for the background saves of stopped turns."""
+        """Wait (at most `limit_s`) for the background saves."""
         if self._background:
             await asyncio.wait(list(self._background), timeout=limit_s)

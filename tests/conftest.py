@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,4 +46,19 @@ def local_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Browser tests last: Playwright's sync API keeps an event loop running in the main thread while its
     browser is open, and asyncio tests after it would fail with "cannot be called from a running loop"."""
-    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("browser") is None:
+            return 0
+        # Async browser tests (Playwright's async API) before the sync ones, whose loop stays running.
+        return 1 if inspect.iscoroutinefunction(getattr(item, "obj", None)) else 2
+
+    items.sort(key=order)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Collect the garbage before pytest's summary. CPython 3.11.7 aborts an `ast.parse` during which a
+    finalizer runs ("AST constructor recursion depth mismatch", fixed in 3.11.8), and the summary imports
+    (and so parses) plugin modules while clients that streams left behind (aiohttp sessions of the
+    Vertex client, which nothing closes) wait for collection."""
+    gc.collect()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
@@ -73,6 +74,18 @@ def _response(text: str, finish: str | None, usage: dict[str, Any] | None) -> di
             "totalTokenCount": usage.get("total_tokens", 0),
         }
     return out
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A client that goes away (a cancelled answer, an idle keep-alive connection closed at exit) is
+    normal for a local stand-in: socketserver would print a traceback to stderr for each one."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        log.exception("request from %s failed", client_address)
 
 
 class VertexStandIn:
@@ -175,8 +188,7 @@ class VertexStandIn:
                     status, {"error": {"code": int(status), "message": message, "status": status.name}}
                 )
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
+        httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=httpd.serve_forever, name="vertex-standin", daemon=True).start()
         log.info("Vertex AI stand-in listening on %s:%s", *httpd.server_address[:2])
         return httpd
