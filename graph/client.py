@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,22 +111,31 @@ class ChatClient:
     async def stream_turn(
         self,
         user: str,
-        session_id: str,
-        text: str,
+        session_id: str | None,
+        text: str | Sequence[BaseMessage],
         options: dict[str, Any] | None = None,
         *,
         human_id: str | None = None,
+        stateless: bool = False,
     ) -> AsyncIterator[Delta | Done]:
-        """Stream one turn: `Delta`s at most every `stream_interval_ms` (the first at once), then `Done`."""
-        human = HumanMessage(content=text, id=human_id or str(uuid.uuid4()))
-        payload = {"messages": [human], **{k: v for k, v in (options or {}).items() if v is not None}}
-        config = {"configurable": {"session_id": session_id}}
+        """Stream one turn: `Delta`s at most every `stream_interval_ms` (the first at once), then `Done`.
+
+        `text` is this turn's message; or, with `stateless=True`, the whole conversation as messages (an
+        OpenAI client's `messages`), in which case memory is neither read nor written."""
+        if isinstance(text, str):
+            sent: list[BaseMessage] = [HumanMessage(content=text, id=human_id or str(uuid.uuid4()))]
+        else:
+            sent = [m if m.id else m.model_copy(update={"id": str(uuid.uuid4())}) for m in text]
+        human = next((m for m in reversed(sent) if m.type == "human"), sent[-1])
+        payload = {"messages": sent, **{k: v for k, v in (options or {}).items() if v is not None}}
+        config = {"configurable": {"session_id": session_id or uuid.uuid4().hex}}
+        context: dict[str, Any] = {"user_id": user, **({"stateless": True} if stateless else {})}
         interval = self.settings.stream_interval_ms / 1000
         last_yield, shown, streamed = float("-inf"), 0, ""
         answer: AIMessage | None = None
         saved, save_error = False, None
         stream = self.graph.astream(
-            payload, config=config, context={"user_id": user}, stream_mode=["messages", "updates"]
+            payload, config=config, context=context, stream_mode=["messages", "updates"]
         )
         try:
             # aclosing: leaving early closes the graph's stream at once, which cancels the node

@@ -24,6 +24,9 @@ class Context(TypedDict, total=False):
     """Per-run settings. A TypedDict from typing_extensions: the LangGraph server needs that on 3.11."""
 
     user_id: str
+    # True: the input holds the whole conversation (as OpenAI clients send it); nothing is read from
+    # or written to memory.
+    stateless: bool
     model: ModelChoice
     temperature: float
     top_p: float

@@ -171,9 +171,13 @@ async def prepare(
     try:
         session_id, user_id = _identity(state, config, runtime, s)
         options = resolve_options(state, config, runtime, services)
-        history = services.store.history(session_id, user_id)
-        window = await history.aget_window(max_messages=s.history_max_messages)
-        window = await _rewind(history, window, messages[:start])
+        stateless = bool((runtime.context or {}).get("stateless"))
+        history = None if stateless else services.store.history(session_id, user_id)
+        if history is None:  # the caller sends the whole conversation (OpenAI clients): memory unused
+            window = [m for m in messages[:start] if m.type in ("human", "ai")][-s.history_max_messages :]
+        else:
+            window = await history.aget_window(max_messages=s.history_max_messages)
+            window = await _rewind(history, window, messages[:start])
         seen = {m.id for m in window}
         unstored = [m for m in messages[start:] if m.id not in seen]
         if not unstored and messages and messages[-1].id not in seen and messages[-1].type == "ai":
@@ -205,8 +209,10 @@ async def prepare(
     metrics.ROUTES.labels(decision.backend, decision.reason.split(" (")[0]).inc()
     # The question is saved now, in the background: a crash mid-answer keeps it; the answer waits for it.
     questions = [m for m in unstored if m.type == "human"]
-    services.turns.begin(str(unstored[-1].id), history.aadd_messages(questions))
+    if history is not None:
+        services.turns.begin(str(unstored[-1].id), history.aadd_messages(questions))
     return {
+        "stateless": history is None,
         "session_id": session_id,
         "user_id": user_id,
         "turn_start": start,
@@ -483,6 +489,8 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
 def _save_stopped(state: State, answer: _Answer | None, services: Services) -> None:
     """After a cancel: keep the question and what was streamed (marked stopped), as chat UIs do. Saved
     in a task of its own: the cancelled node cannot await it."""
+    if state.get("stateless"):
+        return
     humans = [m for m in new_messages(state) if m.type == "human"]
     messages: list[BaseMessage] = list(humans)
     if answer is not None and answer.has_tokens:
@@ -547,8 +555,10 @@ async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
     to_save = _to_save(state)
     answer = state["messages"][-1] if state["messages"] and state["messages"][-1].type == "ai" else None
     _log_turn(state, answer)
-    history = services.store.history(state["session_id"], state["user_id"])
     done: dict[str, Any] = {"history": {}, "refused": None}
+    if state.get("stateless"):
+        return done
+    history = services.store.history(state["session_id"], state["user_id"])
     try:
         humans = [m for m in to_save if m.type == "human"]
         if humans and not await services.turns.end(str(humans[-1].id)):

@@ -56,5 +56,6 @@ class State(InputState, OutputState, total=False):
     history: NotRequired[dict[str, AnyMessage]]
     options: dict[str, Any]  # the resolved per-turn options (see OPTION_KEYS)
     refused: dict[str, str] | None  # why `prepare` refused the turn: {"kind", "message"}
+    stateless: bool  # the input is the whole conversation; memory is neither read nor written
     fallback: str | None  # the backend to try if the chosen one fails before its first token
     retry: bool  # try the chosen backend a second time before falling back (explicit choices)

@@ -72,3 +72,28 @@ async def test_a_refused_turn_raises_the_same_error_and_stores_nothing(path: str
     assert model.prompts == []
     assert await store.history(sid, "local").aget_messages() == []
     await store.aclose()
+
+
+async def test_a_stateless_turn_uses_the_conversation_it_is_given_and_stores_nothing(tmp_path: Path) -> None:
+    """OpenAI clients send the whole conversation each time: nothing is read from or written to memory."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from graph.client import ChatClient, Done
+    from tests.fakes import ScriptedBackends
+
+    store = SQLiteConversationStore(tmp_path / "chat.db")
+    model = ScriptedModel(reply=lambda p: "echo:" + "|".join(m.text for m in p if m.type == "human"))
+    from graph.settings import Settings
+
+    s = Settings(_env_file=None, max_tokens=16)  # type: ignore[call-arg]
+    client = ChatClient.from_settings(
+        s, store=store, backends=ScriptedBackends(s, {"gemma": model, "gemini": model})
+    )
+    conversation = [HumanMessage("first"), AIMessage("an answer"), HumanMessage("second")]
+    done = [
+        e async for e in client.stream_turn("alice", None, conversation, {"model": "gemma"}, stateless=True)
+    ][-1]
+    assert isinstance(done, Done) and done.kind == "answer"
+    assert done.text == "echo:first|second"
+    assert (await store.alist_conversations("alice")).conversations == []
+    await store.aclose()
