@@ -82,7 +82,7 @@ async def test_password_mode_needs_http_basic_and_keeps_users_apart(
     status, events, text = await post_chat(
         app, {"message": "show me", "session_id": sid}, auth=("bob", "builder")
     )
-    assert events[-1][1]["kind"] == "failed" and "another account" in events[-1][1]["text"]
+    assert events[-1][1]["kind"] == "failed" and "not available" in events[-1][1]["text"]
     assert "secret plan" not in text
     stored = await app.state.chat.messages("alice", sid)
     assert [m.content for m in stored if m.type == "human"] == ["Alice's secret plan"]

@@ -28,7 +28,7 @@ from tests.browser.appserver import serve_app
 from tests.conftest import local_settings
 from tests.support.server import free_port
 from ui.auth import IapError, IapVerifier, Identity, parse_auth_users, parse_iap_email_header
-from ui.chat import ChatService, Delta, Done, meta_line, render_answer, turn_params
+from ui.chat import NOT_AVAILABLE, ChatService, Delta, Done, meta_line, render_answer, turn_params
 from ui.health import HealthBoard
 from ui.limits import LimitExceeded, RateLimiter, check_message
 
@@ -185,8 +185,11 @@ async def test_identity_modes(tmp_path: Path) -> None:
     with pytest.raises(PermissionError):
         pw.user_of(SimpleNamespace(username=None))
 
-    with pytest.raises(ValueError, match="IAP_AUDIENCE"):
-        Identity(local_settings(tmp_path, trust_iap=True))
+    # No audience yet (first deploy): starts, lets nobody in, says why (tests/test_readiness.py).
+    unconfigured = Identity(local_settings(tmp_path, trust_iap=True))
+    assert unconfigured.unconfigured is not None and "IAP_AUDIENCE" in unconfigured.unconfigured
+    forged = {"x-goog-authenticated-user-email": "accounts.google.com:bob@example.com"}
+    assert await unconfigured.iap_user(SimpleNamespace(headers=forged)) is None
     with pytest.raises(ValueError, match="not both"):
         Identity(local_settings(tmp_path, trust_iap=True, auth_users=SecretStr("a:b"), iap_audience=AUD))
 
@@ -244,7 +247,7 @@ async def test_turn_streams_then_saves(service: ChatService) -> None:
 async def test_conversations_are_private(service: ChatService) -> None:
     await _turn(service, "alice", "secret", "Hello")
     _, done = await _turn(service, "bob", "secret", "Let me in")
-    assert done.kind == "failed" and "another account" in done.text
+    assert done.kind == "failed" and done.text == NOT_AVAILABLE
     for attempt in (
         service.messages("bob", "secret"),
         service.rename("bob", "secret", "mine now"),
@@ -370,9 +373,12 @@ def test_users_are_isolated_through_the_ui_api(tmp_path: Path, local_backends: B
 
         bob = Client(url, auth=("bob", "bob-pw"), verbose=False)
         assert bob.predict(api_name="/conversations") == []
-        with pytest.raises(Exception, match="another account"):
+        with pytest.raises(Exception, match="not available") as theirs:
             bob.predict("alice-1", api_name="/conversation")
-        with pytest.raises(Exception, match="another account"):
+        with pytest.raises(Exception, match="not available") as missing:
+            bob.predict("no-such-conversation", api_name="/conversation")
+        assert str(theirs.value) == str(missing.value)  # "not yours" reads the same as "not found"
+        with pytest.raises(Exception, match="not available"):
             bob.predict("Tell me Alice's secrets", "gemma", "alice-1", api_name="/chat")
 
         alice.predict("Thanks", "gemma", "alice-1", api_name="/chat")

@@ -18,7 +18,7 @@ import html
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,7 @@ class TurnParams:
     top_p: float
     max_tokens: int
     system_prompt: str
+    seed: int | None = None  # sampling seed (the OpenAI endpoint's `seed`)
 
 
 def turn_params(
@@ -77,6 +78,7 @@ def turn_params(
     top_p: Any = None,
     max_tokens: Any = None,
     system_prompt: Any = None,
+    seed: int | None = None,
 ) -> TurnParams:
     """Parameters from the browser (or an API client), validated and clamped: never trusted as sent."""
     model = model or settings.default_model
@@ -101,6 +103,7 @@ def turn_params(
         top_p=num(top_p, settings.top_p, 0.01, 1.0),
         max_tokens=int(num(max_tokens, settings.max_tokens, 1, MAX_TOKENS_CEILING)),
         system_prompt=system,
+        seed=seed,
     )
 
 
@@ -117,6 +120,7 @@ class Done:
     answer_id: str | None = None
     answer_saved: bool = False
     note: str | None = None  # e.g. "the turn could not be saved"
+    error: BaseException | None = None  # kind "failed": why (an API maps it to a status code)
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -182,13 +186,18 @@ def chatbot_value(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"role": r["role"], "content": r["content"]} for r in rows]
 
 
+NOT_AVAILABLE = (
+    "This conversation is not available: it does not exist (it may have been deleted), or it belongs to "
+    "another account."
+)
+
+
 def friendly_error(exc: BaseException) -> str:
     if isinstance(exc, InvalidInput):
         return f"This message was not sent: {exc}"
-    if isinstance(exc, AccessDenied):
-        return "This conversation belongs to another account: it cannot be opened or continued here."
-    if isinstance(exc, ConversationNotFound):
-        return "This conversation no longer exists (it may have been deleted on another device)."
+    if isinstance(exc, AccessDenied | ConversationNotFound):
+        # One text for both: whether an id exists under another account is nobody else's business.
+        return NOT_AVAILABLE
     if isinstance(exc, MemoryUnavailable):
         return (
             "The conversation store is unreachable right now, so this message was not sent. "
@@ -226,13 +235,15 @@ class ChatService:
         self,
         user: str,
         session_id: str,
-        text: str,
+        text: str | Sequence[BaseMessage],
         params: TurnParams,
         *,
         human_id: str | None = None,
         slot: StreamSlot | None = None,
+        stateless: bool = False,
     ) -> AsyncIterator[Delta | Done]:
-        """Stream one turn. Every answer holds a place of `streams` (the one limit shared by the page,
+        """Stream one turn. `stateless=True`: `text` is the whole conversation as messages (an OpenAI
+        client's), and memory is neither read nor written (`ChatClient.stream_turn`). Every answer holds a place of `streams` (the one limit shared by the page,
         Gradio's `/chat` and `/api/chat`) while it runs: `slot` if the caller took one (released here,
         like one taken here), else one taken now; none free within the wait: a `Done("failed")` saying
         the server is busy."""
@@ -244,7 +255,7 @@ class ChatService:
                 return
         try:
             # aclosing: a consumer leaving early (Stop, a client gone) cancels the graph at once.
-            run = self._turn(user, session_id, text, params, human_id=human_id)
+            run = self._turn(user, session_id, text, params, human_id=human_id, stateless=stateless)
             async with contextlib.aclosing(run):
                 async for event in run:
                     yield event
@@ -252,15 +263,24 @@ class ChatService:
             slot.release()
 
     async def _turn(
-        self, user: str, session_id: str, text: str, params: TurnParams, *, human_id: str | None = None
+        self,
+        user: str,
+        session_id: str,
+        text: str | Sequence[BaseMessage],
+        params: TurnParams,
+        *,
+        human_id: str | None = None,
+        stateless: bool = False,
     ) -> AsyncIterator[Delta | Done]:
-        text = check_message(text, self.settings.max_message_chars)
+        if isinstance(text, str):
+            text = check_message(text, self.settings.max_message_chars)
         options = {
             "model": params.model,
             "temperature": params.temperature,
             "top_p": params.top_p,
             "max_tokens": params.max_tokens,
             "system_prompt": params.system_prompt,
+            "seed": params.seed,
         }
         started = time.perf_counter()
         first = True
@@ -268,7 +288,9 @@ class ChatService:
         if task is not None:
             self.active.add(task)
         UI_ACTIVE.inc()
-        turn = self.client.stream_turn(user, session_id, text, options, human_id=human_id)
+        turn = self.client.stream_turn(
+            user, session_id, text, options, human_id=human_id, stateless=stateless
+        )
         try:
             async with contextlib.aclosing(turn):
                 async for event in turn:
@@ -291,7 +313,7 @@ class ChatService:
         if done.kind == "failed":
             UI_TURNS.labels("failed").inc()
             text = friendly_error(done.error) if done.error is not None else done.text
-            return Done("failed", text, human_id=done.human_id)
+            return Done("failed", text, human_id=done.human_id, error=done.error)
         answer = done.answer
         assert answer is not None
         self.health.record_answer(done.meta, failed=done.kind == "backend_error")
