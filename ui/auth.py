@@ -15,6 +15,12 @@ Exactly one mode is active, chosen by settings:
 Requests without a valid identity get 401 from Gradio for every page and API route. `/healthz`, `/readyz`
 and `/metrics` are plain FastAPI routes and need none (probes and Prometheus do not pass IAP).
 
+`trust_iap` with a verified JWT but no `iap_audience` is the first deploy behind IAP: the audience names
+the load balancer's backend service, which exists only once the Ingress has made it. The server then
+starts anyway (no crash loop), logs at ERROR what to set, and `Identity.unconfigured` says why sign-in
+cannot work: `/readyz` answers 503 with that reason, every other route but `/healthz` and `/metrics`
+answers 503 with a short message (`SignInNotConfigured`), and nobody is let in.
+
 Failed passwords are throttled per user name and client address (`ui.throttle`, one `LoginThrottle` per
 `Identity`, shared by the login form and HTTP Basic). A rejected IAP assertion is logged by its kind of
 fault (malformed, wrong algorithm, unknown key, bad signature or claims, ...), once per kind per minute
@@ -24,12 +30,14 @@ with the count since: never the token or its text, and not one line per request.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graph.settings import Settings
 from ui.security import gradio_app_kwargs
@@ -40,6 +48,20 @@ log = logging.getLogger(__name__)
 IAP_JWT_HEADER = "x-goog-iap-jwt-assertion"
 IAP_EMAIL_HEADER = "x-goog-authenticated-user-email"
 IAP_ISSUER = "https://cloud.google.com/iap"
+
+NO_AUDIENCE = "sign-in is not configured yet: HYBRID_CHAT_IAP_AUDIENCE is not set"
+NO_AUDIENCE_HELP = (
+    "HYBRID_CHAT_TRUST_IAP is on but HYBRID_CHAT_IAP_AUDIENCE is not set, so IAP's signed header cannot be "
+    "verified: every request but /healthz and /metrics gets 503 and /readyz is 503 until it is set. Set "
+    "HYBRID_CHAT_IAP_AUDIENCE=/projects/NUMBER/global/backendServices/ID (NUMBER: gcloud projects describe "
+    "PROJECT_ID --format='value(projectNumber)'; ID: gcloud compute backend-services list --global "
+    "--filter='name~gradio-chat-service' --format='value(id)', the backend service the Ingress created; "
+    "or Security > Identity-Aware Proxy > the backend's menu > Get JWT audience code in the console), "
+    "then restart the Pods (docs/deploy.md, IAP). Do not set HYBRID_CHAT_IAP_VERIFY_JWT=false instead: "
+    "that trusts an unsigned header anyone inside the cluster can forge."
+)
+# Routes that answer without a sign-in (kubelet probes and Prometheus do not pass IAP).
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class IapError(ValueError):
@@ -184,6 +206,8 @@ class Identity:
         self.mode = "local"
         self.users: list[tuple[str, str]] = []
         self.verifier: IapVerifier | None = None
+        # Why nobody can sign in (the server answers 503 and is not ready); None when sign-in works.
+        self.unconfigured: str | None = None
         self.throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_s, clock=clock)
         self.rejections = LogLimiter(clock=clock)
         if settings.trust_iap and settings.auth_users is not None:
@@ -192,12 +216,12 @@ class Identity:
             self.mode = "iap"
             if settings.iap_verify_jwt:
                 if verifier is None and not settings.iap_audience:
-                    raise ValueError(
-                        "HYBRID_CHAT_TRUST_IAP needs HYBRID_CHAT_IAP_AUDIENCE "
-                        "(/projects/NUMBER/global/backendServices/ID) to verify IAP's signed header; "
-                        "HYBRID_CHAT_IAP_VERIFY_JWT=false trusts the unsigned header instead (spoofable)"
+                    self.unconfigured = NO_AUDIENCE
+                    log.error(NO_AUDIENCE_HELP)
+                else:
+                    self.verifier = verifier or IapVerifier(
+                        str(settings.iap_audience), settings.iap_certs_url
                     )
-                self.verifier = verifier or IapVerifier(str(settings.iap_audience), settings.iap_certs_url)
             else:
                 log.warning(
                     "trusting IAP's unsigned user header without verifying its JWT: only safe when "
@@ -209,6 +233,8 @@ class Identity:
 
     async def iap_user(self, request: Any) -> str | None:
         """Gradio's `auth_dependency`: the IAP user of a request, or None (Gradio answers 401)."""
+        if self.unconfigured is not None:  # nothing can be verified: nobody is let in
+            return None
         headers = request.headers
         header_email = parse_iap_email_header(headers.get(IAP_EMAIL_HEADER))
         if self.verifier is None:
@@ -247,3 +273,36 @@ class Identity:
         if not name:  # Gradio refuses unauthenticated requests before this; never fall back to a shared user
             raise PermissionError("not signed in")
         return str(name)
+
+
+class SignInNotConfigured:
+    """ASGI middleware for a server whose sign-in cannot work yet (`Identity.unconfigured`): every route
+    but the probes answers 503 with a short message (JSON under /api/, plain text elsewhere) instead of a
+    401 or a stack trace. Installed inside the edge middleware, so the 503 carries the security headers."""
+
+    def __init__(self, app: ASGIApp, *, reason: str) -> None:
+        self.app = app
+        self.reason = reason
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "") in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        message = f"hybrid-chat is not available: {self.reason}. The operator must finish the set-up."
+        if scope.get("path", "").startswith("/api/"):
+            body, ctype = json.dumps({"detail": message}).encode(), b"application/json"
+        else:
+            body, ctype = message.encode() + b"\n", b"text/plain; charset=utf-8"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", ctype),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                    (b"retry-after", b"60"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

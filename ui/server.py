@@ -26,7 +26,7 @@ from graph.client import ChatClient
 from graph.settings import Settings
 from ui import security
 from ui.api import api_router
-from ui.auth import Identity
+from ui.auth import Identity, SignInNotConfigured
 from ui.chat import ChatService
 from ui.handlers import ChatHandlers
 from ui.limits import RateLimiter
@@ -113,6 +113,8 @@ def create_app(settings: Settings | None = None, client: ChatClient | None = Non
         lifespan=lifespan,
         max_body_size=settings.max_request_bytes,  # every route, the Gradio mount included
     )
+    if identity.unconfigured:  # inside the edge middleware: its 503 carries the security headers
+        app.add_middleware(SignInNotConfigured, reason=identity.unconfigured)
     security.install(app, parse_origins(settings.allowed_origins))
     app.add_exception_handler(RequestValidationError, refuse_invalid_body)
     app.state.chat = service
@@ -134,6 +136,9 @@ def create_app(settings: Settings | None = None, client: ChatClient | None = Non
         body["backends"] = {h.backend: h.state for h in backends}
         if service.draining:
             body["status"] = "shutting down"
+            return JSONResponse(body, status_code=503)
+        if identity.unconfigured:  # a fixed text saying what to set, never an exception's
+            body.update(status="unavailable", reason=identity.unconfigured)
             return JSONResponse(body, status_code=503)
         if body["memory"] != "ok" or not any(h.usable for h in backends):
             body["status"] = "unavailable"

@@ -22,9 +22,9 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    env: dict[str, str], log_path: Path, *, timeout: float = 90
+    env: dict[str, str], log_path: Path, *, timeout: float = 90, wait_for: str = "/"
 ) -> Iterator[tuple[str, float, int]]:
-    """Yields (base URL, seconds until the chat page answered, the server's process id)."""
+    """Yields (base URL, seconds until `wait_for` (the chat page) answered 200, the server's process id)."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_CHAT_")}
     full_env.update({"GRADIO_ANALYTICS_ENABLED": "False", **env})
@@ -45,7 +45,7 @@ def running_server(
             if time.perf_counter() - start > timeout:
                 raise TimeoutError(f"hybrid-chat serve did not answer within {timeout} s; see {log.name}")
             try:
-                if httpx.get(url + "/", timeout=1).status_code == 200:
+                if httpx.get(url + wait_for, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
