@@ -243,7 +243,9 @@ class ChatService:
         stateless: bool = False,
     ) -> AsyncIterator[Delta | Done]:
         """Stream one turn. `stateless=True`: `text` is the whole conversation as messages (an OpenAI
-        client's), and memory is neither read nor written (`ChatClient.stream_turn`). Every answer holds a place of `streams` (the one limit shared by the page,
+        client's), and memory is neither read nor written (`ChatClient.stream_turn`).
+
+        Every answer holds a place of `streams` (the one limit shared by the page,
         Gradio's `/chat` and `/api/chat`) while it runs: `slot` if the caller took one (released here,
         like one taken here), else one taken now; none free within the wait: a `Done("failed")` saying
         the server is busy."""
