@@ -1,0 +1,271 @@
+"""The OpenAI-compatible endpoint (`/v1/models`, `/v1/chat/completions`) through the official clients."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+from graph.backends import Backends
+from graph.client import ChatClient
+from tests.browser.appserver import serve_app
+from tests.conftest import local_settings
+from tests.fakes import ScriptedBackends
+
+pytestmark = pytest.mark.integration
+
+
+def app_for(tmp_path: Path, backends: Backends, **overrides: Any) -> Any:
+    from ui.server import create_app
+
+    settings = local_settings(tmp_path, **overrides)
+    return create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
+
+
+class EchoModel(BaseChatModel):
+    """Answers "echo:" + the prompt's user messages joined by "|", in small chunks; records the prompts."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    prompts: list[list[BaseMessage]] = Field(default_factory=list)
+    lock: Any = Field(default_factory=threading.Lock)
+
+    @property
+    def _llm_type(self) -> str:
+        return "echo"
+
+    def _answer(self, messages: list[BaseMessage]) -> str:
+        with self.lock:
+            self.prompts.append(list(messages))
+        return "echo:" + "|".join(str(m.content) for m in messages if m.type == "human")
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any):
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(self._answer(messages)))])
+
+    async def _astream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        text = self._answer(messages)
+        for i in range(0, len(text), 4):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=text[i : i + 4]))
+
+
+@pytest.fixture
+def echo_app(tmp_path: Path) -> Iterator[tuple[Any, EchoModel]]:
+    model = EchoModel()
+    settings = local_settings(tmp_path)
+    backends = ScriptedBackends(settings, {"gemma": model, "gemini": model})
+    from ui.server import create_app
+
+    yield create_app(settings, client=ChatClient.from_settings(settings, backends=backends)), model
+
+
+async def post(app: Any, body: dict[str, Any], **kw: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
+        return await client.post("/v1/chat/completions", json=body, **kw)
+
+
+def test_openai_sdk_lists_models_and_answers_streamed_and_not(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        ids = [m.id for m in client.models.list()]
+        assert ids == ["hybrid-chat/auto", "hybrid-chat/gemma", "hybrid-chat/gemini"]
+
+        raw = client.chat.completions.with_raw_response.create(
+            model="hybrid-chat/gemma",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=24,
+        )
+        completion = raw.parse()
+        assert completion.object == "chat.completion" and completion.model == "hybrid-chat/gemma"
+        assert "Paris" in (completion.choices[0].message.content or "")
+        assert completion.usage is not None and completion.usage.completion_tokens > 0
+        assert raw.headers["x-hybrid-chat-backend"] == "gemma"
+        assert raw.headers["x-hybrid-chat-fallback"] == "false" and raw.headers["x-hybrid-chat-route"]
+        extra = completion.model_extra or {}
+        assert extra["hybrid_chat"]["backend"] == "gemma"
+
+        stream = client.chat.completions.create(
+            model="hybrid-chat/gemini",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert "Paris" in text and sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+        final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+        assert (
+            final.model == "hybrid-chat/gemini"
+            and (final.model_extra or {})["hybrid_chat"]["backend"] == "gemini"
+        )
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens > 0
+
+
+async def test_async_sdk_streams(tmp_path: Path, local_backends: Backends) -> None:
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="hybrid-chat/auto",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=24,
+            stream=True,
+        )
+        pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        assert "Paris" in "".join(pieces)
+        await client.close()
+
+
+def test_langchain_chat_openai(tmp_path: Path, local_backends: Backends) -> None:
+    from langchain_openai import ChatOpenAI
+
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        llm = ChatOpenAI(base_url=f"{base}/v1", api_key="unused", model="hybrid-chat/gemma", max_tokens=24)
+        answer = llm.invoke("What is the capital of France?")
+        assert "Paris" in answer.text
+        assert answer.response_metadata.get("model_name") == "hybrid-chat/gemma"
+        streamed = "".join(c.text for c in llm.stream("What is the capital of France?"))
+        assert "Paris" in streamed
+
+
+async def test_a_conversation_sent_as_messages_reaches_the_model_and_nothing_is_stored(
+    echo_app: tuple[Any, EchoModel],
+) -> None:
+    app, model = echo_app
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": [{"type": "text", "text": "second question"}]},
+    ]
+    r = await post(app, {"model": "hybrid-chat/gemma", "messages": messages, "seed": 7, "user": "u1"})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "echo:first question|second question"
+    prompt = model.prompts[-1]
+    assert [m.type for m in prompt] == ["system", "human", "ai", "human"]
+    assert "Be brief.\n\nAnswer in French." in str(prompt[0].content)
+    assert prompt[2].content == "first answer"
+    listed = await app.state.chat.conversations("local")
+    assert listed.conversations == []
+
+
+async def test_bad_requests_are_refused_in_openais_shape(echo_app: tuple[Any, EchoModel]) -> None:
+    app, model = echo_app
+    hi = [{"role": "user", "content": "hi"}]
+    cases = [
+        ({"model": "hybrid-chat/gemma", "messages": hi, "n": 2}, 400, "n"),
+        ({"model": "gpt-4o", "messages": hi}, 404, "model"),
+        ({"model": "hybrid-chat/gemma", "messages": hi, "stop": ["\n"]}, 400, "stop"),
+        (
+            {"model": "hybrid-chat/gemma", "messages": [{"role": "assistant", "content": "x"}]},
+            400,
+            "messages",
+        ),
+        (
+            {"model": "hybrid-chat/gemma", "messages": [{"role": "tool", "content": "x"}]},
+            400,
+            "messages[0].role",
+        ),
+        ({"model": "hybrid-chat/gemma", "messages": hi, "tools": [{"type": "function"}]}, 400, "tools"),
+        (
+            {
+                "model": "hybrid-chat/gemma",
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            },
+            400,
+            "messages[0].content",
+        ),
+    ]
+    for body, status, param in cases:
+        r = await post(app, body)
+        assert r.status_code == status, (body, r.text)
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+    r = await post(app, {"messages": hi})
+    assert r.status_code == 400 and "model" in r.json()["error"]["message"]
+    assert model.prompts == []  # nothing refused reached the model
+
+
+def test_sdk_raises_the_right_errors(tmp_path: Path, echo_app: tuple[Any, EchoModel]) -> None:
+    app, _ = echo_app
+    with serve_app(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        hi = [{"role": "user", "content": "hi"}]
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(model="hybrid-chat/gemma", messages=hi, n=2)  # type: ignore[arg-type]
+        assert "n=1" in str(bad.value)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=hi)  # type: ignore[arg-type]
+
+
+async def test_sign_in_is_required_when_configured(tmp_path: Path, local_backends: Backends) -> None:
+    app = app_for(tmp_path, local_backends, auth_users="alice:wonder")
+    body = {"model": "hybrid-chat/gemma", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    r = await post(app, body)
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert (await post(app, body, auth=("alice", "wrong"))).status_code == 401
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/v1/models")).status_code == 401
+    r = await post(app, body, auth=("alice", "wonder"))
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+    assert (await app.state.chat.conversations("alice")).conversations == []
+
+
+async def test_rate_limit_is_429_with_retry_after(tmp_path: Path) -> None:
+    model = EchoModel()
+    settings = local_settings(tmp_path, rate_limit_per_minute=1)
+    from ui.server import create_app
+
+    app = create_app(
+        settings,
+        client=ChatClient.from_settings(
+            settings, backends=ScriptedBackends(settings, {"gemma": model, "gemini": model})
+        ),
+    )
+    body = {"model": "hybrid-chat/gemma", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await post(app, body)).status_code == 200
+    r = await post(app, body)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_streamed_response_over_asgi(echo_app: tuple[Any, EchoModel]) -> None:
+    app, _ = echo_app
+    body = {
+        "model": "hybrid-chat/auto",
+        "messages": [{"role": "user", "content": "one two three"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    r = await post(app, body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    lines = [line[6:] for line in r.text.split("\n\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "echo:one two three"
+    final = chunks[-2]
+    assert final["choices"][0]["finish_reason"] == "stop" and final["model"].startswith("hybrid-chat/")
+    assert final["hybrid_chat"]["backend"] in ("gemma", "gemini") and final["hybrid_chat"]["route_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] >= 0

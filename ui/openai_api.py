@@ -1,0 +1,422 @@
+"""An OpenAI-compatible endpoint: `GET /v1/models` and `POST /v1/chat/completions` (issue 14, first step).
+
+Any OpenAI client (the `openai` SDK, LangChain's `ChatOpenAI`, Open WebUI) gets hybrid-chat's routing and
+fallback. One implementation over the one core: `ChatService.turn` with `stateless=True`, the request's
+`messages` converted by langchain_core (`convert_to_messages`); streamed and non-streamed responses are
+two renderings of the same events. Stateless: OpenAI clients send the whole conversation every time, and
+nothing is stored (saving into a named conversation comes later).
+
+Shared with `/api/chat` (ui/api.py): sign-in (`api_user`: IAP, HTTP Basic with the configured users, or
+the local user; bearer API keys come later), the per-user rate limit, the one limit on answers streaming
+at once, and `EventStream` (the answer stops when the client goes away or stops reading).
+
+Models: `hybrid-chat/auto`, `hybrid-chat/gemma`, `hybrid-chat/gemini` (the bare names work too). Which
+backend answered never changes the text: `model` is `hybrid-chat/<backend that answered>`; non-streamed
+responses carry `x-hybrid-chat-backend`, `x-hybrid-chat-route` and `x-hybrid-chat-fallback` headers, and
+both carry the extension field `hybrid_chat` (`backend`, `requested_backend`, `route_reason`,
+`fallback`, `interrupted`, `ttft_ms`) on the completion or on the final chunk of a stream.
+
+Refused with 400 rather than ignored: `n` other than 1, `stop` (the graph has no stop sequences yet),
+tools and functions, `response_format` other than text, `logprobs`, non-zero penalties, image or other
+non-text parts, `tool`/`function` messages. Errors come in OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`; an error after a stream started comes as one
+`data: {"error": ...}` event (the `openai` SDK raises it as `APIError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from langchain_core.messages import BaseMessage, convert_to_messages
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from graph.client import MODELS
+from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
+from graph.validation import InvalidInput
+from ui.api import EventStream, api_user
+from ui.auth import Identity
+from ui.chat import ChatService, Delta, Done, turn_params
+from ui.limits import Busy, LimitExceeded, RateLimiter, StreamSlot
+
+log = logging.getLogger(__name__)
+
+PREFIX = "hybrid-chat/"
+MODEL_IDS = {f"{PREFIX}{m}": m for m in MODELS}
+CREATED = 1_767_225_600  # the models' "created" (2026-01-01): fixed, so the list is stable
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's request body; unknown fields are accepted (clients send many) and ignored, except the
+    ones `unsupported` refuses."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    n: int | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class APIError(Exception):
+    """An OpenAI-shaped error response."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def _from_http(exc: HTTPException) -> APIError:
+    """`api_user`'s refusals (401, 429 while throttled) in OpenAI's shape, their headers kept."""
+    kinds = {
+        401: ("authentication_error", "invalid_api_key"),
+        429: ("rate_limit_error", "rate_limit_exceeded"),
+    }
+    type_, code = kinds.get(exc.status_code, ("invalid_request_error", None))
+    return APIError(exc.status_code, str(exc.detail), type_, code=code, headers=dict(exc.headers or {}))
+
+
+def _from_failed(done: Done) -> APIError:
+    """A turn refused before any model (`Done("failed")`) or one no backend answered (`backend_error`)."""
+    if done.kind == "backend_error":
+        return APIError(503, done.text, "service_unavailable", code="no_backend_available")
+    err = done.error
+    if isinstance(err, InvalidInput | LimitExceeded):
+        return APIError(400, done.text, param="messages")
+    if isinstance(err, AccessDenied | ConversationNotFound):
+        return APIError(404, done.text, code="conversation_not_found")
+    if isinstance(err, MemoryUnavailable):
+        return APIError(503, done.text, "service_unavailable")
+    if "busy" in done.text.lower():  # the stream limit, when the turn took its own place
+        return APIError(503, done.text, "service_unavailable", code="overloaded")
+    return APIError(500, done.text, "server_error")
+
+
+def unsupported(body: CompletionRequest) -> None:
+    """Parameters this endpoint cannot honour: refused clearly, never silently ignored."""
+    extra = body.model_extra or {}
+    if body.n not in (None, 1):
+        raise APIError(400, "Only n=1 is supported: one answer per request.", param="n", code="unsupported_n")
+    if body.stop:
+        raise APIError(
+            400, "`stop` sequences are not supported yet.", param="stop", code="unsupported_parameter"
+        )
+    for name in ("tools", "functions", "tool_choice", "function_call"):
+        if extra.get(name) not in (None, [], "none", "auto"):
+            raise APIError(400, f"`{name}` is not supported: no tool calling.", param=name)
+    fmt = extra.get("response_format")
+    if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise APIError(400, "Only text responses are supported.", param="response_format")
+    if extra.get("logprobs") or extra.get("top_logprobs"):
+        raise APIError(400, "`logprobs` are not supported.", param="logprobs")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if extra.get(name) not in (None, 0, 0.0):
+            raise APIError(400, f"`{name}` is not supported.", param=name, code="unsupported_parameter")
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "`stream_options` needs `stream: true`.", param="stream_options")
+
+
+def _text(content: Any, index: int) -> str:
+    """A message's text: a string, or a list of text parts (images and other parts are refused)."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise APIError(
+                    400,
+                    f"Only text parts are supported (messages[{index}] has {str(kind)[:40]!r}).",
+                    param=f"messages[{index}].content",
+                )
+        return "".join(texts)
+    raise APIError(400, f"messages[{index}].content must be text.", param=f"messages[{index}].content")
+
+
+def conversation(raw: list[dict[str, Any]]) -> tuple[list[BaseMessage], str | None]:
+    """OpenAI `messages` as langchain messages (user and assistant) and the system prompt (the system and
+    developer messages' texts joined; None when there are none: the service's persona applies)."""
+    systems: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for i, m in enumerate(raw):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role in ("system", "developer"):
+            systems.append(_text(m.get("content"), i))
+        elif role in ("user", "assistant"):
+            if m.get("tool_calls") or m.get("function_call"):
+                raise APIError(400, "Tool calls are not supported.", param=f"messages[{i}].tool_calls")
+            turns.append({"role": role, "content": _text(m.get("content"), i)})
+        else:
+            raise APIError(
+                400,
+                f"messages[{i}]: role {str(role)[:20]!r} is not supported (system, user, assistant).",
+                param=f"messages[{i}].role",
+            )
+    if not turns or turns[-1]["role"] != "user":
+        raise APIError(400, "The last message must be the user's.", param="messages")
+    if not turns[-1]["content"].strip():
+        raise APIError(400, "The last user message is empty.", param="messages")
+    return convert_to_messages(turns), ("\n\n".join(systems) if systems else None)
+
+
+def _ascii(value: Any) -> str:
+    return str(value).encode("ascii", "replace").decode()[:300]
+
+
+def _extension(done: Done) -> dict[str, Any]:
+    meta = done.meta
+    return {
+        "backend": meta.get("backend"),
+        "requested_backend": meta.get("requested_backend"),
+        "route_reason": meta.get("route_reason"),
+        "fallback": bool(meta.get("fallback")),
+        "interrupted": meta.get("interrupted"),
+        "ttft_ms": meta.get("ttft_ms"),
+    }
+
+
+def _finish(done: Done) -> str:
+    return (
+        "length" if str(done.meta.get("finish_reason") or "").lower() in ("length", "max_tokens") else "stop"
+    )
+
+
+def _usage(done: Done) -> dict[str, int]:
+    prompt = int(done.meta.get("input_tokens") or 0)
+    completion = int(done.meta.get("output_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _data(payload: dict[str, Any] | str) -> bytes:
+    text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
+
+
+def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def models(request: Request) -> Response:
+        try:
+            await api_user(identity, request)
+        except HTTPException as exc:
+            return _from_http(exc).response()
+        data = [
+            {"id": m, "object": "model", "created": CREATED, "owned_by": "hybrid-chat"} for m in MODEL_IDS
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @router.post("/v1/chat/completions")
+    async def completions(request: Request) -> Response:
+        try:
+            return await _completions(request)
+        except APIError as exc:
+            return exc.response()
+        except HTTPException as exc:
+            return _from_http(exc).response()
+
+    async def _completions(request: Request) -> Response:
+        user = await api_user(identity, request)  # who calls first, then the body
+        if service.draining:
+            raise APIError(
+                503, "The server is restarting: try again in a few seconds.", "service_unavailable"
+            )
+        try:
+            body = CompletionRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
+            raise APIError(400, f"Invalid request body: check {', '.join(fields)[:200]}.") from None
+        model = MODEL_IDS.get(body.model) or (body.model if body.model in MODELS else None)
+        if model is None:
+            raise APIError(
+                404,
+                f"The model {body.model[:60]!r} does not exist: use one of {', '.join(MODEL_IDS)}.",
+                param="model",
+                code="model_not_found",
+            )
+        unsupported(body)
+        messages, system = conversation(body.messages)
+        try:
+            params = turn_params(
+                service.settings,
+                model,
+                body.temperature,
+                body.top_p,
+                body.max_completion_tokens or body.max_tokens,
+                system,
+                seed=body.seed,
+            )
+        except LimitExceeded as exc:
+            raise APIError(400, str(exc)) from None
+        try:
+            limiter.acquire(user)
+        except LimitExceeded as exc:
+            wait = max(1, round(limiter.retry_after(user) + 0.5))
+            raise APIError(
+                429,
+                str(exc),
+                "rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(wait)},
+            ) from None
+        try:
+            slot = await service.stream_slot()
+        except Busy as exc:
+            raise APIError(
+                503,
+                str(exc),
+                "service_unavailable",
+                code="overloaded",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        turn = service.turn(user, uuid.uuid4().hex, messages, params, slot=slot, stateless=True)
+        if body.stream:
+            usage = bool((body.stream_options or {}).get("include_usage"))
+            events = _chunks(turn, completion_id, body.model, usage)
+            return EventStream(events, slot, write_timeout_s=service.settings.stream_write_timeout_s)
+        return await _whole(request, turn, slot, completion_id)
+
+    async def _whole(
+        request: Request, turn: AsyncIterator[Delta | Done], slot: StreamSlot, cid: str
+    ) -> Response:
+        """The non-streamed answer: the turn run to its end, stopped if the client goes away first."""
+
+        async def run() -> Done | None:
+            async with contextlib.aclosing(turn) as events:
+                last = None
+                async for event in events:
+                    last = event if isinstance(event, Done) else last
+                return last
+
+        async def gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        running, watching = asyncio.ensure_future(run()), asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({running, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (running, watching):
+                task.cancel()
+            await asyncio.gather(running, watching, return_exceptions=True)
+            slot.release()
+        if running.cancelled():
+            log.info("a /v1/chat/completions client went away: its answer was stopped")
+            return Response(status_code=499)
+        done = running.result()
+        if done is None:
+            raise APIError(500, "No answer came back.", "server_error")
+        if done.kind != "answer":
+            raise _from_failed(done)
+        ext = _extension(done)
+        body = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": f"{PREFIX}{ext['backend']}",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": done.text},
+                    "finish_reason": _finish(done),
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(done),
+            "hybrid_chat": ext,
+        }
+        headers = {
+            "x-hybrid-chat-backend": _ascii(ext["backend"]),
+            "x-hybrid-chat-route": _ascii(ext["route_reason"] or ""),
+            "x-hybrid-chat-fallback": "true" if ext["fallback"] else "false",
+        }
+        return JSONResponse(body, headers=headers)
+
+    async def _chunks(
+        turn: AsyncIterator[Delta | Done], cid: str, requested: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        """The streamed answer. The backend is known at the end only: the chunks before name the model
+        asked for; the final chunk names the backend that answered and carries `hybrid_chat`."""
+        created = int(time.time())
+
+        def chunk(model: str, delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return _data(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                    **extra,
+                }
+            )
+
+        yield chunk(requested, {"role": "assistant", "content": ""}, None)
+        sent = 0
+        async with contextlib.aclosing(turn) as events:
+            async for event in events:
+                if isinstance(event, Delta):
+                    if len(event.text) > sent:
+                        yield chunk(requested, {"content": event.text[sent:]}, None)
+                        sent = len(event.text)
+                    continue
+                if event.kind != "answer":
+                    yield _data(_from_failed(event).body())
+                    return
+                model = f"{PREFIX}{event.meta.get('backend')}"
+                if len(event.text) > sent:
+                    yield chunk(model, {"content": event.text[sent:]}, None)
+                yield chunk(model, {}, _finish(event), hybrid_chat=_extension(event))
+                if include_usage:
+                    yield _data(
+                        {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": _usage(event),
+                        }
+                    )
+        yield _data("[DONE]")
+
+    return router
