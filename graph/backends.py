@@ -8,6 +8,12 @@
 With no cloud configuration both are backed by local stand-ins (see `graph.local`), reached by the same
 client classes. Models are cached per (backend, generation parameters): building a client per turn
 would cost milliseconds and connections.
+
+Each real backend also has a `graph.health.CredentialCheck` (`credentials`): a cheap call through the
+same client and credentials (vLLM: `GET /v1/models` with the API key; Vertex AI: `countTokens` of one
+word), run by `watch_credentials` at start-up and every `credential_check_s`. A real answer refused the
+same way marks the backend at once (a callback on its models sees the error). Local stand-ins are not
+checked.
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from langchain_core.callbacks import BaseCallbackHandler
+
+from graph.health import CHECK_TIMEOUT_S, CredentialCheck, watch_credentials
 from graph.local.llama import LOCAL_MODEL_LABEL, LocalModelServer
 from graph.settings import Settings
 
@@ -31,6 +42,31 @@ log = logging.getLogger(__name__)
 
 BackendName = Literal["gemma", "gemini"]
 BACKENDS: tuple[BackendName, ...] = ("gemma", "gemini")
+
+# What to look at when a backend refuses our credentials (logged, shown on the health board).
+CREDENTIAL_HINTS: dict[BackendName, str] = {
+    "gemma": "check HYBRID_CHAT_GEMMA_BASE_URL (vLLM's /v1 URL) and HYBRID_CHAT_GEMMA_API_KEY "
+    "(vLLM's --api-key)",
+    "gemini": "check HYBRID_CHAT_GEMINI_PROJECT (a real project id, not the PROJECT_ID placeholder), "
+    "HYBRID_CHAT_GEMINI_LOCATION and _MODEL, and that the Pod's service account (Workload Identity) "
+    "has roles/aiplatform.user",
+}
+
+
+class _CredentialWatch(BaseCallbackHandler):
+    """On a real backend's models: an answer refused for its credentials marks the backend at once, an
+    answer that succeeds clears it (no need to wait for the next periodic check)."""
+
+    run_inline = True  # two attribute writes: no thread hop
+
+    def __init__(self, check: CredentialCheck) -> None:
+        self.check = check
+
+    def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
+        self.check.record_failure(error, source="answer")
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        self.check.record_success(source="answer")
 
 
 @dataclass(frozen=True)
@@ -52,14 +88,27 @@ class Backends:
         *,
         local_server: LocalModelServer | None = None,
         vertex_standin: VertexStandIn | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`local_server`/`vertex_standin` let several Backends share one set of stand-ins (tests)."""
         self.settings = settings
-        self._lock = threading.Lock()
+        # One lock per backend: building Gemini's client (seconds of imports) never holds up Gemma's.
+        self._locks = {name: threading.Lock() for name in BACKENDS}
+        self._standin_lock = threading.Lock()  # each local stand-in is created once, by one thread
         self._models: dict[tuple[BackendName, GenerationParams], BaseChatModel] = {}
         self._local = local_server
         self._vertex_standin = vertex_standin
         self._owns_standins = local_server is None
+        probes = {"gemma": self._check_gemma, "gemini": self._check_gemini}
+        self.credentials: dict[BackendName, CredentialCheck] = {
+            name: CredentialCheck(
+                name,
+                None if self.is_local(name) else probes[name],
+                hint=CREDENTIAL_HINTS[name],
+                clock=clock,
+            )
+            for name in BACKENDS
+        }
 
     # --- what a user sees --------------------------------------------------------------------
     def is_local(self, name: BackendName) -> bool:
@@ -83,7 +132,7 @@ class Backends:
         """The chat model for `name`; may start a local stand-in (blocking, <= 1 s, once)."""
         key = (name, params)
         if (model := self._models.get(key)) is None:
-            with self._lock:
+            with self._locks[name]:
                 if (model := self._models.get(key)) is None:
                     model = self._make_gemma(params) if name == "gemma" else self._make_gemini(params)
                     if len(self._models) > 64:  # parameters come from users: bound the cache
@@ -102,13 +151,44 @@ class Backends:
 
         Importing ChatVertexAI alone takes seconds: without this, the first answer that falls back to
         Gemini would pay for it. Blocking: call it in a thread (the server does, at start-up)."""
-        s = self.settings
-        params = GenerationParams(s.temperature, s.top_p, s.max_tokens)
+        params = self._default_params()
         for name in BACKENDS:
             try:
                 self.model(name, params)
             except Exception as exc:  # a backend that cannot even be built is reported when used
                 log.warning("warming up %s failed: %s", name, exc)
+
+    # --- credentials -------------------------------------------------------------------------
+    async def watch_credentials(self) -> None:
+        """Check the real backends' credentials now and every `credential_check_s`, until cancelled
+        (a background task: the server starts it at start-up)."""
+        await watch_credentials(self.credentials.values(), self.settings.credential_check_s)
+
+    def _default_params(self) -> GenerationParams:
+        s = self.settings
+        return GenerationParams(s.temperature, s.top_p, s.max_tokens)
+
+    async def _check_gemma(self) -> None:
+        """`GET /v1/models` through the answering client (its base URL and API key)."""
+        model: Any = await self.amodel("gemma", self._default_params())
+        await asyncio.wait_for(model.root_async_client.models.list(), CHECK_TIMEOUT_S)
+
+    async def _check_gemini(self) -> None:
+        """`countTokens` of one word through the answering client (its project, location, endpoint and
+        credentials; free of charge). The client is sync: the call runs in a thread, bounded."""
+        model: Any = await self.amodel("gemini", self._default_params())
+
+        def count() -> None:
+            model.prediction_client.count_tokens(
+                {
+                    "endpoint": model.full_model_name,
+                    "model": model.full_model_name,
+                    "contents": [{"role": "user", "parts": [{"text": "ping"}]}],
+                },
+                timeout=CHECK_TIMEOUT_S,
+            )
+
+        await asyncio.wait_for(asyncio.to_thread(count), CHECK_TIMEOUT_S + 1)
 
     def gemma_base_url(self) -> str:
         return self.settings.gemma_base_url or self._local_server().base_url
@@ -131,22 +211,24 @@ class Backends:
     def _standin(self) -> VertexStandIn:
         from graph.local.vertex_standin import VertexStandIn
 
-        if self._vertex_standin is None:
-            self._vertex_standin = VertexStandIn(
-                lambda: self._local_server().base_url, model_alias=self.settings.gemma_model
-            )
-        return self._vertex_standin
+        with self._standin_lock:
+            if self._vertex_standin is None:
+                self._vertex_standin = VertexStandIn(
+                    lambda: self._local_server().base_url, model_alias=self.settings.gemma_model
+                )
+            return self._vertex_standin
 
     def _local_server(self) -> LocalModelServer:
-        if self._local is None:
-            s = self.settings
-            self._local = LocalModelServer(
-                alias=s.gemma_model,
-                threads=s.local_model_threads,
-                ctx=s.local_model_ctx,
-                parallel=s.local_model_parallel,
-            )
-        return self._local
+        with self._standin_lock:
+            if self._local is None:
+                s = self.settings
+                self._local = LocalModelServer(
+                    alias=s.gemma_model,
+                    threads=s.local_model_threads,
+                    ctx=s.local_model_ctx,
+                    parallel=s.local_model_parallel,
+                )
+            return self._local
 
     def _make_gemma(self, params: GenerationParams) -> BaseChatModel:
         import httpx
@@ -167,6 +249,7 @@ class Backends:
             ),
             max_retries=0,  # retries and fallback are the router's decision, not the client's
             stream_usage=True,
+            callbacks=self._watch("gemma"),
         )
 
     def _make_gemini(self, params: GenerationParams) -> BaseChatModel:
@@ -182,9 +265,11 @@ class Backends:
                 "api_endpoint": self._standin().endpoint,
             }
         else:
-            kwargs = {"project": s.gemini_project}
+            kwargs = {"project": s.gemini_project, "callbacks": self._watch("gemini")}
             if s.gemini_api_endpoint:
                 kwargs["api_endpoint"] = s.gemini_api_endpoint
+                if s.gemini_api_endpoint.startswith(("http://", "https://")):
+                    kwargs["api_transport"] = "rest"  # a URL is a REST endpoint; gRPC takes host[:port]
         with warnings.catch_warnings():
             # ChatVertexAI warns that it is deprecated in favour of ChatGoogleGenerativeAI; the
             # swap is this one function (see the module docstring).
@@ -208,6 +293,10 @@ class Backends:
                 max_retries=0,
                 **kwargs,
             )
+
+    def _watch(self, name: BackendName) -> list[BaseCallbackHandler] | None:
+        check = self.credentials[name]
+        return None if check.probe is None else [_CredentialWatch(check)]
 
     def close(self) -> None:
         """Stop the local stand-ins it started (they also stop with the process)."""

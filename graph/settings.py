@@ -46,7 +46,9 @@ class Settings(BaseSettings):
         default=0, description="Thinking tokens; 0 = off (thinking delays the first token by seconds)."
     )
     gemini_api_endpoint: str | None = Field(
-        default=None, description="Override the Vertex AI endpoint (testing, private endpoints)."
+        default=None,
+        description="Override the Vertex AI endpoint (testing, private endpoints): host[:port] over gRPC, "
+        "or an http(s):// URL over REST.",
     )
 
     # --- Generation defaults -----------------------------------------------------------------
@@ -73,6 +75,12 @@ class Settings(BaseSettings):
     )
     breaker_open_s: float = Field(default=30.0, gt=0, description="How long a down backend is skipped.")
     load_refresh_s: float = Field(default=5.0, gt=0, description="Read vLLM's /metrics at most this often.")
+    credential_check_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Check each real backend's credentials (vLLM GET /v1/models, Vertex AI countTokens) "
+        "at start-up and this often; one refusing them (401/403/404) is not usable until one passes.",
+    )
     auto_gemma_max_waiting: float = Field(
         default=2, ge=0, description="auto: new conversations go to Gemini when vLLM queues this many."
     )

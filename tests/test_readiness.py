@@ -10,18 +10,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import google.api_core.exceptions as gexc
 import httpx
+import openai
 import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.auth.exceptions import DefaultCredentialsError
 
 from graph.backends import Backends
 from graph.client import ChatClient
+from graph.health import CredentialCheck, credential_fault, watch_credentials
 from tests.conftest import local_settings
+from tests.support.credential_server import CredentialServer, credential_server
+from tests.support.fault_server import fault_server
 from tests.support.server import running_server
 from ui.security import SECURITY_HEADERS
 
@@ -87,8 +97,260 @@ def test_hybrid_chat_serve_behind_iap_without_an_audience_does_not_crash_loop(tm
     assert "Traceback" not in log
 
 
+# --- finding 6: credentials, unit ---------------------------------------------------------------
+def _openai_error(cls: type, status: int) -> BaseException:
+    response = httpx.Response(status, request=httpx.Request("GET", "http://vllm/v1/models"))
+    return cls("refused", response=response, body=None)
+
+
+def test_credential_faults_are_told_from_transient_ones() -> None:
+    refused = {
+        gexc.PermissionDenied("no"): "permission denied (HTTP 403)",
+        gexc.Forbidden("no"): "permission denied (HTTP 403)",  # REST's name for it
+        gexc.Unauthenticated("no"): "credentials refused (HTTP 401)",
+        gexc.NotFound("no model"): "model or endpoint not found (HTTP 404)",
+        DefaultCredentialsError("none"): "no Google credentials found (DefaultCredentialsError)",
+        _openai_error(openai.AuthenticationError, 401): "credentials refused (HTTP 401)",
+        _openai_error(openai.NotFoundError, 404): "model or endpoint not found (HTTP 404)",
+    }
+    for exc, fault in refused.items():
+        assert credential_fault(exc) == fault, exc
+    wrapped = RuntimeError("the model failed")
+    wrapped.__cause__ = gexc.PermissionDenied("no")
+    assert credential_fault(wrapped) == "permission denied (HTTP 403)"
+    transient = [
+        gexc.ServiceUnavailable("later"),
+        gexc.TooManyRequests("slow down"),
+        gexc.BadRequest("bad"),
+        _openai_error(openai.InternalServerError, 500),
+        openai.APIConnectionError(request=httpx.Request("GET", "http://vllm/v1/models")),
+        httpx.ConnectError("refused"),
+        TimeoutError(),
+        OSError(111, "refused"),  # errno, not an HTTP status
+    ]
+    for exc in transient:
+        assert credential_fault(exc) is None, exc
+
+
+async def test_a_credential_check_has_explicit_states_and_a_clock() -> None:
+    now = [100.0]
+    outcome: list[BaseException | None] = [gexc.PermissionDenied("Permission denied on project PROJECT_ID")]
+
+    async def probe() -> None:
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    check = CredentialCheck("gemini", probe, hint="check HYBRID_CHAT_GEMINI_PROJECT", clock=lambda: now[0])
+    assert (check.state, check.usable, check.checked_at) == ("unchecked", False, None)
+    assert await check.run() == "misconfigured" and not check.usable and check.checked_at == 100.0
+    assert check.detail == "permission denied (HTTP 403): check HYBRID_CHAT_GEMINI_PROJECT"
+    assert "PROJECT_ID" not in check.detail  # the exception's text goes to the log only
+
+    outcome[0] = httpx.ConnectError("refused")  # unreachable does not prove the credentials work
+    assert await check.run() == "misconfigured"
+    check.record_failure(httpx.ConnectError("refused"), source="answer")
+    assert check.state == "misconfigured"
+
+    now[0] = 160.0
+    outcome[0] = None
+    assert await check.run() == "ok" and check.usable and check.checked_at == 160.0
+
+    check.record_failure(TimeoutError(), source="answer")  # a slow answer says nothing about credentials
+    assert check.state == "ok"
+    check.record_failure(gexc.Unauthenticated("expired"), source="answer")  # a refused answer: at once
+    assert check.state == "misconfigured" and check.fault == "credentials refused (HTTP 401)"
+    check.record_success(source="answer")
+    assert check.state == "ok"
+
+    outcome[0] = gexc.ServiceUnavailable("starting")
+    assert await check.run() == "unreachable" and check.usable
+
+    local = CredentialCheck("gemma", None)  # a local stand-in: nothing to check
+    assert (local.state, local.usable, await local.run()) == ("skipped", True, "skipped")
+    local.record_failure(gexc.PermissionDenied("no"))
+    assert local.state == "skipped"
+
+
+async def test_watch_credentials_checks_at_once_then_every_interval() -> None:
+    calls: list[str] = []
+    sleeps: list[float] = []
+
+    async def probe() -> None:
+        calls.append("probe")
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            raise asyncio.CancelledError
+
+    checks = [CredentialCheck("gemma", probe), CredentialCheck("gemini", None)]
+    with pytest.raises(asyncio.CancelledError):
+        await watch_credentials(checks, 60.0, sleep=fake_sleep)
+    assert calls == ["probe"] * 3 and sleeps == [60.0] * 3
+    await watch_credentials([CredentialCheck("gemini", None)], 60.0, sleep=fake_sleep)  # returns at once
+
+
+def test_local_stand_ins_are_not_checked(tmp_path: Path) -> None:
+    backends = Backends(local_settings(tmp_path))
+    assert {n: c.state for n, c in backends.credentials.items()} == {"gemma": "skipped", "gemini": "skipped"}
+    real = Backends(local_settings(tmp_path, gemma_base_url="http://vllm:8000/v1", gemini_project="p"))
+    assert {n: c.state for n, c in real.credentials.items()} == {"gemma": "unchecked", "gemini": "unchecked"}
+
+
+# --- finding 6: credentials, through the app ----------------------------------------------------
+@pytest.fixture
+def google_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Application default credentials that need no token server (the test servers check nothing)."""
+    import google.auth
+
+    monkeypatch.setattr(google.auth, "default", lambda *a, **k: (AnonymousCredentials(), "my-project"))
+
+
+def _real(tmp_path: Path, gemma_url: str, gemini: CredentialServer, **overrides: Any) -> Any:
+    """Settings for the real backends (no stand-in): vLLM at `gemma_url`, Vertex AI at `gemini`."""
+    return local_settings(
+        tmp_path,
+        gemma_base_url=gemma_url,
+        gemini_project="my-project",
+        gemini_api_endpoint=gemini.url,
+        **overrides,
+    )
+
+
 @asynccontextmanager
 async def _client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
         yield client
+
+
+async def _until(client: httpx.AsyncClient, ok: Callable[[httpx.Response], bool]) -> httpx.Response:
+    deadline = time.monotonic() + 60
+    while True:
+        r = await client.get("/readyz")
+        if ok(r):
+            return r
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/readyz never got there: {r.status_code} {r.text}")
+        await asyncio.sleep(0.05)
+
+
+async def _eventually(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.05)
+
+
+def _states(r: httpx.Response) -> dict[str, str]:
+    return r.json()["backends"]
+
+
+async def test_backends_refusing_our_credentials_make_the_server_not_ready(
+    tmp_path: Path, google_credentials: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ui.server import create_app
+
+    with credential_server(401) as gemma, credential_server(403) as gemini:
+        app = create_app(_real(tmp_path, gemma.url + "/v1", gemini, credential_check_s=0.2))
+        async with _client(app) as client:
+            before = await client.get("/readyz")  # no verdict yet (the checks start with the server)
+            checking = {"gemma": "checking", "gemini": "checking"}
+            assert before.status_code == 503 and _states(before) == checking
+            with caplog.at_level(logging.INFO, logger="graph.health"):
+                async with app.router.lifespan_context(app):
+                    misconfigured = {"gemma": "misconfigured", "gemini": "misconfigured"}
+                    ready = await _until(client, lambda r: _states(r) == misconfigured)
+                    assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
+                    reason = ready.json()["reason"]
+                    assert reason.startswith("no backend is usable: gemma misconfigured (credentials refused")
+                    assert "gemini misconfigured (permission denied (HTTP 403)" in reason
+                    assert "HYBRID_CHAT_GEMMA_API_KEY" in reason and "HYBRID_CHAT_GEMINI_PROJECT" in reason
+                    for leak in ("127.0.0.1", "test server", "Forbidden", "my-project"):
+                        assert leak not in ready.text  # fixed texts only; the log has the detail
+                    assert (await client.get("/healthz")).status_code == 200
+                    board = app.state.chat.health.html()
+                    assert board.count('data-state="misconfigured"') == 2 and "hc-misconfigured" in board
+                    # The real clients made the calls, with the project and model of the settings.
+                    assert ("GET", "/v1/models") in gemma.seen
+                    count = "/v1beta1/projects/my-project/locations/us-central1/publishers/google/models/"
+                    assert ("POST", count + "gemini-2.5-flash:countTokens") in gemini.seen
+                    # more checks, same verdict: no more log lines (counted below)
+                    await _eventually(lambda: gemma.seen.count(("GET", "/v1/models")) >= 3)
+
+                    gemma.status = gemini.status = 200  # fixed (the ConfigMap, the IAM binding)
+                    ready = await _until(client, lambda r: _states(r) == {"gemma": "up", "gemini": "up"})
+                    assert ready.status_code == 200
+                    assert 'data-state="misconfigured"' not in app.state.chat.health.html()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, errors  # one per backend, not one per check
+    assert any(e.startswith("gemini is misconfigured: permission denied (HTTP 403)") for e in errors)
+    assert any("credentials accepted again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_healthy_real_configuration_stays_ready(tmp_path: Path, google_credentials: None) -> None:
+    from ui.server import create_app
+
+    with fault_server("ok") as gemma, credential_server(200) as gemini:
+        app = create_app(_real(tmp_path, gemma.base_url, gemini, credential_check_s=0.1))
+        async with _client(app) as client, app.router.lifespan_context(app):
+            ready = await _until(client, lambda r: _states(r) == {"gemma": "up", "gemini": "up"})
+            assert ready.status_code == 200
+            for _ in range(10):  # check after check, still ready
+                await asyncio.sleep(0.05)
+                r = await client.get("/readyz")
+                assert r.status_code == 200 and _states(r) == {"gemma": "up", "gemini": "up"}, r.text
+            await _eventually(lambda: sum(p.endswith(":countTokens") for _, p in gemini.seen) >= 3)
+            assert (await client.get("/readyz")).status_code == 200
+            # An answer through vLLM works as before.
+            r = await client.post("/api/chat", json={"message": "hi", "model": "gemma"})
+            assert r.status_code == 200 and "Hello from the fault server." in r.text
+
+
+async def test_a_real_answer_refused_marks_the_backend_at_once(
+    tmp_path: Path, google_credentials: None
+) -> None:
+    from ui.server import create_app
+
+    with credential_server(200) as gemma, credential_server(200) as gemini:
+        # One check at start-up, the next in an hour: only the answers can tell.
+        app = create_app(_real(tmp_path, gemma.url + "/v1", gemini, credential_check_s=3600))
+        async with _client(app) as client, app.router.lifespan_context(app):
+            await _until(client, lambda r: r.status_code == 200)
+            gemma.status, gemini.status = 401, 403  # the key rotated, the binding removed
+            r = await client.post("/api/chat", json={"message": "hi", "model": "gemma"})
+            events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+            assert events[-1]["kind"] == "backend_error", events
+            assert ("POST", "/v1/chat/completions") in gemma.seen
+            assert any(p.endswith(":streamGenerateContent") for _, p in gemini.seen)  # the fallback
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert _states(ready) == {"gemma": "misconfigured", "gemini": "misconfigured"}
+
+
+@pytest.mark.integration
+def test_serve_with_the_project_id_placeholder_and_no_credentials_is_not_ready(tmp_path: Path) -> None:
+    """`hybrid-chat serve` as the first deploy with `base/project.env` not substituted, outside GKE (no
+    Workload Identity): Gemini has no credentials, vLLM refuses the key. Not ready, and the log says why."""
+    with credential_server(401) as gemma:
+        env = {
+            "HYBRID_CHAT_SQLITE_PATH": str(tmp_path / "c.db"),
+            "HYBRID_CHAT_GEMINI_PROJECT": "PROJECT_ID",
+            "HYBRID_CHAT_GEMMA_BASE_URL": gemma.url + "/v1",
+            "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no-such-key.json"),
+        }
+        log_path = tmp_path / "serve.log"
+        with running_server(env, log_path) as (url, _started_in, _pid):
+            deadline = time.monotonic() + 60
+            while True:
+                ready = httpx.get(url + "/readyz")
+                if ready.json()["backends"] == {"gemma": "misconfigured", "gemini": "misconfigured"}:
+                    break
+                assert time.monotonic() < deadline, ready.text
+                time.sleep(0.1)
+            assert ready.status_code == 503
+            assert "no Google credentials found" in ready.json()["reason"]
+            assert httpx.get(url + "/healthz").status_code == 200
+        log = log_path.read_text()
+        assert "gemini is misconfigured: no Google credentials found" in log
+        assert "gemma is misconfigured: credentials refused (HTTP 401)" in log

@@ -2,18 +2,22 @@
 
 The source of truth is the router's circuit breaker per backend (`graph.health.CircuitBreaker`,
 `router.breakers`): open means the backend is skipped. What the breaker cannot say (has this backend
-answered at all lately?) comes from the answers this process served, recorded here.
+answered at all lately?) comes from the answers this process served, recorded here. Before both, the
+backend's credential check (`graph.health.CredentialCheck`, `Backends.credentials`): a backend that
+refused our credentials is `misconfigured`, one whose first check has not finished is `checking`;
+neither is usable.
 """
 
 from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from graph.backends import BACKENDS
+from graph.health import CredentialCheck
 
 SHORT = {"gemma": "Gemma", "gemini": "Gemini"}
 
@@ -21,19 +25,26 @@ SHORT = {"gemma": "Gemma", "gemini": "Gemini"}
 @dataclass(frozen=True)
 class BackendHealth:
     backend: str
-    state: str  # "up" | "down" | "recovering" | "failing" | "unknown"
+    state: str  # "up" | "down" | "recovering" | "failing" | "unknown" | "misconfigured" | "checking"
     detail: str
 
     @property
     def usable(self) -> bool:
-        return self.state != "down"
+        return self.state not in ("down", "misconfigured", "checking")
 
 
 class HealthBoard:
     """Recent outcomes per backend plus the router's breakers."""
 
-    def __init__(self, router: Any = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        router: Any = None,
+        *,
+        credentials: Mapping[str, CredentialCheck] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.router = router
+        self.credentials = credentials  # Backends.credentials; None: nothing checked
         self.clock = clock
         self._last: dict[str, tuple[bool, float, str]] = {}
 
@@ -54,6 +65,11 @@ class HealthBoard:
         return breakers.get(backend) if isinstance(breakers, dict) else None
 
     def status(self, backend: str) -> BackendHealth:
+        check = (self.credentials or {}).get(backend)
+        if check is not None and check.state == "misconfigured":
+            return BackendHealth(backend, "misconfigured", check.detail)
+        if check is not None and check.state == "unchecked" and backend not in self._last:
+            return BackendHealth(backend, "checking", check.detail)
         breaker = self._breaker(backend)
         state = getattr(breaker, "state", None)
         if state == "open":
@@ -63,6 +79,9 @@ class HealthBoard:
             return BackendHealth(backend, "recovering", "was failing: the next message tests it")
         last = self._last.get(backend)
         if last is None:
+            if check is not None and check.state in ("ok", "unreachable"):
+                state = "up" if check.state == "ok" else "unknown"
+                return BackendHealth(backend, state, f"no answer from it yet; {check.detail}")
             return BackendHealth(backend, "unknown", "no answer from it yet")
         ok, at, detail = last
         ago = self.clock() - at

@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, client: ChatClient | None = Non
     service = ChatService(client)
     limiter = RateLimiter(settings.rate_limit_per_minute)
     services = client.services
+    service.health.credentials = services.backends.credentials  # misconfigured backends are not usable
 
     gradio_app: Any = None  # the mounted Gradio app (its stop_event ends the heartbeat streams)
 
@@ -89,6 +90,8 @@ def create_app(settings: Settings | None = None, client: ChatClient | None = Non
         # Build both backends' clients (and any local stand-in) in the background now, so that the
         # first answer, or the first fallback, does not pay for imports and start-up.
         warm = asyncio.get_running_loop().create_task(asyncio.to_thread(services.backends.warm))
+        # Check the real backends' credentials now and periodically (graph.health.CredentialCheck).
+        credentials = asyncio.get_running_loop().create_task(services.backends.watch_credentials())
         watcher = None
         if server is not None and hasattr(server, "should_exit"):
             watcher = asyncio.get_running_loop().create_task(watch_server(server))
@@ -97,6 +100,7 @@ def create_app(settings: Settings | None = None, client: ChatClient | None = Non
         finally:
             if watcher is not None:
                 watcher.cancel()
+            credentials.cancel()
             with contextlib.suppress(Exception):
                 await warm
             await begin_shutdown()
@@ -141,7 +145,11 @@ def create_app(settings: Settings | None = None, client: ChatClient | None = Non
         if identity.unconfigured:  # a fixed text saying what to set, never an exception's
             body.update(status="unavailable", reason=identity.unconfigured)
             return JSONResponse(body, status_code=503)
-        if body["memory"] != "ok" or not any(h.usable for h in backends):
+        if not any(h.usable for h in backends):
+            reasons = ", ".join(f"{h.backend} {h.state} ({h.detail})" for h in backends)
+            body.update(status="unavailable", reason=f"no backend is usable: {reasons}")
+            return JSONResponse(body, status_code=503)
+        if body["memory"] != "ok":
             body["status"] = "unavailable"
             return JSONResponse(body, status_code=503)
         return JSONResponse(body)

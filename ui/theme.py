@@ -53,7 +53,7 @@ CSS = """
 .hc-health-item { display: inline-flex; align-items: center; gap: 5px; cursor: default; }
 .hc-dot { width: 9px; height: 9px; border-radius: 50%; display: inline-block; background: #9AA0A6; }
 .hc-dot.hc-up { background: #1E8E3E; }
-.hc-dot.hc-down { background: #D93025; }
+.hc-dot.hc-down, .hc-dot.hc-misconfigured { background: #D93025; }
 .hc-dot.hc-failing, .hc-dot.hc-recovering { background: #F9AB00; }
 .hc-user { font-size: 0.85rem; color: var(--body-text-color-subdued); text-align: right; }
 .hc-logout { display: inline; margin: 0; }

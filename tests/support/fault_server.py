@@ -33,11 +33,11 @@ class FaultServer:
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
         self.prompts: list[list[dict[str, Any]]] = []
-        self._stop = threading.Event()
-        server = self
         self.in_progress = 0
         self.max_in_progress = 0
         self._count = threading.Lock()
+        self._stop = threading.Event()
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -54,8 +54,6 @@ class FaultServer:
                     self._send(200, b"{}", "application/json")
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                request = json.loads(self.rfile.read(length) or b"{}")
                 with server._count:
                     server.in_progress += 1
                     server.max_in_progress = max(server.max_in_progress, server.in_progress)
@@ -66,6 +64,8 @@ class FaultServer:
                         server.in_progress -= 1
 
             def _post(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = json.loads(self.rfile.read(length) or b"{}")
                 server.requests += 1
                 server.bodies.append(request)
                 server.prompts.append(request.get("messages") or [])
