@@ -199,6 +199,12 @@ async def test_bad_requests_are_refused_in_openais_shape(echo_app: tuple[Any, Ec
         assert r.status_code == status, (body, r.text)
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+    r = await post(
+        app, {"model": "hybrid-chat/gemma", "messages": hi}, headers={"x-hybrid-chat-conversation": "c1"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "metadata.conversation_id"
+    r = await post(app, {"model": "hybrid-chat/gemma", "messages": hi, "metadata": {"conversation_id": "c1"}})
+    assert r.status_code == 400
     r = await post(app, {"messages": hi})
     assert r.status_code == 400 and "model" in r.json()["error"]["message"]
     assert model.prompts == []  # nothing refused reached the model
@@ -269,3 +275,25 @@ async def test_streamed_response_over_asgi(echo_app: tuple[Any, EchoModel]) -> N
     assert final["choices"][0]["finish_reason"] == "stop" and final["model"].startswith("hybrid-chat/")
     assert final["hybrid_chat"]["backend"] in ("gemma", "gemini") and final["hybrid_chat"]["route_reason"]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] >= 0
+
+
+def test_sdk_signs_in_with_http_basic(tmp_path: Path) -> None:
+    import base64
+
+    model = EchoModel()
+    settings = local_settings(tmp_path, auth_users="alice:wonder")
+    from ui.server import create_app
+
+    backends = ScriptedBackends(settings, {"gemma": model, "gemini": model})
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
+    hi = [{"role": "user", "content": "hi"}]
+    with serve_app(app) as base:
+        anonymous = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.chat.completions.create(model="hybrid-chat/gemma", messages=hi)  # type: ignore[arg-type]
+        basic = "Basic " + base64.b64encode(b"alice:wonder").decode()
+        alice = openai.OpenAI(
+            base_url=f"{base}/v1", api_key="unused", max_retries=0, default_headers={"Authorization": basic}
+        )
+        answer = alice.chat.completions.create(model="hybrid-chat/gemma", messages=hi)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "echo:hi"

@@ -4,7 +4,8 @@ Any OpenAI client (the `openai` SDK, LangChain's `ChatOpenAI`, Open WebUI) gets 
 fallback. One implementation over the one core: `ChatService.turn` with `stateless=True`, the request's
 `messages` converted by langchain_core (`convert_to_messages`); streamed and non-streamed responses are
 two renderings of the same events. Stateless: OpenAI clients send the whole conversation every time, and
-nothing is stored (saving into a named conversation comes later).
+nothing is stored (saving into a named conversation comes later: the `x-hybrid-chat-conversation` header
+and `metadata.conversation_id` are refused with 400 until then, never ignored).
 
 Shared with `/api/chat` (ui/api.py): sign-in (`api_user`: IAP, HTTP Basic with the configured users, or
 the local user; bearer API keys come later), the per-user rate limit, the one limit on answers streaming
@@ -50,6 +51,7 @@ from ui.limits import Busy, LimitExceeded, RateLimiter, StreamSlot
 log = logging.getLogger(__name__)
 
 PREFIX = "hybrid-chat/"
+CONVERSATION_HEADER = "x-hybrid-chat-conversation"  # reserved: saving into a conversation comes later
 MODEL_IDS = {f"{PREFIX}{m}": m for m in MODELS}
 CREATED = 1_767_225_600  # the models' "created" (2026-01-01): fixed, so the list is stable
 
@@ -272,6 +274,13 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 code="model_not_found",
             )
         unsupported(body)
+        if request.headers.get(CONVERSATION_HEADER) or (body.metadata or {}).get("conversation_id"):
+            raise APIError(
+                400,
+                "Saving into a conversation is not supported yet: this endpoint is stateless.",
+                param="metadata.conversation_id",
+                code="unsupported_parameter",
+            )
         messages, system = conversation(body.messages)
         try:
             params = turn_params(
