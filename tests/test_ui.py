@@ -353,6 +353,34 @@ async def test_iap_mode_refuses_requests_without_identity(tmp_path: Path, local_
         assert (await client.get("/healthz")).status_code == 200  # probes do not pass IAP
 
 
+async def test_iap_mode_with_jwt_verification_refuses_the_unsigned_header(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """As deployed (verification on): only IAP's signed assertion signs a user in, and the unsigned
+    e-mail header must agree with it."""
+    from ui.server import create_app
+
+    keys = _Keys()
+    settings = local_settings(tmp_path, trust_iap=True, iap_audience=AUD)
+    identity = Identity(
+        settings, verifier=IapVerifier(AUD, "https://keys.test/iap", transport=keys.transport())
+    )
+    client = ChatClient.from_settings(settings, backends=local_backends)
+    app = create_app(settings, client=client, identity=identity)
+    email = {"X-Goog-Authenticated-User-Email": "accounts.google.com:alice@example.com"}
+    signed = {"X-Goog-IAP-JWT-Assertion": keys.token()}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        assert (await http.get("/config")).status_code == 401
+        assert (await http.get("/config", headers=email)).status_code == 401  # spoofable alone: refused
+        assert (await http.get("/config", headers=signed)).status_code == 200
+        assert (await http.get("/config", headers={**signed, **email})).status_code == 200
+        other = {"X-Goog-Authenticated-User-Email": "accounts.google.com:eve@example.com"}
+        assert (await http.get("/config", headers={**signed, **other})).status_code == 401  # disagrees
+        forged = {"X-Goog-IAP-JWT-Assertion": _Keys().token()}  # signed by a key IAP never had
+        assert (await http.get("/config", headers=forged)).status_code == 401
+        assert (await http.post("/api/chat", json={"message": "hi"}, headers=email)).status_code == 401
+
+
 @pytest.mark.integration
 def test_users_are_isolated_through_the_ui_api(tmp_path: Path, local_backends: Backends) -> None:
     from gradio_client import Client

@@ -44,8 +44,11 @@ async def refuse_invalid_body(_request: Request, exc: RequestValidationError) ->
     return JSONResponse({"detail": errors}, status_code=422)
 
 
-def create_app(settings: Settings | None = None, client: ChatClient | None = None) -> FastAPI:
-    """The one ASGI app. `client` (a `graph.client.ChatClient`) defaults to one built from `settings`."""
+def create_app(
+    settings: Settings | None = None, client: ChatClient | None = None, identity: Identity | None = None
+) -> FastAPI:
+    """The one ASGI app. `client` (a `graph.client.ChatClient`) defaults to one built from `settings`,
+    `identity` (who is signed in) to the mode the settings say."""
     from graph.settings import get_settings
 
     owns_client = client is None
@@ -53,7 +56,7 @@ def create_app(settings: Settings | None = None, client: ChatClient | None = Non
         settings = client.settings if client is not None else get_settings()
     if client is None:
         client = ChatClient.from_settings(settings)
-    identity = Identity(settings)
+    identity = identity or Identity(settings)
     service = ChatService(client)
     limiter = RateLimiter(settings.rate_limit_per_minute)
     services = client.services
