@@ -459,6 +459,8 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
         probing = False
         try:
             probing = breaker.state == "half-open"  # allow() below then claims the one probe
+            if services.router.misconfigured(backend):  # a 403 again would only make the user wait
+                raise BackendDown(f"{SHORT_NAMES[backend]} refuses our credentials")
             if not breaker.allow():
                 raise BackendDown(f"{SHORT_NAMES[backend]} is marked down after repeated failures")
             model = await services.backends.amodel(backend, params)

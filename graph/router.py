@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from graph.backends import BACKENDS, BackendName
 from graph.health import CircuitBreaker
@@ -26,6 +26,7 @@ class Signals:
 
     available: Mapping[BackendName, bool]
     gemma_waiting: float | None = None  # requests queued in vLLM (None: unknown)
+    misconfigured: frozenset[BackendName] = frozenset()  # refusing our credentials (not available)
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,20 @@ class Router:
         default_factory=lambda: {b: CircuitBreaker() for b in BACKENDS}
     )
     gemma_load: LoadMonitor | None = None
+    # Each backend's credential check (graph.health.CredentialCheck), when the backends have them.
+    credentials: Mapping[BackendName, Any] = field(default_factory=dict)
+
+    def misconfigured(self, backend: BackendName) -> bool:
+        """The backend refuses our credentials: asking it again cannot help until a check passes."""
+        check = self.credentials.get(backend)
+        return check is not None and check.state == "misconfigured"
 
     def signals(self) -> Signals:
+        bad = frozenset(b for b in self.breakers if self.misconfigured(b))
         return Signals(
-            available={b: br.available() for b, br in self.breakers.items()},
+            available={b: br.available() and b not in bad for b, br in self.breakers.items()},
             gemma_waiting=self.gemma_load.waiting if self.gemma_load else None,
+            misconfigured=bad,
         )
 
     def decide(self, request: RouteRequest) -> RouteDecision:

@@ -217,3 +217,13 @@ async def test_with_a_checkpointer_the_prompt_still_holds_only_the_history_windo
     assert [m.content for m in last[1:]] == ["question 3", "answer 3", "question 4", "answer 4", "question 5"]
     assert [m.content for m in store.rows["t1"]][-2:] == ["question 5", "answer 5"]
     assert len(store.rows["t1"]) == 12  # every turn saved once
+
+
+def test_a_backend_refusing_our_credentials_is_routed_around_without_asking_it() -> None:
+    g, store, backends = make({"gemma": fake_model("never"), "gemini": fake_model("From Gemini", "Again")})
+    backends.credentials["gemma"].state = "misconfigured"  # what a 403 from vLLM leaves behind
+    out = g.invoke(*ask("hi", session="a", model="auto"))
+    assert out["backend"] == "gemini" and out["route_reason"] == "auto: gemma unavailable (misconfigured)"
+    out = g.invoke(*ask("hi", session="b", model="gemma"))  # chosen explicitly: straight to the fallback
+    assert out["backend"] == "gemini" and out["messages"][-1].content == "Again"
+    assert "gemma" not in backends.calls

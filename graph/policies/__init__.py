@@ -25,6 +25,7 @@ def default_router(settings: Settings, backends: Backends | None = None) -> Rout
         },
         breakers={b: CircuitBreaker(failures=s.breaker_failures, open_s=s.breaker_open_s) for b in BACKENDS},
         gemma_load=LoadMonitor(backends.gemma_metrics_url, refresh_s=s.load_refresh_s) if backends else None,
+        credentials=backends.credentials if backends else {},
     )
 
 

@@ -28,7 +28,8 @@ class AutoPolicy:
         up = request.signals.available
         first, second = self.preferred, other(self.preferred)
         if not up.get(first, True) and up.get(second, True):
-            return RouteDecision(second, f"auto: {first} unavailable (circuit open)", fallback=first)
+            why = "misconfigured" if first in request.signals.misconfigured else "circuit open"
+            return RouteDecision(second, f"auto: {first} unavailable ({why})", fallback=first)
         waiting = request.signals.gemma_waiting
         if (
             request.new_conversation
