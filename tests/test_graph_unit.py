@@ -220,7 +220,7 @@ async def test_with_a_checkpointer_the_prompt_still_holds_only_the_history_windo
 
 
 def test_a_backend_refusing_our_credentials_is_routed_around_without_asking_it() -> None:
-    g, store, backends = make({"gemma": fake_model("never"), "gemini": fake_model("From Gemini", "Again")})
+    g, _, backends = make({"gemma": fake_model("never"), "gemini": fake_model("From Gemini", "Again")})
     backends.credentials["gemma"].state = "misconfigured"  # what a 403 from vLLM leaves behind
     out = g.invoke(*ask("hi", session="a", model="auto"))
     assert out["backend"] == "gemini" and out["route_reason"] == "auto: gemma unavailable (misconfigured)"
