@@ -38,7 +38,7 @@ from graph.validation import InvalidInput
 
 log = logging.getLogger(__name__)
 
-MODELS = ("auto", "gemma", "gemini")
+MODELS = ("auto", "gemma", "gemini")  # always there; a router may offer more (see `ChatClient.models`)
 HISTORY_PAGE = 100
 HISTORY_MAX_MESSAGES = 5000
 REFUSED = (AccessDenied, MemoryUnavailable, ConversationNotFound, InvalidInput)
@@ -106,6 +106,12 @@ class ChatClient:
     def from_settings(cls, settings: Settings | None = None, **deps: Any) -> ChatClient:
         """`deps`: any of `store`, `backends`, `router` to hand in instead of the settings' defaults."""
         return cls(Services.build(settings or get_settings(), **deps))
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """What a caller may ask for: the router's policies (`MODELS` first, then any other by name)."""
+        names = self.services.router.policies
+        return tuple(m for m in MODELS if m in names) + tuple(sorted(set(names) - set(MODELS)))
 
     # --- one turn ----------------------------------------------------------------------------
     async def stream_turn(

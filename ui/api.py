@@ -177,6 +177,7 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
                 body.top_p,
                 body.max_tokens,
                 body.system_prompt,
+                models=service.client.models,
             )
         except LimitExceeded as exc:
             raise HTTPException(400, str(exc)) from None

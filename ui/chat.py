@@ -18,7 +18,7 @@ import html
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,6 @@ MODEL_CHOICES: list[tuple[str, str]] = [
     ("Gemma 3 12B (in-cluster)", "gemma"),
     ("Gemini 2.5 Flash", "gemini"),
 ]
-MODELS = set(CLIENT_MODELS)
 MAX_TOKENS_CEILING = 8192
 
 UI_TURNS = Counter("hybrid_chat_ui_turns_total", "Chat turns served by the UI, by outcome.", ["outcome"])
@@ -79,11 +78,14 @@ def turn_params(
     max_tokens: Any = None,
     system_prompt: Any = None,
     seed: int | None = None,
+    *,
+    models: Collection[str] = CLIENT_MODELS,
 ) -> TurnParams:
-    """Parameters from the browser (or an API client), validated and clamped: never trusted as sent."""
+    """Parameters from the browser (or an API client), validated and clamped: never trusted as sent.
+    `models`: what may be asked for (`ChatClient.models`)."""
     model = model or settings.default_model
-    if model not in MODELS:
-        raise LimitExceeded(f"Unknown model {str(model)[:40]!r}: choose one of {', '.join(sorted(MODELS))}.")
+    if model not in models:
+        raise LimitExceeded(f"Unknown model {str(model)[:40]!r}: choose one of {', '.join(sorted(models))}.")
 
     def num(value: Any, default: float, lo: float, hi: float) -> float:
         try:

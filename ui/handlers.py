@@ -151,7 +151,7 @@ class ChatHandlers:
             raise LimitExceeded("The server is restarting: send your message again in a few seconds.")
         try:
             text = check_message(text, self.settings.max_message_chars)
-            params = turn_params(self.settings, *params_in)
+            params = turn_params(self.settings, *params_in, models=self.service.client.models)
         except LimitExceeded:
             UI_REJECTED.labels("message").inc()
             raise

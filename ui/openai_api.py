@@ -40,7 +40,6 @@ from fastapi.responses import JSONResponse, Response
 from langchain_core.messages import BaseMessage, convert_to_messages
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from graph.client import MODELS
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
 from graph.validation import InvalidInput
 from ui.api import EventStream, api_user
@@ -52,7 +51,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "hybrid-chat/"
 CONVERSATION_HEADER = "x-hybrid-chat-conversation"  # reserved: saving into a conversation comes later
-MODEL_IDS = {f"{PREFIX}{m}": m for m in MODELS}
 CREATED = 1_767_225_600  # the models' "created" (2026-01-01): fixed, so the list is stable
 
 
@@ -231,6 +229,11 @@ def _data(payload: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+def model_ids(service: ChatService) -> dict[str, str]:
+    """OpenAI model id -> what the router calls it (`hybrid-chat/auto` -> `auto`)."""
+    return {f"{PREFIX}{m}": m for m in service.client.models}
+
+
 def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter) -> APIRouter:
     router = APIRouter()
 
@@ -241,7 +244,8 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         except HTTPException as exc:
             return _from_http(exc).response()
         data = [
-            {"id": m, "object": "model", "created": CREATED, "owned_by": "hybrid-chat"} for m in MODEL_IDS
+            {"id": m, "object": "model", "created": CREATED, "owned_by": "hybrid-chat"}
+            for m in model_ids(service)
         ]
         return JSONResponse({"object": "list", "data": data})
 
@@ -265,11 +269,12 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         except ValidationError as exc:
             fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
             raise APIError(400, f"Invalid request body: check {', '.join(fields)[:200]}.") from None
-        model = MODEL_IDS.get(body.model) or (body.model if body.model in MODELS else None)
+        ids = model_ids(service)
+        model = ids.get(body.model) or (body.model if body.model in ids.values() else None)
         if model is None:
             raise APIError(
                 404,
-                f"The model {body.model[:60]!r} does not exist: use one of {', '.join(MODEL_IDS)}.",
+                f"The model {body.model[:60]!r} does not exist: use one of {', '.join(ids)}.",
                 param="model",
                 code="model_not_found",
             )
@@ -291,6 +296,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 body.max_completion_tokens or body.max_tokens,
                 system,
                 seed=body.seed,
+                models=service.client.models,
             )
         except LimitExceeded as exc:
             raise APIError(400, str(exc)) from None
