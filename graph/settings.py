@@ -184,6 +184,38 @@ class Settings(BaseSettings):
     )
     # --- end UI ---
 
+    # --- Attachments (images, PDFs: issue 15) --------------------------------------------------
+    gemma_attachments: str | None = Field(
+        default=None,
+        description='What Gemma takes besides text: "image", "image,pdf" or "none". Unset: vLLM\'s Gemma 3 '
+        "takes images; the embedded stand-in (a text-only model) nothing.",
+    )
+    gemini_attachments: str | None = Field(
+        default=None, description='What Gemini takes besides text (as gemma_attachments). Unset: "image,pdf".'
+    )
+    gemma_max_images: int = Field(
+        default=4, ge=0, description="Images per prompt Gemma takes: at most vLLM's --limit-mm-per-prompt."
+    )
+    attachment_max_bytes: int = Field(
+        default=5_000_000, ge=1, description="Largest attachment, in bytes (decoded), on every way in."
+    )
+    attachment_max_count: int = Field(default=4, ge=0, description="Attachments per message.")
+    attachment_max_pixels: int = Field(
+        default=40_000_000, ge=1, description="Largest image, width x height (decompression bombs)."
+    )
+    attachment_max_pdf_pages: int = Field(default=100, ge=1, description="Longest PDF, in pages.")
+    attachment_history_max: int = Field(
+        default=2,
+        ge=0,
+        description="Earlier attachments the model sees again on later turns (the newest first), "
+        "besides this turn's.",
+    )
+    attachments_path: Path = Field(
+        default_factory=lambda: _data_dir() / "attachments",
+        description="Where the embedded defaults keep attachments (outside the message rows).",
+    )
+    # --- end attachments ---
+
 
 def _data_dir() -> Path:
     """$XDG_DATA_HOME/hybrid-chat (default ~/.local/share/hybrid-chat): where runtime files go."""
