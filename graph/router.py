@@ -36,6 +36,7 @@ class RouteRequest:
     max_tokens: int = 512
     new_conversation: bool = True
     signals: Signals = field(default_factory=lambda: Signals({b: True for b in BACKENDS}))
+    text: str = ""  # this turn's user message (`learned` reads it; "" when the caller does not pass it)
 
 
 @dataclass(frozen=True)
