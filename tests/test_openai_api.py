@@ -199,12 +199,16 @@ async def test_bad_requests_are_refused_in_openais_shape(echo_app: tuple[Any, Ec
         assert r.status_code == status, (body, r.text)
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
-    r = await post(
-        app, {"model": "hybrid-chat/gemma", "messages": hi}, headers={"x-hybrid-chat-conversation": "c1"}
-    )
-    assert r.status_code == 400 and r.json()["error"]["param"] == "metadata.conversation_id"
-    r = await post(app, {"model": "hybrid-chat/gemma", "messages": hi, "metadata": {"conversation_id": "c1"}})
-    assert r.status_code == 400
+    conversation_cases = [  # the conversation to save into: named twice differently, not an id, not text
+        ({"x-hybrid-chat-conversation": "c1"}, {"conversation_id": "c2"}),
+        ({"x-hybrid-chat-conversation": "a/b"}, None),
+        ({}, {"conversation_id": "__x__"}),
+        ({}, {"conversation_id": 7}),
+    ]
+    for headers, metadata in conversation_cases:
+        body = {"model": "hybrid-chat/gemma", "messages": hi, "metadata": metadata}
+        r = await post(app, body, headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "metadata.conversation_id", r.text
     r = await post(app, {"messages": hi})
     assert r.status_code == 400 and "model" in r.json()["error"]["message"]
     assert model.prompts == []  # nothing refused reached the model

@@ -21,6 +21,13 @@ starts anyway (no crash loop), logs at ERROR what to set, and `Identity.unconfig
 cannot work: `/readyz` answers 503 with that reason, every other route but `/healthz` and `/metrics`
 answers 503 with a short message (`SignInNotConfigured`), and nobody is let in.
 
+API keys (`hybrid-chat keys create --user U`, `graph.memory.keys`) sign in to the OpenAI-compatible
+endpoint (`Authorization: Bearer hck_...`, the `api_key` of OpenAI clients) in every mode, beside the
+mode's own sign-in: a bearer token that looks like one of our keys decides alone (valid: its user;
+wrong, unknown or revoked: refused, never another mode's user); any other request signs in as the mode
+says (IAP's headers, HTTP Basic, or the local user, so the placeholder `api_key` an OpenAI client needs
+still works where there is no sign-in). See `key_user`.
+
 Failed passwords are throttled per user name and client address (`ui.throttle`, one `LoginThrottle` per
 `Identity`, shared by the login form and HTTP Basic). A rejected IAP assertion is logged by its kind of
 fault (malformed, wrong algorithm, unknown key, bad signature or claims, ...), once per kind per minute
@@ -39,6 +46,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from graph.memory.keys import KeyStore, looks_like_key
 from graph.settings import Settings
 from ui.security import gradio_app_kwargs
 from ui.throttle import LoginThrottle
@@ -306,3 +314,29 @@ class SignInNotConfigured:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class KeyRefused(Exception):
+    """A bearer token claiming to be an API key that is not an active one; the message is for the caller."""
+
+
+def bearer_token(request: Any) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+async def key_user(keys: KeyStore | None, request: Any) -> str | None:
+    """The user whose API key the request carries; None when it carries none (the mode's own sign-in
+    applies), `KeyRefused` when it carries one that is malformed, unknown, wrong or revoked. The key is
+    never logged: only its public id."""
+    token = bearer_token(request)
+    if token is None or not looks_like_key(token):
+        return None
+    record = await keys.acheck(token) if keys is not None else None
+    if record is None:
+        raise KeyRefused("Invalid or revoked API key.")
+    log.debug("signed in with API key %s", record.id)
+    return record.user_id

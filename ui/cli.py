@@ -1,4 +1,5 @@
-"""The `hybrid-chat` command: `serve` (browser chat), `chat` (terminal), `ask` (one turn)."""
+"""The `hybrid-chat` command: `serve` (browser chat), `chat` (terminal), `ask` (one turn), `keys` (API
+keys for the OpenAI-compatible endpoint)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--max-tokens", type=int)
         cmd.add_argument("--quiet", action="store_true", help="print only the answer")
 
+    keys = sub.add_parser("keys", help="API keys for the OpenAI-compatible endpoint (/v1)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key for a user and print it (shown only once)")
+    create.add_argument("--user", required=True, help="the user the key signs in as")
+    create.add_argument("--name", default="", help="what the key is for (e.g. open-webui)")
+    listing = keys_sub.add_parser("list", help="a user's keys (never the keys themselves)")
+    listing.add_argument("--user", required=True)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id (see `keys list`)")
+    revoke.add_argument("id", help="the key's id (or its hck_<id>_ prefix)")
+
     from evals.cli import register  # `hybrid-chat eval run|compare|report`
 
     register(sub)
@@ -57,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.host, args.port)
     if args.command == "eval":
         return int(args.handler(args))
+    if args.command == "keys":
+        return asyncio.run(_keys(settings, args))
     try:
         return asyncio.run(_chat(settings, args))
     except KeyboardInterrupt:
@@ -76,6 +89,47 @@ def _serve(settings: Any, host: str | None, port: int | None) -> int:
     gc.collect()
     gc.freeze()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+async def _keys(settings: Any, args: argparse.Namespace) -> int:
+    """`keys create|list|revoke` on the key store beside the configured conversation store."""
+    from rich.console import Console
+
+    from graph.memory import MemoryUnavailable, make_store
+    from graph.memory.keys import key_store
+    from graph.validation import InvalidInput
+
+    err = Console(stderr=True, highlight=False)
+    store = make_store(settings)
+    keys = key_store(store)
+    try:
+        if args.keys_command == "create":
+            new = await keys.acreate(args.user, args.name)
+            err.print(
+                f"Created key {new.record.id} for {new.record.user_id}. Copy it now: it is not stored and "
+                "cannot be shown again."
+            )
+            print(new.key, flush=True)  # stdout: the key alone, for scripts
+        elif args.keys_command == "list":
+            for k in await keys.alist(args.user):
+                state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M} UTC" if k.revoked_at else "active"
+                print(f"{k.id}  {k.prefix}…  {k.created_at:%Y-%m-%d %H:%M} UTC  {state}  {k.name}".rstrip())
+        else:
+            record = await keys.arevoke(args.id)
+            if record is None:
+                err.print(f"[red]error:[/red] no key with id {args.id[:40]!r}")
+                return 1
+            err.print(f"Revoked key {record.id} of {record.user_id}: it is refused from now on.")
+    except InvalidInput as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+    except MemoryUnavailable as exc:
+        err.print(f"[red]error:[/red] the store is unreachable: {exc}")
+        return 1
+    finally:
+        await keys.aclose()
+        await store.aclose()
     return 0
 
 

@@ -1,15 +1,23 @@
 """An OpenAI-compatible endpoint: `GET /v1/models` and `POST /v1/chat/completions` (issue 14, first step).
 
 Any OpenAI client (the `openai` SDK, LangChain's `ChatOpenAI`, Open WebUI) gets hybrid-chat's routing and
-fallback. One implementation over the one core: `ChatService.turn` with `stateless=True`, the request's
-`messages` converted by langchain_core (`convert_to_messages`); streamed and non-streamed responses are
-two renderings of the same events. Stateless: OpenAI clients send the whole conversation every time, and
-nothing is stored (saving into a named conversation comes later: the `x-hybrid-chat-conversation` header
-and `metadata.conversation_id` are refused with 400 until then, never ignored).
+fallback. One implementation over the one core, `ChatService.turn`; streamed and non-streamed responses
+are two renderings of the same events.
 
-Shared with `/api/chat` (ui/api.py): sign-in (`api_user`: IAP, HTTP Basic with the configured users, or
-the local user; bearer API keys come later), the per-user rate limit, the one limit on answers streaming
-at once, and `EventStream` (the answer stops when the client goes away or stops reading).
+- Stateless by default: OpenAI clients send the whole conversation every time; it goes to the model as
+  sent (`convert_to_messages`, `stateless=True`) and nothing is stored.
+- Saving into a conversation: the header `x-hybrid-chat-conversation: ID` or `metadata.conversation_id`
+  names one of the caller's conversations (an id nobody uses starts one). The turn is then an ordinary
+  turn of that conversation, as on the page: the stored conversation is the context, the request's
+  last user message is the new question, and only the question and its answer are stored. The
+  request's earlier messages are checked but not used (the client's copy of the history may be older,
+  edited or shorter than the stored one; memory is the truth). Another user's conversation answers 404,
+  as one that cannot be found does on the page.
+
+Sign-in: an API key (`Authorization: Bearer hck_...`, see `ui.auth.key_user`) or, without one, what
+`/api/chat` takes (`api_user`: IAP, HTTP Basic with the configured users, or the local user). Shared with
+`/api/chat` and the page: the per-user rate limit, the one limit on answers streaming at once, and
+`EventStream` (the answer stops when the client goes away or stops reading).
 
 Models: `hybrid-chat/auto`, `hybrid-chat/gemma`, `hybrid-chat/gemini` (the bare names work too). Which
 backend answered never changes the text: `model` is `hybrid-chat/<backend that answered>`; non-streamed
@@ -41,16 +49,17 @@ from langchain_core.messages import BaseMessage, convert_to_messages
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
-from graph.validation import InvalidInput
+from graph.memory.keys import KeyStore, key_store
+from graph.validation import InvalidInput, check_session_id
 from ui.api import EventStream, api_user
-from ui.auth import Identity
-from ui.chat import ChatService, Delta, Done, turn_params
-from ui.limits import Busy, LimitExceeded, RateLimiter, StreamSlot
+from ui.auth import Identity, KeyRefused, key_user
+from ui.chat import NOT_AVAILABLE, ChatService, Delta, Done, turn_params
+from ui.limits import Busy, LimitExceeded, RateLimiter, StreamSlot, check_message
 
 log = logging.getLogger(__name__)
 
 PREFIX = "hybrid-chat/"
-CONVERSATION_HEADER = "x-hybrid-chat-conversation"  # reserved: saving into a conversation comes later
+CONVERSATION_HEADER = "x-hybrid-chat-conversation"  # names the conversation to save the turn into
 CREATED = 1_767_225_600  # the models' "created" (2026-01-01): fixed, so the list is stable
 
 
@@ -196,13 +205,34 @@ def conversation(raw: list[dict[str, Any]]) -> tuple[list[BaseMessage], str | No
     return convert_to_messages(turns), ("\n\n".join(systems) if systems else None)
 
 
+def conversation_id(header: str | None, metadata: dict[str, Any] | None) -> str | None:
+    """The conversation to save into (header or `metadata.conversation_id`), None for a stateless turn;
+    400 when it is not a valid id or the two disagree."""
+    raw = (metadata or {}).get("conversation_id")
+    if raw is not None and not isinstance(raw, str):
+        raise APIError(400, "metadata.conversation_id must be a string.", param="metadata.conversation_id")
+    named = [v.strip() for v in (header, raw) if v and v.strip()]
+    if not named:
+        return None
+    if len(set(named)) > 1:
+        raise APIError(
+            400,
+            f"The {CONVERSATION_HEADER} header and metadata.conversation_id name different conversations.",
+            param="metadata.conversation_id",
+        )
+    try:
+        return check_session_id(named[0])
+    except InvalidInput as exc:
+        raise APIError(400, f"Invalid conversation id: {exc}.", param="metadata.conversation_id") from None
+
+
 def _ascii(value: Any) -> str:
     return str(value).encode("ascii", "replace").decode()[:300]
 
 
-def _extension(done: Done) -> dict[str, Any]:
+def _extension(done: Done, conversation: str | None = None) -> dict[str, Any]:
     meta = done.meta
-    return {
+    ext = {
         "backend": meta.get("backend"),
         "requested_backend": meta.get("requested_backend"),
         "route_reason": meta.get("route_reason"),
@@ -210,6 +240,18 @@ def _extension(done: Done) -> dict[str, Any]:
         "interrupted": meta.get("interrupted"),
         "ttft_ms": meta.get("ttft_ms"),
     }
+    if conversation is not None:  # saved: where, and whether the store took it
+        ext.update(conversation_id=conversation, saved=done.answer_saved, note=done.note)
+    return ext
+
+
+def _keys(service: ChatService) -> KeyStore | None:
+    """The API keys kept beside the conversation store; None for a store without (every key refused)."""
+    try:
+        return key_store(service.client.store)
+    except TypeError:
+        log.info("API keys are not available with %s", type(service.client.store).__name__)
+        return None
 
 
 def _finish(done: Done) -> str:
@@ -236,13 +278,32 @@ def model_ids(service: ChatService) -> dict[str, str]:
 
 def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter) -> APIRouter:
     router = APIRouter()
+    keys = _keys(service)
+
+    async def caller(request: Request) -> str:
+        """The API key's user; without a key, whoever the sign-in mode says (`api_user`)."""
+        try:
+            user = await key_user(keys, request)
+        except KeyRefused as exc:
+            raise APIError(401, str(exc), "authentication_error", code="invalid_api_key") from None
+        except MemoryUnavailable:
+            log.warning("API key check failed: the store is unreachable")
+            raise APIError(
+                503, "The API key cannot be checked right now: try again in a moment.", "service_unavailable"
+            ) from None
+        if user is not None:
+            return user
+        try:
+            return await api_user(identity, request)
+        except HTTPException as exc:
+            raise _from_http(exc) from None
 
     @router.get("/v1/models")
     async def models(request: Request) -> Response:
         try:
-            await api_user(identity, request)
-        except HTTPException as exc:
-            return _from_http(exc).response()
+            await caller(request)
+        except APIError as exc:
+            return exc.response()
         data = [
             {"id": m, "object": "model", "created": CREATED, "owned_by": "hybrid-chat"}
             for m in model_ids(service)
@@ -255,11 +316,9 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             return await _completions(request)
         except APIError as exc:
             return exc.response()
-        except HTTPException as exc:
-            return _from_http(exc).response()
 
     async def _completions(request: Request) -> Response:
-        user = await api_user(identity, request)  # who calls first, then the body
+        user = await caller(request)  # who calls first, then the body
         if service.draining:
             raise APIError(
                 503, "The server is restarting: try again in a few seconds.", "service_unavailable"
@@ -279,14 +338,14 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 code="model_not_found",
             )
         unsupported(body)
-        if request.headers.get(CONVERSATION_HEADER) or (body.metadata or {}).get("conversation_id"):
-            raise APIError(
-                400,
-                "Saving into a conversation is not supported yet: this endpoint is stateless.",
-                param="metadata.conversation_id",
-                code="unsupported_parameter",
-            )
+        saving = conversation_id(request.headers.get(CONVERSATION_HEADER), body.metadata)
         messages, system = conversation(body.messages)
+        question = ""
+        if saving is not None:
+            try:
+                question = check_message(str(messages[-1].content), service.settings.max_message_chars)
+            except LimitExceeded as exc:
+                raise APIError(400, str(exc), param="messages") from None
         try:
             params = turn_params(
                 service.settings,
@@ -311,6 +370,8 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(wait)},
             ) from None
+        if saving is not None:
+            await _check_owner(user, saving)
         try:
             slot = await service.stream_slot()
         except Busy as exc:
@@ -322,15 +383,40 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 headers={"Retry-After": str(exc.retry_after_s)},
             ) from None
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        turn = service.turn(user, uuid.uuid4().hex, messages, params, slot=slot, stateless=True)
+        if saving is None:
+            turn = service.turn(user, uuid.uuid4().hex, messages, params, slot=slot, stateless=True)
+        else:  # an ordinary turn of the stored conversation: only the question and its answer are new
+            turn = service.turn(user, saving, question, params, slot=slot)
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
-            events = _chunks(turn, completion_id, body.model, usage)
+            events = _chunks(turn, completion_id, body.model, usage, saving)
             return EventStream(events, slot, write_timeout_s=service.settings.stream_write_timeout_s)
-        return await _whole(request, turn, slot, completion_id)
+        return await _whole(request, turn, slot, completion_id, saving)
+
+    async def _check_owner(user: str, session_id: str) -> None:
+        """404 for another user's conversation, with the page's text for one that cannot be found; an
+        id nobody uses is a new conversation (its first turn creates it)."""
+        try:
+            await service.client.check_owner(user, session_id)
+        except ConversationNotFound:
+            return
+        except AccessDenied:
+            raise APIError(
+                404, NOT_AVAILABLE, param="metadata.conversation_id", code="conversation_not_found"
+            ) from None
+        except MemoryUnavailable:
+            raise APIError(
+                503,
+                "The conversation store is unreachable right now: try again in a moment.",
+                "service_unavailable",
+            ) from None
 
     async def _whole(
-        request: Request, turn: AsyncIterator[Delta | Done], slot: StreamSlot, cid: str
+        request: Request,
+        turn: AsyncIterator[Delta | Done],
+        slot: StreamSlot,
+        cid: str,
+        saving: str | None,
     ) -> Response:
         """The non-streamed answer: the turn run to its end, stopped if the client goes away first."""
 
@@ -361,7 +447,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             raise APIError(500, "No answer came back.", "server_error")
         if done.kind != "answer":
             raise _from_failed(done)
-        ext = _extension(done)
+        ext = _extension(done, saving)
         body = {
             "id": cid,
             "object": "chat.completion",
@@ -383,10 +469,13 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             "x-hybrid-chat-route": _ascii(ext["route_reason"] or ""),
             "x-hybrid-chat-fallback": "true" if ext["fallback"] else "false",
         }
+        if saving is not None:
+            headers[CONVERSATION_HEADER] = _ascii(saving)
+            headers["x-hybrid-chat-saved"] = "true" if done.answer_saved else "false"
         return JSONResponse(body, headers=headers)
 
     async def _chunks(
-        turn: AsyncIterator[Delta | Done], cid: str, requested: str, include_usage: bool
+        turn: AsyncIterator[Delta | Done], cid: str, requested: str, include_usage: bool, saving: str | None
     ) -> AsyncIterator[bytes]:
         """The streamed answer. The backend is known at the end only: the chunks before name the model
         asked for; the final chunk names the backend that answered and carries `hybrid_chat`."""
@@ -420,7 +509,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 model = f"{PREFIX}{event.meta.get('backend')}"
                 if len(event.text) > sent:
                     yield chunk(model, {"content": event.text[sent:]}, None)
-                yield chunk(model, {}, _finish(event), hybrid_chat=_extension(event))
+                yield chunk(model, {}, _finish(event), hybrid_chat=_extension(event, saving))
                 if include_usage:
                     yield _data(
                         {
