@@ -21,14 +21,12 @@ import pytest
 # Fixtures (rendered, tf, skaffold, ...) come from conftest.py.
 from tests.infra.test_infra import (
     DEPLOY,
-    DOCKERFILE,
     OVERLAYS,
     REPO,
     Terraform,
     _blocks,
     _config_map,
     _container,
-    _dockerfile,
     _infra_json,
     _obj,
     _objs,
@@ -304,15 +302,8 @@ def test_skaffold_refuses_to_deploy_while_project_env_holds_the_placeholder(
     assert accepted.returncode == 0, accepted.stderr
 
 
-def test_dockerfile_builds_dependency_wheels_before_it_copies_the_code() -> None:
-    builder = DOCKERFILE.read_text(encoding="utf-8").split("\nFROM ", 2)[1]
-    steps = [(i, a) for i, a in _dockerfile() if i in ("COPY", "RUN") and "--from" not in a]
-    text_steps = [f"{i} {a}" for i, a in steps]
-    first_code = next(n for n, s in enumerate(text_steps) if re.match(r"COPY (graph|ui|evals|\.)\b", s))
-    deps = next(n for n, s in enumerate(text_steps) if "pip wheel" in s and "-r " in s)
-    assert deps < first_code, "dependency wheels must not depend on the code layer"
-    assert text_steps[0].startswith("COPY pyproject.toml"), text_steps[0]
-    assert "COPY . ." not in builder
+# The Dockerfile's dependency layer (installed from the lock, before the source is copied) is checked in
+# test_lock.py: test_dockerfile_installs_the_lock_before_it_copies_the_source and test_the_layer_check_bites.
 
 
 # ========================================================================================================
