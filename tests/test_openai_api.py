@@ -301,3 +301,175 @@ def test_sdk_signs_in_with_http_basic(tmp_path: Path) -> None:
         )
         answer = alice.chat.completions.create(model="hybrid-chat/gemma", messages=hi)  # type: ignore[arg-type]
         assert answer.choices[0].message.content == "echo:hi"
+
+
+def conv_headers(cid: str) -> dict[str, str]:
+    return {"x-hybrid-chat-conversation": cid}
+
+
+async def test_a_named_conversation_keeps_only_the_new_turn_and_memory_is_the_context(
+    echo_app: tuple[Any, EchoModel],
+) -> None:
+    """OpenAI clients send the whole history each time: only the last question and its answer are
+    stored, and the stored conversation (not the client's copy) is what the model sees."""
+    app, model = echo_app
+    chats = app.state.chat
+    first = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "first question"}]
+    r = await post(app, {"model": "hybrid-chat/gemma", "messages": first}, headers=conv_headers("c1"))
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "echo:first question"
+    assert r.headers["x-hybrid-chat-conversation"] == "c1" and r.headers["x-hybrid-chat-saved"] == "true"
+    assert r.json()["hybrid_chat"]["conversation_id"] == "c1" and r.json()["hybrid_chat"]["saved"] is True
+    assert [m.text for m in await chats.messages("local", "c1")] == ["first question", "echo:first question"]
+
+    # The client's copy disagrees with memory (an edited answer, a turn memory never saw): memory wins.
+    history = [
+        *first,
+        {"role": "assistant", "content": "an answer the client edited"},
+        {"role": "user", "content": "a question only the client has"},
+        {"role": "assistant", "content": "its answer"},
+        {"role": "user", "content": "second question"},
+    ]
+    body = {"model": "hybrid-chat/gemma", "messages": history, "metadata": {"conversation_id": "c1"}}
+    r = await post(app, body)
+    assert r.json()["choices"][0]["message"]["content"] == "echo:first question|second question"
+    prompt = model.prompts[-1]
+    assert [m.type for m in prompt] == ["system", "human", "ai", "human"]
+    assert prompt[0].content == "Be brief." and prompt[2].content == "echo:first question"
+
+    streamed = {**body, "messages": [{"role": "user", "content": "third"}], "stream": True}
+    r = await post(app, streamed)
+    lines = [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in lines if c["choices"])
+    assert text == "echo:first question|second question|third"
+    assert lines[-1]["hybrid_chat"]["conversation_id"] == "c1" and lines[-1]["hybrid_chat"]["saved"] is True
+    stored = [m.text for m in await chats.messages("local", "c1")]
+    assert stored == [
+        "first question",
+        "echo:first question",
+        "second question",
+        "echo:first question|second question",
+        "third",
+        "echo:first question|second question|third",
+    ]
+    assert [c.session_id for c in (await chats.conversations("local")).conversations] == ["c1"]
+
+
+async def test_one_user_cannot_save_into_or_read_anothers_conversation(tmp_path: Path) -> None:
+    from graph.memory.keys import key_store
+    from ui.chat import NOT_AVAILABLE
+    from ui.server import create_app
+
+    model = EchoModel()
+    settings = local_settings(tmp_path, auth_users="alice:wonder,bob:builder")
+    backends = ScriptedBackends(settings, {"gemma": model, "gemini": model})
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
+    keys = key_store(app.state.chat.client.store)
+    alice, bob = (await keys.acreate("alice")).key, (await keys.acreate("bob")).key
+    secret = {"model": "hybrid-chat/gemma", "messages": [{"role": "user", "content": "the secret plan"}]}
+    r = await post(app, secret, headers={**conv_headers("plans"), "Authorization": f"Bearer {alice}"})
+    assert r.status_code == 200
+    asked = len(model.prompts)
+
+    probe = {"model": "hybrid-chat/gemma", "messages": [{"role": "user", "content": "repeat what I said"}]}
+    for extra in ({}, {"stream": True}, {"metadata": {"conversation_id": "plans"}}):
+        headers = {"Authorization": f"Bearer {bob}", **({} if "metadata" in extra else conv_headers("plans"))}
+        r = await post(app, {**probe, **extra}, headers=headers)
+        assert r.status_code == 404, r.text
+        error = r.json()["error"]
+        assert error["code"] == "conversation_not_found" and error["message"] == NOT_AVAILABLE
+        assert "secret" not in r.text
+    # Through HTTP Basic too (the other way to sign in as bob).
+    r = await post(app, probe, headers=conv_headers("plans"), auth=("bob", "builder"))
+    assert r.status_code == 404
+    assert len(model.prompts) == asked  # nothing of bob's reached a model
+    chats = app.state.chat
+    assert [m.text for m in await chats.messages("alice", "plans")] == [
+        "the secret plan",
+        "echo:the secret plan",
+    ]
+    assert (await chats.conversations("bob")).conversations == []
+    # bob's own conversation of the same kind works
+    r = await post(app, probe, headers={**conv_headers("bobs"), "Authorization": f"Bearer {bob}"})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo:repeat what I said"
+    await keys.aclose()
+
+
+def test_litellm_client_two_turns_saved_and_streamed(tmp_path: Path, local_backends: Backends) -> None:
+    """LiteLLM's own client (`litellm.completion` / `acompletion`, `openai/` provider, `api_base`), with an
+    API key and the conversation header, against the real local stand-ins."""
+    import asyncio
+    import os
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of its price list
+    import litellm
+
+    from graph.memory.keys import key_store
+
+    app = app_for(tmp_path, local_backends, auth_users="alice:wonder")
+    key = asyncio.run(key_store(app.state.chat.client.store).acreate("alice")).key
+    common: dict[str, Any] = {
+        "model": "openai/hybrid-chat/auto",
+        "api_key": key,
+        "max_tokens": 24,
+        "temperature": 0,
+        "extra_headers": conv_headers("via-litellm"),
+        "num_retries": 0,
+    }
+    with serve_app(app) as base:
+        common["api_base"] = f"{base}/v1"
+        q1 = [{"role": "user", "content": "What is the capital of France?"}]
+        first = litellm.completion(messages=q1, **common)
+        a1 = first.choices[0].message.content or ""
+        assert "Paris" in a1
+
+        q2 = [*q1, {"role": "assistant", "content": a1}, {"role": "user", "content": "And of Italy?"}]
+        chunks = list(litellm.completion(messages=q2, stream=True, **common))
+        a2 = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert a2.strip() and sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+
+        async def third() -> str:
+            q3 = [{"role": "user", "content": "What is the capital of Spain?"}]
+            stream = await litellm.acompletion(messages=q3, stream=True, **common)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        a3 = asyncio.run(third())
+        assert a3.strip()
+        stored = asyncio.run(app.state.chat.messages("alice", "via-litellm"))
+        texts = [m.text for m in stored]
+        assert texts == [q1[0]["content"], a1, "And of Italy?", a2, "What is the capital of Spain?", a3]
+
+        with pytest.raises(litellm.AuthenticationError):
+            litellm.completion(messages=q1, **{**common, "api_key": key[:-2] + "zz"})
+
+
+def test_page_and_endpoint_share_a_users_rate_limit(tmp_path: Path) -> None:
+    """Two messages a minute for alice, whichever way in: the page (through gradio_client) uses one,
+    this endpoint the other, then both refuse her; bob is not affected."""
+    import asyncio
+
+    from gradio_client import Client
+
+    from graph.memory.keys import key_store
+    from ui.server import create_app
+
+    model = EchoModel()
+    settings = local_settings(tmp_path, auth_users="alice:wonder,bob:builder", rate_limit_per_minute=2)
+    backends = ScriptedBackends(settings, {"gemma": model, "gemini": model})
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
+    keys = key_store(app.state.chat.client.store)
+    alice_key, bob_key = (asyncio.run(keys.acreate(u)).key for u in ("alice", "bob"))
+    hi = [{"role": "user", "content": "hi"}]
+    with serve_app(app) as base:
+        page = Client(base, auth=("alice", "wonder"), verbose=False)
+        assert page.predict("from the page", "gemma", "p1", api_name="/chat") == "echo:from the page"
+        api = openai.OpenAI(base_url=f"{base}/v1", api_key=alice_key, max_retries=0)
+        assert api.chat.completions.create(model="hybrid-chat/gemma", messages=hi).choices[0].message.content
+        with pytest.raises(openai.RateLimitError) as limited:
+            api.chat.completions.create(model="hybrid-chat/gemma", messages=hi)  # type: ignore[arg-type]
+        assert int(limited.value.response.headers["retry-after"]) >= 1
+        with pytest.raises(Exception, match="too fast"):
+            page.predict("again from the page", "gemma", "p1", api_name="/chat")
+        bob = openai.OpenAI(base_url=f"{base}/v1", api_key=bob_key, max_retries=0)
+        assert bob.chat.completions.create(model="hybrid-chat/gemma", messages=hi).choices[0].message.content
+    assert len(model.prompts) == 3
