@@ -1,10 +1,11 @@
-"""`hybrid-chat eval run|compare|report`: the command-line face of `evals`.
+"""`hybrid-chat eval run|compare|report|calibrate`: the command-line face of `evals`.
 
 `register(subparsers)` adds the `eval` command to an argparse subparsers object; `handle(args)` runs
 it and returns the exit code. Nothing heavy is imported until a command runs.
 
 Exit codes: `run` 0 when the run completed (failed cases are results, not errors), 2 on bad arguments
-or a bad dataset; `compare` 0 without regressions, 1 with (like `diff`), 2 on missing runs.
+or a bad dataset; `compare` 0 without regressions, 1 with (like `diff`), 2 on missing runs;
+`calibrate` 0 when the router file is written, 2 when the runs cannot be calibrated on (says why).
 """
 
 from __future__ import annotations
@@ -33,6 +34,24 @@ def _price(value: str) -> tuple[str, tuple[float, float]]:
     if name not in ("gemma", "gemini"):
         raise argparse.ArgumentTypeError(f"{name!r}: price a backend, gemma or gemini")
     return name, (p_in, p_out)
+
+
+def _fraction(value: str) -> float:
+    try:
+        v = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a fraction, e.g. 0.95 or 95%") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be between 0 and 1 (0% and 100%)")
+    return v
+
+
+def _prices(value: str) -> tuple[float, float]:
+    try:
+        p_in, p_out = (float(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected IN,OUT (USD per 1M tokens)") from None
+    return p_in, p_out
 
 
 def _setting(value: str) -> tuple[str, str]:
@@ -117,6 +136,39 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="re-write summary, report and plots of a run from its results")
     rep.add_argument("dir", type=Path)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="learn the `learned` router from runs where gemma and gemini answered the same cases",
+        description="Fit P(Gemma's answer is at least as good as Gemini's) from the message and the "
+        "conversation's length, choose the threshold on held-out data for a target, write the router file "
+        "(HYBRID_CHAT_ROUTER_FILE) and its report (Markdown + PNG) beside it.",
+    )
+    cal.add_argument(
+        "--runs", nargs="+", type=Path, required=True, metavar="DIR", help="eval run directories"
+    )
+    cal.add_argument(
+        "--out", type=Path, default=Path("router.json"), help="router file (default router.json)"
+    )
+    goal = cal.add_mutually_exclusive_group()
+    goal.add_argument(
+        "--keep-quality",
+        type=_fraction,
+        metavar="F",
+        help="keep this share of always-Gemini's quality, with the fewest turns to Gemini (default 0.95)",
+    )
+    goal.add_argument(
+        "--max-gemini-share",
+        type=_fraction,
+        metavar="F",
+        help="send at most this share of turns to Gemini, with the best quality (e.g. 0.3)",
+    )
+    cal.add_argument("--test-size", type=_fraction, default=0.3, help="share of cases held out (default 0.3)")
+    cal.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    cal.add_argument("--seed", type=int, default=0, help="for the split and the folds (default 0)")
+    cal.add_argument(
+        "--gemini-price", type=_prices, metavar="IN,OUT", help="USD per 1M tokens (default: Gemini 2.5 Flash)"
+    )
     ev.set_defaults(handler=handle)
     return ev
 
@@ -132,6 +184,8 @@ def handle(args: argparse.Namespace) -> int:
         return _run(args)
     if args.eval_command == "compare":
         return _compare(args)
+    if args.eval_command == "calibrate":
+        return _calibrate(args)
     return _report(args)
 
 
@@ -259,6 +313,49 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(args.dir / "report.md")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from evals import calibrate_report
+    from evals.calibrate import CalibrationError, Target, calibrate, load_pairs, write_router
+    from evals.dataset import DatasetError
+
+    if args.max_gemini_share is not None:
+        target = Target("max_gemini_share", args.max_gemini_share)
+    else:
+        target = Target("keep_quality", 0.95 if args.keep_quality is None else args.keep_quality)
+    if not 0.0 < args.test_size < 1.0 or args.folds < 2:
+        print("error: --test-size must be between 0 and 1 (exclusive), --folds at least 2", file=sys.stderr)
+        return 2
+    try:
+        pairs = load_pairs(args.runs)
+        cal = calibrate(
+            pairs,
+            target,
+            test_size=args.test_size,
+            folds=args.folds,
+            seed=args.seed,
+            sources=[str(r) for r in args.runs],
+        )
+    except (CalibrationError, DatasetError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    price = args.gemini_price or calibrate_report.GEMINI_FLASH_USD_PER_1M
+    write_router(cal.model, args.out)
+    command = (
+        "hybrid-chat eval " + shlex.join(sys.argv[sys.argv.index("calibrate") :])
+        if "calibrate" in sys.argv
+        else ""
+    )
+    md, png = calibrate_report.write(cal, args.out, target=target.describe(), price=price, command=command)
+    learned = calibrate_report.rows(cal, price)[-1]
+    print(
+        f"router: {args.out} (threshold {cal.model.threshold:.3f}; held out: {learned.share:.1%} of turns "
+        f"to Gemini, quality {learned.quality:.3f})\nreport: {md}\nplot:   {png}"
+    )
     return 0
 
 

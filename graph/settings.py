@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     auto_gemma_max_waiting: float = Field(
         default=2, ge=0, description="auto: new conversations go to Gemini when vLLM queues this many."
     )
+    router_file: Path | None = Field(
+        default=None,
+        description="A router file from `hybrid-chat eval calibrate`: offers the `learned` model (auto's "
+        "rules, then Gemma when it is predicted to answer as well as Gemini). Unset: no `learned` model.",
+    )
 
     # --- Embedded local model (used when gemma_base_url / gemini_project are unset) ----------
     local_model_threads: int = Field(default=2, ge=1)
