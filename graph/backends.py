@@ -14,6 +14,12 @@ same client and credentials (vLLM: `GET /v1/models` with the API key; Vertex AI:
 word), run by `watch_credentials` at start-up and every `credential_check_s`. A real answer refused the
 same way marks the backend at once (a callback on its models sees the error). Local stand-ins are not
 checked.
+
+Each backend also declares what it takes besides text (`Backends.accepts`, an `Accepts`): Gemma 3 on
+vLLM images (OpenAI `image_url` parts with data URLs), Gemini images and PDFs (inline data); the embedded
+llama.cpp stand-in (SmolLM2-135M, a text-only model without a vision projector) nothing; the Vertex
+stand-in images and PDFs (it checks them and says what it received). The settings' `gemma_attachments` /
+`gemini_attachments` override the kinds (a vLLM serving a text-only model says "none").
 """
 
 from __future__ import annotations
@@ -67,6 +73,47 @@ class _CredentialWatch(BaseCallbackHandler):
 
     def on_llm_end(self, response: Any, **kwargs: Any) -> None:
         self.check.record_success(source="answer")
+
+
+AttachmentKind = Literal["image", "pdf"]
+KIND_WORDS: dict[str, tuple[str, str]] = {"image": ("images", "see images"), "pdf": ("PDFs", "read PDFs")}
+# Gemini's documented limits: inline data up to 20 MB per request; images and PDFs per prompt: 3000.
+GEMINI_INLINE_MAX_BYTES = 20_000_000
+GEMINI_MAX_FILES = 3000
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What one backend takes besides text, and its name in words (for the route's reason)."""
+
+    label: str  # "Gemma stand-in", "Gemini"
+    kinds: frozenset[str] = frozenset()
+    max_bytes: int = 0  # all of one prompt's attachments together
+    max_count: int = 0  # per prompt
+
+    def refusal(self, kinds: frozenset[str], count: int, total_bytes: int) -> str | None:
+        """Why this backend cannot take these attachments ("image: Gemma stand-in cannot see images"),
+        or None when it can."""
+        for kind in sorted(kinds - self.kinds):
+            return f"{kind}: {self.label} cannot {KIND_WORDS.get(kind, (kind, 'take ' + kind))[1]}"
+        if count > self.max_count:
+            kind = sorted(kinds)[0] if kinds else "attachment"
+            return f"{kind}: {self.label} takes at most {self.max_count} attachment(s) per message"
+        if total_bytes > self.max_bytes:
+            kind = sorted(kinds)[0] if kinds else "attachment"
+            return f"{kind}: {self.label} takes at most {self.max_bytes:,} bytes of attachments"
+        return None
+
+
+def parse_kinds(value: str | None, default: frozenset[str]) -> frozenset[str]:
+    """A settings value ("image", "image,pdf", "none", "") as kinds; unset: `default`."""
+    if value is None:
+        return default
+    words = {w.strip().lower() for w in value.replace(";", ",").split(",")} - {"", "none"}
+    unknown = words - set(KIND_WORDS)
+    if unknown:
+        raise ValueError(f"unknown attachment kind(s) {sorted(unknown)}: use image, pdf or none")
+    return frozenset(words)
 
 
 @dataclass(frozen=True)
@@ -126,6 +173,24 @@ class Backends:
         if self.is_local(name):
             return f"Gemini stand-in: {LOCAL_MODEL_LABEL} behind a local Vertex-shaped endpoint"
         return f"{s.gemini_model} (Vertex AI)"
+
+    def short_label(self, name: BackendName) -> str:
+        """ "Gemma", "Gemma stand-in", ...: the name in a route's reason."""
+        return {"gemma": "Gemma", "gemini": "Gemini"}[name] + (" stand-in" if self.is_local(name) else "")
+
+    def accepts(self, name: BackendName) -> Accepts:
+        """What `name` takes besides text (see the module docstring)."""
+        s = self.settings
+        if name == "gemma":
+            # The embedded model has no vision projector: llama.cpp answers HTTP 500 "image input is
+            # not supported". vLLM's Gemma 3 takes images, as many as its --limit-mm-per-prompt.
+            default = frozenset() if self.is_local(name) else frozenset({"image"})
+            kinds = parse_kinds(s.gemma_attachments, default)
+            # vLLM sets no byte limit of its own: ours (per attachment, times those one prompt holds).
+            max_bytes = s.attachment_max_bytes * max(1, s.attachment_max_count + s.attachment_history_max)
+            return Accepts(self.short_label(name), kinds, max_bytes, s.gemma_max_images)
+        kinds = parse_kinds(s.gemini_attachments, frozenset({"image", "pdf"}))
+        return Accepts(self.short_label(name), kinds, GEMINI_INLINE_MAX_BYTES, GEMINI_MAX_FILES)
 
     # --- models ------------------------------------------------------------------------------
     def model(self, name: BackendName, params: GenerationParams) -> BaseChatModel:

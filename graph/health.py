@@ -106,6 +106,11 @@ def _status_of(exc: BaseException) -> int | None:
     return None
 
 
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status `exc` carries, if any (see `_status_of`)."""
+    return _status_of(exc)
+
+
 def credential_fault(exc: BaseException | None) -> str | None:
     """A short fixed description when `exc` says the credentials or the configuration are wrong (HTTP
     401/403/404, PermissionDenied, Unauthenticated, NotFound, DefaultCredentialsError), following

@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from langchain_core.messages import (
@@ -33,15 +34,21 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 
 from graph import metrics
-from graph.backends import BackendName, GenerationParams
+from graph.attachments import blocks
+from graph.backends import BACKENDS, Accepts, BackendName, GenerationParams
 from graph.context import Context, Services
+from graph.health import http_status
 from graph.memory.contract import AccessDenied, ChatHistory, ConversationNotFound, MemoryUnavailable
-from graph.router import SHORT_NAMES, RouteRequest
+from graph.router import SHORT_NAMES, RouteRequest, Signals
 from graph.sanitize import for_model
 from graph.settings import Settings
 from graph.state import OPTION_KEYS, State
 from graph.validation import (
+    AttachmentInfo,
+    AttachmentLimits,
     InvalidInput,
+    check_attachment,
+    check_attachment_count,
     check_id,
     check_new_messages,
     check_session_id,
@@ -150,6 +157,48 @@ async def _stored_after(history: ChatHistory, anchor_id: str, newer: BaseMessage
         page = await history.aget_page(before=page.next_before, limit=200)
 
 
+def attachment_limits(s: Settings) -> AttachmentLimits:
+    return AttachmentLimits(
+        max_bytes=s.attachment_max_bytes,
+        max_count=s.attachment_max_count,
+        max_pixels=s.attachment_max_pixels,
+        max_pdf_pages=s.attachment_max_pdf_pages,
+    )
+
+
+def check_attachments(messages: Sequence[BaseMessage], s: Settings) -> list[AttachmentInfo]:
+    """This turn's attachments, each checked from its bytes (`graph.validation.check_attachment`)."""
+    limits = attachment_limits(s)
+    found: list[AttachmentInfo] = []
+    for m in messages:
+        if m.type != "human":
+            continue
+        raw = blocks.find(m.content)
+        check_attachment_count(len(raw), limits)
+        found += [check_attachment(r.data, limits, r.name) for r in raw]
+    return found
+
+
+def attachment_signals(base: Signals, files: Sequence[AttachmentInfo], services: Services) -> Signals:
+    """The router's signals plus this turn's attachments and what each backend takes."""
+    if not files:
+        return base
+    return replace(
+        base,
+        attachments=frozenset(f.kind for f in files),
+        attachment_count=len(files),
+        attachment_bytes=sum(f.size for f in files),
+        accepts={b: services.backends.accepts(b) for b in BACKENDS},
+    )
+
+
+def estimate_tokens(messages: Sequence[BaseMessage]) -> int:
+    """`count_tokens_approximately`, an attachment counted as what the models count, not its base64."""
+    return count_tokens_approximately(
+        [m.model_copy(update={"content": blocks.without_files(m.content)}) for m in messages]
+    )
+
+
 def _refusal(unstored: Sequence[BaseMessage], exc: Exception) -> dict[str, Any]:
     """Refused: this run's input leaves the thread again (a checkpointer keeps the input of a run that
     raised, and every later run on the thread would be refused with it); `refuse` then raises."""
@@ -183,29 +232,35 @@ async def prepare(
         if not unstored and messages and messages[-1].id not in seen and messages[-1].type == "ai":
             unstored = [messages[-1]]  # an answer passed in as the input: refused as such, never stored
         check_new_messages(unstored)
+        files = check_attachments(unstored, s)
     except (InvalidInput, AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
         log.warning("turn refused: %s", type(exc).__name__)
         return _refusal(unstored, exc)
     system = options["system_prompt"] or ""
-    new_tokens = count_tokens_approximately(unstored) + len(system) // 4
+    new_tokens = estimate_tokens(unstored) + len(system) // 4
     kept = trim_messages(
         [m for m in window if not is_error_note(m)],
         max_tokens=max(0, s.history_max_tokens - new_tokens),
-        token_counter=count_tokens_approximately,
+        token_counter=estimate_tokens,
         strategy="last",
         start_on="human",
     )
     if services.router.gemma_load is not None:
         services.router.gemma_load.kick()  # refresh vLLM's queue length in the background
-    decision = services.router.decide(
-        RouteRequest(
-            requested=options["model"],
-            prompt_tokens=count_tokens_approximately(kept) + new_tokens,
-            max_tokens=options["max_tokens"],
-            new_conversation=not window,
-            signals=services.router.signals(),
+    try:  # the one rule on attachments is applied by the router, whatever the policy
+        decision = services.router.decide(
+            RouteRequest(
+                requested=options["model"],
+                prompt_tokens=estimate_tokens(kept) + new_tokens,
+                max_tokens=options["max_tokens"],
+                new_conversation=not window,
+                signals=attachment_signals(services.router.signals(), files, services),
+                text=next((m.text for m in reversed(unstored) if m.type == "human"), ""),  # for `learned`
+            )
         )
-    )
+    except InvalidInput as exc:  # no backend takes the attachments: refused before anything is saved
+        log.warning("turn refused: %s", type(exc).__name__)
+        return _refusal(unstored, exc)
     metrics.ROUTES.labels(decision.backend, decision.reason.split(" (")[0]).inc()
     # The question is saved now, in the background: a crash mid-answer keeps it; the answer waits for it.
     questions = [m for m in unstored if m.type == "human"]
@@ -253,11 +308,34 @@ def _params(options: dict[str, Any]) -> GenerationParams:
     )
 
 
-def _prompt(state: State) -> list[BaseMessage]:
+def _prompt(state: State, accepts: Accepts | None = None, history_max: int = 0) -> list[BaseMessage]:
+    """The prompt for one backend: this turn's attachments as the models take them (the router made
+    sure this backend can); earlier turns' newest first within `history_max` and what the backend takes
+    (`blocks.fit_content`), the rest as a line saying what was there."""
     system = (state.get("options") or {}).get("system_prompt")
     head: list[BaseMessage] = [SystemMessage(system)] if system and system.strip() else []
     turn = [m for m in new_messages(state) if m.type == "human"]
-    return for_model([*head, *alternate_roles([*(state.get("history") or {}).values(), *turn])])
+    turn = [m.model_copy(update={"content": blocks.to_model_content(m.content)}) for m in turn]
+    kinds = accepts.kinds if accepts else frozenset({"image", "pdf"})
+    budget = min(history_max, (accepts.max_count if accepts else history_max) - _count_files(turn))
+    history: list[BaseMessage] = []
+    for m in reversed(list((state.get("history") or {}).values())):
+        if m.type == "human" and isinstance(m.content, list):
+            content, kept = blocks.fit_content(m.content, kinds, max(0, budget))
+            budget -= kept
+            m = m.model_copy(update={"content": content})
+        history.append(m)
+    return for_model([*head, *alternate_roles([*history[::-1], *turn])])
+
+
+def _count_files(messages: Sequence[BaseMessage]) -> int:
+    return sum(
+        sum(1 for b in m.content if blocks.is_file_block(b)) for m in messages if isinstance(m.content, list)
+    )
+
+
+def _as_blocks(content: Any) -> list[Any]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
 
 def alternate_roles(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
@@ -275,7 +353,11 @@ def alternate_roles(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
         if not out and message.type == "ai":
             continue
         if out and out[-1].type == message.type:
-            merged = f"{out[-1].text}\n\n{message.text}"
+            before, content = out[-1].content, message.content
+            if isinstance(before, str) and isinstance(content, str):
+                merged: Any = f"{out[-1].text}\n\n{message.text}"
+            else:  # keep the attachments: blocks one after the other
+                merged = [*_as_blocks(before), {"type": "text", "text": "\n\n"}, *_as_blocks(content)]
             out[-1] = out[-1].model_copy(update={"content": merged})
         else:
             out.append(message)
@@ -352,6 +434,53 @@ def _error_answer(
                 "finish_reason": "error",
             }
         },
+    )
+
+
+# What a backend says when it refuses the input itself, not because it is unwell: llama.cpp without a
+# vision projector answers HTTP 500 "image input is not supported"; vLLM and Vertex AI answer 400
+# (INVALID_ARGUMENT), 413 or 415 for a file they cannot take.
+_REJECTED_STATUS = frozenset({400, 413, 415, 422})
+_REJECTED_WORDS = ("not supported", "unsupported", "cannot identify image", "invalid image")
+
+
+def rejected_input(exc: BaseException) -> bool:
+    """Did the backend refuse the turn's attachments (the user's input) rather than fail? Asked only for
+    turns that carry attachments: such a refusal is reported to the user, never retried, never counted
+    toward the breaker (one user's files must not mark a healthy backend down for everyone)."""
+    status = http_status(exc)
+    if status in _REJECTED_STATUS:
+        return True
+    if status is None and isinstance(exc, ValueError | TypeError):  # the client could not encode it
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in _REJECTED_WORDS)
+
+
+def _rejected_answer(backend: BackendName, routed: BackendName, label: str, reason: str) -> AIMessage:
+    text = (
+        f"{label} did not accept the attachment: it cannot read this kind of file, or the file is not "
+        "valid. Your message is saved; send it to another model, or without the attachment."
+    )
+    return AIMessage(
+        content=text,
+        id=f"err-{uuid.uuid4().hex}",
+        response_metadata={
+            META: {
+                "backend": backend,
+                "requested_backend": routed,
+                "fallback": backend != routed,
+                "route_reason": reason,
+                "error": "rejected_input",
+                "finish_reason": "error",
+            }
+        },
+    )
+
+
+def _has_files(prompt: Sequence[BaseMessage]) -> bool:
+    return any(
+        isinstance(m.content, list) and any(blocks.is_file_block(b) for b in m.content) for m in prompt
     )
 
 
@@ -447,7 +576,8 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
     """Stream the answer from the routed backend: a retry, then the fallback, before the first token;
     after it, a failure keeps the partial answer (two models' text is never spliced). Cancelled (Stop,
     a cancelled run, a closed connection): the question and what streamed are saved, marked stopped."""
-    prompt, params = _prompt(state), _params(state["options"])
+    params = _params(state["options"])
+    prompts: dict[BackendName, list[BaseMessage]] = {}
     routed: BackendName = state["backend"]  # type: ignore[assignment]
     last: tuple[BackendName, str, BaseException] | None = None
     answer: _Answer | None = None
@@ -455,6 +585,11 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
         if last is not None and last[0] == backend and _kind(last[2]) in NO_RETRY:
             continue  # a backend that just timed out is not asked again: go to the fallback
         answer = _Answer(backend, services.backends.label(backend), reason, routed)
+        if backend not in prompts:
+            accepts = services.backends.accepts(backend)
+            prompts[backend] = _prompt(state, accepts, services.settings.attachment_history_max)
+        prompt = prompts[backend]
+        has_files = _has_files(prompt)
         breaker = services.router.breakers[backend]
         probing = False
         try:
@@ -472,6 +607,11 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
             _save_stopped(state, answer, services)
             raise
         except Exception as exc:
+            if has_files and not answer.has_tokens and rejected_input(exc):
+                metrics.ERRORS.labels(backend, "rejected_input").inc()
+                log.warning("backend %s refused the attachments: %s", backend, str(exc)[:300])
+                note = _rejected_answer(backend, routed, services.backends.label(backend), reason)
+                return _result(note, reason, "rejected_input: the backend did not accept the attachment")
             _failed(backend, exc, services)
             if answer.has_tokens:  # never splice two models' text: keep the partial, say so
                 return _result(

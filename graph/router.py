@@ -4,18 +4,26 @@ A policy is a small object behind one interface (`RoutingPolicy.decide`), one po
 `graph.policies`, in the spirit of LiteLLM's `router_strategy/`. The `Router` maps the requested model
 (`gemma`, `gemini`, `auto`) to its policy and hands it a snapshot of what is known at that moment:
 the prompt's size, each backend's circuit breaker, and vLLM's queue. Deciding never does I/O.
+
+Attachments are decided in one place every policy goes through (`Router.decide`, `fit_attachments`):
+a turn is never sent to a backend that cannot take its attachments (the signals say what this turn
+carries and what each backend accepts). A policy's choice that cannot take them goes to its fallback
+when that one can, with the reason saying why ("image: Gemma stand-in cannot see images"); a fallback
+that cannot take them is dropped (never an answer that silently ignores the image); when no backend
+can, `NoBackendTakes` (an `InvalidInput`) refuses the turn before any model call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from graph.backends import BACKENDS, BackendName
+from graph.backends import BACKENDS, Accepts, BackendName
 from graph.health import CircuitBreaker
 from graph.load import LoadMonitor
 from graph.settings import ModelChoice
+from graph.validation import InvalidInput
 
 SHORT_NAMES: dict[BackendName, str] = {"gemma": "Gemma", "gemini": "Gemini"}
 
@@ -27,6 +35,18 @@ class Signals:
     available: Mapping[BackendName, bool]
     gemma_waiting: float | None = None  # requests queued in vLLM (None: unknown)
     misconfigured: frozenset[BackendName] = frozenset()  # refusing our credentials (not available)
+    # This turn's attachments: their kinds ("image", "pdf"), how many, their bytes together.
+    attachments: frozenset[str] = frozenset()
+    attachment_count: int = 0
+    attachment_bytes: int = 0
+    # What each backend takes besides text (empty: not known, no rule applied).
+    accepts: Mapping[BackendName, Accepts] = field(default_factory=dict)
+
+    def refusal(self, backend: BackendName) -> str | None:
+        """Why `backend` cannot take this turn's attachments, or None."""
+        if not self.attachments or backend not in self.accepts:
+            return None
+        return self.accepts[backend].refusal(self.attachments, self.attachment_count, self.attachment_bytes)
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,27 @@ class RouteDecision:
     fallback: BackendName | None = None
     # Try `backend` a second time before falling back (explicit choices: the user asked for it).
     retry: bool = False
+
+
+class NoBackendTakes(InvalidInput):
+    """No backend can take this turn's attachments (or the one asked for cannot, with no fallback)."""
+
+
+def fit_attachments(decision: RouteDecision, signals: Signals) -> RouteDecision:
+    """`decision` made to respect what the backends take (see the module docstring)."""
+    why = signals.refusal(decision.backend)
+    if why is None:
+        if decision.fallback is not None and signals.refusal(decision.fallback) is not None:
+            return replace(decision, fallback=None)
+        return decision
+    alternative = decision.fallback
+    if alternative is not None and signals.refusal(alternative) is None:
+        return RouteDecision(alternative, why, fallback=None, retry=decision.retry)
+    others = {b: signals.refusal(b) for b in BACKENDS if b != decision.backend}
+    able = [signals.accepts[b].label for b, r in others.items() if r is None]
+    if alternative is None and able:
+        raise NoBackendTakes(f"{why}, and fallback to another model is off: choose {' or '.join(able)}")
+    raise NoBackendTakes("; ".join([why, *(r for r in others.values() if r)]))
 
 
 class RoutingPolicy(Protocol):
@@ -88,4 +129,4 @@ class Router:
             raise ValueError(
                 f"unknown model {request.requested!r}: choose one of {', '.join(sorted(self.policies))}"
             )
-        return policy.decide(request)
+        return fit_attachments(policy.decide(request), request.signals)

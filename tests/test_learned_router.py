@@ -31,6 +31,8 @@ from evals.calibrate import (
 )
 from evals.cli import main as eval_main
 from evals.results import ResultWriter
+from graph.backends import Backends
+from graph.client import ChatClient, Done
 from graph.policies import default_router
 from graph.policies.auto import AutoPolicy
 from graph.policies.learned import (
@@ -345,3 +347,28 @@ def test_decision_time_is_under_a_millisecond(router_file: Path) -> None:
         assert p50 < 1.0, (label, p50)
     huge = replace(request, text=longest * 20)  # beyond MAX_CHARS: only the start is read
     assert policy.decide(huge) == policy.decide(replace(request, text=longest))
+
+
+# --- end to end: calibrate -> router.json -> a client answers a turn via `learned` -------------------
+@pytest.mark.integration
+async def test_a_client_with_the_router_file_answers_via_learned(
+    router_file: Path, tmp_path: Path, local_backends: Backends
+) -> None:
+    client = ChatClient.from_settings(
+        local_settings(tmp_path, router_file=router_file), backends=local_backends
+    )
+    assert "learned" in client.models
+    seen = {}
+    for text in (
+        "What is the capital of Peru?",
+        "Prove that there are infinitely many primes of the form 4n+3.",
+    ):
+        done = None
+        async for event in client.stream_turn("alice", None, text, {"model": "learned", "max_tokens": 8}):
+            if isinstance(event, Done):
+                done = event
+        assert done is not None and done.kind == "answer" and done.answer is not None, done
+        assert done.answer.text and done.saved
+        assert done.answer.route_reason and "p=0." in done.answer.route_reason, done.answer.route_reason
+        seen[text[:4]] = done.answer.requested_backend
+    assert seen == {"What": "gemma", "Prov": "gemini"}  # the message decides, through the whole graph

@@ -6,12 +6,22 @@ is the one that runs against Vertex AI. It answers `:generateContent` and `:stre
 (a chunked JSON array, written piece by piece as the model produces tokens) by translating to the
 local model's `/v1/chat/completions`. It is a stand-in, labelled as such wherever a model name shows.
 
+Attachments: the small model sees text only, so inline data is checked the way Vertex AI checks it
+(a MIME type Gemini takes: PNG, JPEG, WebP, HEIC, HEIF, PDF; valid base64; an image that decodes; at
+most 20 MB inline per request: otherwise HTTP 400 INVALID_ARGUMENT, as Vertex AI answers) and the
+answer starts with a plain statement of what arrived, e.g. "[stand-in received image/png 640x480,
+1,234 bytes]", so a test can prove the bytes reached Gemini's side unchanged.
+
 Written on the standard library's HTTP server: it is a loopback test double with one route, so a web
 framework would add start-up cost and nothing else.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import io
 import json
 import logging
 import re
@@ -31,6 +41,62 @@ _ROUTE = re.compile(r"^/v1(?:beta1)?/projects/[^/]+/locations/[^/]+/publishers/g
 
 def _text_of(parts: list[dict[str, Any]] | None) -> str:
     return "".join(p.get("text", "") for p in parts or [])
+
+
+# What Gemini 2.5 takes as inline images and documents (Vertex AI's documented MIME types).
+GEMINI_MIME_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif", "application/pdf"}
+)
+INLINE_MAX_BYTES = 20_000_000
+
+
+class BadRequest(ValueError):
+    """Answered with HTTP 400 INVALID_ARGUMENT, as Vertex AI does."""
+
+
+def _describe(mime: str, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    if mime.startswith("image/") and mime not in ("image/heic", "image/heif"):
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                size = f" {img.size[0]}x{img.size[1]}"
+        except Exception:
+            raise BadRequest(f"Unable to process input image ({mime}).") from None
+        return f"{mime}{size}, {len(data):,} bytes, sha256 {digest}"
+    return f"{mime}, {len(data):,} bytes, sha256 {digest}"
+
+
+def received(body: dict[str, Any]) -> list[str]:
+    """What the request carries besides text, one description per inline part ("image/png 640x480,
+    1,234 bytes, sha256 ..."); `BadRequest` for a part Vertex AI would refuse."""
+    out: list[str] = []
+    total = 0
+    for content in body.get("contents", []):
+        for part in content.get("parts") or []:
+            if "fileData" in part or "file_data" in part:
+                raise BadRequest("The stand-in cannot read Cloud Storage URIs (fileData).")
+            inline = part.get("inlineData") or part.get("inline_data")
+            if inline is None:
+                continue
+            mime = inline.get("mimeType") or inline.get("mime_type") or ""
+            if mime not in GEMINI_MIME_TYPES:
+                raise BadRequest(f"Unsupported MIME type: {mime}")
+            try:
+                data = base64.b64decode(inline.get("data") or "", validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest("Invalid base64 in inline data.") from None
+            total += len(data)
+            if total > INLINE_MAX_BYTES:
+                raise BadRequest("Request payload size exceeds the limit: 20971520 bytes.")
+            out.append(_describe(mime, data))
+    return out
+
+
+def statement(described: list[str]) -> str:
+    return "".join(f"[stand-in received {d}] " for d in described)
 
 
 def to_openai_request(body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
@@ -135,28 +201,31 @@ class VertexStandIn:
                     return self._error(HTTPStatus.NOT_FOUND, f"no such method: {self.path}")
                 stream = match.group(2) == "streamGenerateContent"
                 try:
+                    said = statement(received(body))
+                except BadRequest as exc:
+                    return self._error(HTTPStatus.BAD_REQUEST, str(exc), "INVALID_ARGUMENT")
+                try:
                     request = to_openai_request(body, standin._alias, stream)
                     if stream:
-                        self._stream(request)
+                        self._stream(request, said)
                     else:
-                        self._unary(request)
+                        self._unary(request, said)
                 except (httpx.HTTPError, OSError) as exc:
                     self._error(HTTPStatus.SERVICE_UNAVAILABLE, f"local model unavailable: {exc}")
 
             def _url(self) -> str:
                 return standin._backend_base_url() + "/chat/completions"
 
-            def _unary(self, request: dict[str, Any]) -> None:
+            def _unary(self, request: dict[str, Any], said: str) -> None:
                 r = standin._client.post(self._url(), json=request)
                 r.raise_for_status()
                 data = r.json()
                 choice = data["choices"][0]
-                payload = _response(
-                    choice["message"].get("content") or "", choice.get("finish_reason"), data.get("usage")
-                )
+                text = said + (choice["message"].get("content") or "")
+                payload = _response(text, choice.get("finish_reason"), data.get("usage"))
                 self._send_json(HTTPStatus.OK, payload)
 
-            def _stream(self, request: dict[str, Any]) -> None:
+            def _stream(self, request: dict[str, Any], said: str) -> None:
                 with standin._client.stream("POST", self._url(), json=request) as r:
                     r.raise_for_status()
                     self.send_response(HTTPStatus.OK)
@@ -165,6 +234,9 @@ class VertexStandIn:
                     self.end_headers()
                     self._chunk(b"[")
                     first = True
+                    if said:
+                        self._chunk(json.dumps(_response(said, None, None)).encode())
+                        first = False
                     for piece in _sse_pieces(r.iter_lines()):
                         self._chunk((b"" if first else b",") + json.dumps(piece).encode())
                         first = False
@@ -183,10 +255,9 @@ class VertexStandIn:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _error(self, status: HTTPStatus, message: str) -> None:
-                self._send_json(
-                    status, {"error": {"code": int(status), "message": message, "status": status.name}}
-                )
+            def _error(self, status: HTTPStatus, message: str, name: str | None = None) -> None:
+                error = {"code": int(status), "message": message, "status": name or status.name}
+                self._send_json(status, {"error": error})
 
         httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=httpd.serve_forever, name="vertex-standin", daemon=True).start()

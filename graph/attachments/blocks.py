@@ -1,0 +1,177 @@
+"""Attachments in a message's content: which blocks carry a file, its bytes, and the form models get.
+
+Accepted shapes, as LangChain clients, agent-chat-ui and OpenAI clients send them:
+
+- LangChain's standard blocks: `{"type": "image" | "file", "base64": ..., "mime_type": ...}`;
+- LangChain's older data blocks: `{"type": ..., "source_type": "base64", "data": ..., "mime_type": ...}`;
+- agent-chat-ui's: `{"type": ..., "data": ..., "mimeType": ..., "metadata": {"name" | "filename": ...}}`;
+- a `data:` URL: `{"type": "image", "url": ...}`, OpenAI's `{"type": "image_url", "image_url": {"url":
+  ...}}` and `{"type": "file", "file": {"file_data": ..., "filename": ...}}`.
+
+Links (an http(s) URL, a provider's file id) are refused: the graph never fetches a URL for a user.
+Stored messages hold references instead of bytes (`REF_KEY`, see `graph.attachments.store`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from graph.validation import AttachmentInfo, InvalidInput
+
+FILE_TYPES = frozenset({"image", "file", "image_url", "input_image", "input_file", "audio", "video"})
+REF_KEY = "hybrid_chat_attachment"  # in a stored block's `extras`: the attachment's reference and facts
+
+
+@dataclass(frozen=True)
+class RawAttachment:
+    """One file block of a message, its bytes decoded (not yet checked)."""
+
+    index: int  # position in the content list
+    data: bytes
+    declared_mime: str | None
+    name: str | None
+
+
+def is_file_block(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") in FILE_TYPES
+
+
+def is_reference(block: Any) -> bool:
+    """A stored block: the attachment is in the attachment store, the block says where."""
+    return is_file_block(block) and isinstance((block.get("extras") or {}).get(REF_KEY), dict)
+
+
+def _decode(b64: Any, what: str) -> bytes:
+    if not isinstance(b64, str):
+        raise InvalidInput(f"{what}: its data must be base64 text")
+    try:
+        return base64.b64decode(b64.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{what}: its data is not valid base64") from None
+
+
+def _data_url(url: Any, what: str) -> tuple[bytes, str | None]:
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise InvalidInput(
+            f"{what} is a link: attach the file itself (links are not fetched)"
+        )
+    head, sep, payload = url.partition(",")
+    if not sep or ";base64" not in head:
+        raise InvalidInput(f"{what}: only base64 data: URLs are accepted")
+    return _decode(payload, what), head[5:].split(";")[0] or None
+
+
+def _one(index: int, block: dict[str, Any]) -> RawAttachment:
+    kind = block.get("type")
+    what = f"attachment {index + 1}"
+    meta = block.get("metadata") if isinstance(block.get("metadata"), dict) else {}
+    name = block.get("filename") or block.get("name") or meta.get("filename") or meta.get("name")
+    mime = block.get("mime_type") or block.get("mimeType")
+    if kind in ("audio", "video"):
+        raise InvalidInput(f"{what} is {kind}: only images and PDFs can be attached")
+    if kind == "image_url":
+        inner = block.get("image_url")
+        url = inner.get("url") if isinstance(inner, dict) else inner
+        data, declared = _data_url(url, what)
+    elif kind == "file" and isinstance(block.get("file"), dict):  # OpenAI's file part
+        f = block["file"]
+        if "file_id" in f:
+            raise InvalidInput(f"{what} names a file id: attach the file itself")
+        data, declared = _data_url(f.get("file_data"), what)
+        name = name or f.get("filename")
+    elif "base64" in block:
+        data, declared = _decode(block["base64"], what), None
+    elif "data" in block and block.get("source_type", "base64") == "base64":
+        data, declared = _decode(block["data"], what), None
+    elif "url" in block or block.get("source_type") == "url":
+        data, declared = _data_url(block.get("url"), what)
+    elif "file_id" in block or ("id" in block and block.get("source_type") == "id"):
+        raise InvalidInput(f"{what} names a file id: attach the file itself")
+    else:
+        raise InvalidInput(f"{what} ({kind}) has no data: send it base64-encoded")
+    return RawAttachment(index, data, str(mime or declared or "") or None, str(name)[:200] if name else None)
+
+
+def find(content: Any) -> list[RawAttachment]:
+    """The file blocks of a message's content, decoded; `InvalidInput` for one that cannot be read.
+    Stored references (earlier turns) are not input and are skipped."""
+    if not isinstance(content, list):
+        return []
+    return [
+        _one(i, block) for i, block in enumerate(content) if is_file_block(block) and not is_reference(block)
+    ]
+
+
+def model_block(data: bytes, info: AttachmentInfo) -> dict[str, Any]:
+    """The block both chat model classes turn into their own form: `ChatOpenAI` an `image_url` data URL
+    (what vLLM takes), `ChatVertexAI` inline data. The MIME type is the sniffed one."""
+    return {
+        "type": "image" if info.kind == "image" else "file",
+        "base64": base64.b64encode(data).decode("ascii"),
+        "mime_type": info.mime_type,
+    }
+
+
+def placeholder(info: AttachmentInfo, name: str | None = None) -> dict[str, str]:
+    """A text block standing in for an attachment the model does not get again (over the budget)."""
+    label = f"{name}: " if name else ""
+    return {"type": "text", "text": f"[attachment not shown again: {label}{info.describe()}]"}
+
+
+def to_model_content(content: Any) -> Any:
+    """`content` with each attachment (not a stored reference) as `model_block` makes it: the sniffed
+    MIME type, one shape for both model classes. Input is checked before (`graph.validation`)."""
+    if not isinstance(content, list) or not any(is_file_block(b) for b in content):
+        return content
+    from graph.validation import sniff
+
+    out: list[Any] = []
+    for i, block in enumerate(content):
+        if not is_file_block(block) or is_reference(block):
+            out.append(block)
+            continue
+        raw = _one(i, block)
+        mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
+        kind = "pdf" if mime == "application/pdf" else "image"
+        out.append(model_block(raw.data, AttachmentInfo(kind, mime, len(raw.data))))
+    return out
+
+
+def without_files(content: Any, *, tokens_per_file: int = 258) -> Any:
+    """`content` with each attachment replaced by text of about `tokens_per_file` tokens: what token
+    estimates read (base64 counted as text would make a 1 MB image look like 300k tokens). 258 is what
+    Gemini counts per image and per PDF page; Gemma 3 counts 256 per image."""
+    if not isinstance(content, list):
+        return content
+    pad = {"type": "text", "text": "x" * (4 * tokens_per_file)}
+    return [pad if is_file_block(b) else b for b in content]
+
+
+def fit_content(content: Any, kinds: frozenset[str], budget: int) -> tuple[Any, int]:
+    """`content` as a backend gets it: each attachment as `model_block`, newest last, while `budget`
+    lasts and the backend takes its kind; the others as `placeholder` text. Returns the content and how
+    many attachments it kept. Earlier turns' attachments go through this (the model sees them again
+    within a budget; a backend that cannot read them gets a line saying what was there)."""
+    if not isinstance(content, list) or not any(is_file_block(b) for b in content):
+        return content, 0
+    from graph.validation import sniff
+
+    out: list[Any] = []
+    kept = 0
+    for i in range(len(content) - 1, -1, -1):  # newest attachment of the message first
+        block = content[i]
+        if not is_file_block(block) or is_reference(block):
+            out.append(block)
+            continue
+        raw = _one(i, block)
+        mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
+        info = AttachmentInfo("pdf" if mime == "application/pdf" else "image", mime, len(raw.data))
+        if info.kind in kinds and kept < budget:
+            out.append(model_block(raw.data, info))
+            kept += 1
+        else:
+            out.append(placeholder(info, raw.name))
+    return out[::-1], kept

@@ -1,0 +1,396 @@
+"""Images and PDFs in a turn (issue 15), through the real local stand-ins.
+
+The scenario of the issue: an image content block, as agent-chat-ui sends it through the LangGraph server
+or a programmatic caller passes it, used to reach the Gemma stand-in (llama.cpp, a text-only model: HTTP
+500 "image input is not supported"), was retried, counted two failures toward Gemma's breaker, and then
+the Gemini stand-in answered ignoring the image. Now each backend declares what it takes, the router
+sends the turn only where it can be read (the reason says why), a backend that refuses the input anyway
+is the user's error (told in words, no retry, no fallback, the breaker untouched), and bad files are
+refused from their bytes before any model call, with nothing saved.
+
+The Vertex stand-in says what it received ("[stand-in received image/png 64x48, 136 bytes, sha256 ...]"),
+so these tests prove that the very bytes sent reached Gemini's side.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage
+from PIL import Image
+
+from graph import build_graph
+from graph.backends import Accepts, Backends
+from graph.router import NoBackendTakes, RouteDecision, Router, RouteRequest, Signals
+from graph.validation import AttachmentLimits, InvalidInput, check_attachment
+from tests.conftest import local_settings
+from tests.support.fault_server import fault_server
+
+META = "hybrid_chat"
+
+
+# --- files --------------------------------------------------------------------------------------
+def png(width: int = 64, height: int = 48, color: str = "red") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "blue").save(buf, "GIF")
+    return buf.getvalue()
+
+
+def pdf(pages: int = 1) -> bytes:
+    """A minimal valid PDF with `pages` empty pages (uncompressed objects)."""
+    kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>",
+        *["<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"] * pages,
+    ]
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+# The shapes clients send (all standard LangChain content blocks or what agent-chat-ui sends).
+def standard_block(data: bytes, mime: str = "image/png", kind: str = "image") -> dict[str, Any]:
+    return {"type": kind, "base64": b64(data), "mime_type": mime}
+
+
+def agent_chat_ui_block(data: bytes, mime: str = "image/png", kind: str = "image") -> dict[str, Any]:
+    return {"type": kind, "mimeType": mime, "data": b64(data), "metadata": {"name": "shot.png"}}
+
+
+def legacy_block(data: bytes, mime: str = "image/png", kind: str = "image") -> dict[str, Any]:
+    return {"type": kind, "source_type": "base64", "data": b64(data), "mime_type": mime}
+
+
+def openai_block(data: bytes, mime: str = "image/png", kind: str = "image") -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{b64(data)}"}}
+
+
+SHAPES = {
+    "standard": standard_block,
+    "agent-chat-ui": agent_chat_ui_block,
+    "legacy": legacy_block,
+    "openai": openai_block,
+}
+
+
+def turn(text: str, *blocks: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [HumanMessage(content=[{"type": "text", "text": text}, *blocks])]}
+
+
+def meta(out: dict[str, Any]) -> dict[str, Any]:
+    return out["messages"][-1].response_metadata[META]
+
+
+# --- the bytes decide, not the name ---------------------------------------------------------------
+LIMITS = AttachmentLimits(max_bytes=200_000, max_count=2, max_pixels=1_000_000, max_pdf_pages=3)
+
+
+def test_an_image_is_known_by_its_bytes() -> None:
+    info = check_attachment(png(), LIMITS, "holiday.pdf")  # the name says PDF: the bytes say PNG
+    assert (info.kind, info.mime_type, info.width, info.height) == ("image", "image/png", 64, 48)
+    assert check_attachment(pdf(2), LIMITS).pages == 2
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"PK\x03\x04" + b"\x00" * 100, "not an image (PNG, JPEG, GIF, WebP) or a PDF: it looks like a ZIP"),
+        (b"hello, this is text", "it looks like text"),
+        (b"", "is empty"),
+        (png()[:60], "does not decode"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "does not decode"),
+        (pdf(4), "has 4 pages; the limit is 3"),
+        (pdf(1)[:-8], "not a complete PDF"),
+        (b"\x00" * 200_001, "200,001 bytes; the limit is 200,000"),
+    ],
+    ids=["zip", "text", "empty", "truncated-png", "broken-png", "pdf-pages", "truncated-pdf", "oversize"],
+)
+def test_bad_files_are_refused_saying_why(data: bytes, words: str) -> None:
+    with pytest.raises(InvalidInput, match=words.replace("(", r"\(").replace(")", r"\)")):
+        check_attachment(data, LIMITS, "shot.png")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header() -> None:
+    buf = io.BytesIO()
+    Image.new("1", (4000, 4000)).save(buf, "PNG")  # 16 Mpx in a few kB
+    assert len(buf.getvalue()) < 50_000
+    with pytest.raises(InvalidInput, match="4000x4000 pixels; the limit is 1,000,000"):
+        check_attachment(buf.getvalue(), LIMITS)
+
+
+# --- what each backend takes ----------------------------------------------------------------------
+def test_each_backend_declares_what_it_takes(tmp_path: Path) -> None:
+    standins = Backends(local_settings(tmp_path))
+    assert standins.accepts("gemma") == Accepts(
+        "Gemma stand-in", frozenset(), standins.accepts("gemma").max_bytes, 4
+    )
+    assert standins.accepts("gemini").kinds == {"image", "pdf"}
+    real = Backends(local_settings(tmp_path, gemma_base_url="http://vllm:8000/v1", gemini_project="p"))
+    assert real.accepts("gemma").kinds == {"image"} and real.accepts("gemma").label == "Gemma"
+    assert real.accepts("gemini").kinds == {"image", "pdf"}
+    told = Backends(local_settings(tmp_path, gemma_attachments="image,pdf", gemini_attachments="none"))
+    assert told.accepts("gemma").kinds == {"image", "pdf"} and told.accepts("gemini").kinds == set()
+    with pytest.raises(ValueError, match="unknown attachment kind"):
+        Backends(local_settings(tmp_path, gemma_attachments="video")).accepts("gemma")
+
+
+# --- the router's one rule, whatever the policy ---------------------------------------------------
+STANDINS = {
+    "gemma": Accepts("Gemma stand-in", frozenset(), 10**9, 4),
+    "gemini": Accepts("Gemini", frozenset({"image", "pdf"}), 10**9, 10),
+}
+
+
+def signals(kinds: set[str], accepts: dict[str, Accepts] = STANDINS, count: int = 1) -> Signals:
+    up = {"gemma": True, "gemini": True}
+    return Signals(
+        up, attachments=frozenset(kinds), attachment_count=count, attachment_bytes=100, accepts=accepts
+    )
+
+
+class Always:
+    """Any policy (a learned one, a new one): the rule is the router's, not the policy's."""
+
+    def __init__(self, decision: RouteDecision) -> None:
+        self.decision = decision
+
+    def decide(self, request: RouteRequest) -> RouteDecision:
+        return self.decision
+
+
+def route(decision: RouteDecision, sig: Signals) -> RouteDecision:
+    return Router({"x": Always(decision)}).decide(RouteRequest("x", 10, signals=sig))  # type: ignore[arg-type]
+
+
+def test_a_turn_goes_only_where_its_attachments_can_be_read() -> None:
+    pinned = RouteDecision("gemma", "chosen: gemma", fallback="gemini", retry=True)
+    d = route(pinned, signals({"image"}))
+    assert (d.backend, d.reason, d.fallback) == ("gemini", "image: Gemma stand-in cannot see images", None)
+    assert route(pinned, signals(set())) == pinned  # text only: unchanged
+    # The chosen one can, its fallback cannot: no fallback (never an answer that ignores the image).
+    both = {**STANDINS, "gemma": Accepts("Gemma", frozenset({"image"}), 10**9, 1)}
+    assert route(pinned, signals({"image"}, both)).fallback == "gemini"
+    assert route(pinned, signals({"pdf"}, both)).backend == "gemini"
+    gemini = RouteDecision("gemini", "chosen: gemini", fallback="gemma", retry=True)
+    assert route(gemini, signals({"pdf"}, both)).fallback is None
+    # Too many for Gemma's --limit-mm-per-prompt: Gemini.
+    assert route(pinned, signals({"image"}, both, count=2)).reason == (
+        "image: Gemma takes at most 1 attachment(s) per message"
+    )
+
+
+def test_when_no_backend_can_the_turn_is_refused() -> None:
+    with pytest.raises(NoBackendTakes, match="fallback to another model is off: choose Gemini"):
+        route(RouteDecision("gemma", "chosen: gemma", fallback=None), signals({"image"}))
+    blind = {b: Accepts(a.label, frozenset(), 10**9, 4) for b, a in STANDINS.items()}
+    with pytest.raises(InvalidInput, match="image: Gemma stand-in cannot see images; image: Gemini cannot"):
+        route(RouteDecision("gemma", "chosen: gemma", fallback="gemini"), signals({"image"}, blind))
+
+
+# --- through the graph, on the real stand-ins -----------------------------------------------------
+@pytest.fixture
+def chat(tmp_path: Path, local_backends: Backends) -> Any:
+    return build_graph(local_settings(tmp_path), backends=local_backends)
+
+
+def _graph(tmp_path: Path, local_backends: Backends, **settings: Any) -> tuple[Any, Backends]:
+    backends = Backends(local_settings(tmp_path, **settings), **local_backends.shared_standins())
+    return build_graph(local_settings(tmp_path, **settings), backends=backends), backends
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("shape", list(SHAPES))
+async def test_an_image_for_gemma_is_read_by_gemini_and_gemma_is_left_alone(
+    tmp_path: Path, local_backends: Backends, shape: str
+) -> None:
+    """The issue's scenario, fixed: the image goes to the backend that can take it, the reason says
+    why, the bytes arrive, and Gemma's breaker never hears of it."""
+    from graph.context import Services
+
+    settings = local_settings(tmp_path)
+    services = Services.build(settings, backends=local_backends)
+    g = build_graph(services=services)
+    image = png(64, 48)
+    for _ in range(4):  # more than the breaker's 3 failures
+        out = await g.ainvoke(
+            turn("What is in this picture?", SHAPES[shape](image)),
+            config={"configurable": {"session_id": f"img-{shape}"}},
+        )
+        m = meta(out)
+        assert (m["backend"], m["route_reason"]) == ("gemini", "image: Gemma stand-in cannot see images")
+        assert out["error"] is None
+        answer = out["messages"][-1].text
+        assert f"[stand-in received image/png 64x48, {len(image):,} bytes, sha256 {digest(image)}]" in answer
+    gemma = services.router.breakers["gemma"]
+    assert gemma.state == "closed" and gemma._consecutive == 0
+
+
+@pytest.mark.integration
+async def test_a_pdf_on_auto_goes_to_gemini_and_arrives(chat: Any) -> None:
+    doc = pdf(2)
+    out = await chat.ainvoke(
+        {**turn("Summarise this.", standard_block(doc, "application/pdf", "file")), "model": "auto"},
+        config={"configurable": {"session_id": "pdf"}},
+    )
+    assert meta(out)["route_reason"] == "pdf: Gemma stand-in cannot read PDFs"
+    assert (
+        f"[stand-in received application/pdf, {len(doc):,} bytes, sha256 {digest(doc)}]"
+        in out["messages"][-1].text
+    )
+
+
+@pytest.mark.integration
+async def test_the_sniffed_type_is_sent_not_the_declared_one(chat: Any) -> None:
+    image = png(10, 10)
+    out = await chat.ainvoke(
+        turn("What is this?", agent_chat_ui_block(image, mime="application/pdf", kind="file")),
+        config={"configurable": {"session_id": "sniffed"}},
+    )
+    assert "[stand-in received image/png 10x10," in out["messages"][-1].text
+
+
+@pytest.mark.integration
+async def test_no_backend_for_the_image_is_refused_before_any_call_and_nothing_is_saved(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    g, _ = _graph(tmp_path, local_backends, fallback_enabled=False)
+    with pytest.raises(InvalidInput, match="image: Gemma stand-in cannot see images, and fallback"):
+        await g.ainvoke(turn("Look", standard_block(png())), config={"configurable": {"session_id": "off"}})
+    from graph.memory import make_store
+
+    store = make_store(local_settings(tmp_path, fallback_enabled=False))
+    assert await store.history("off", "local").aget_window(max_messages=10) == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "block, words",
+    [
+        (standard_block(b"PK\x03\x04" + b"\x00" * 64), "looks like a ZIP archive"),
+        (standard_block(png()[:50]), "does not decode"),
+        ({"type": "image", "url": "https://example.com/cat.png"}, "is a link: attach the file itself"),
+        ({"type": "image", "base64": "not base64!!", "mime_type": "image/png"}, "not valid base64"),
+        ({"type": "audio", "base64": b64(b"RIFF"), "mime_type": "audio/wav"}, "only images and PDFs"),
+    ],
+    ids=["zip", "truncated", "link", "base64", "audio"],
+)
+async def test_bad_attachments_are_refused_and_nothing_is_saved(
+    tmp_path: Path, local_backends: Backends, block: dict[str, Any], words: str
+) -> None:
+    g, _ = _graph(tmp_path, local_backends)
+    with pytest.raises(InvalidInput, match=words):
+        await g.ainvoke(turn("Look", block), config={"configurable": {"session_id": "bad"}})
+    from graph.memory import make_store
+
+    assert (
+        await make_store(local_settings(tmp_path)).history("bad", "local").aget_window(max_messages=5) == []
+    )
+
+
+@pytest.mark.integration
+async def test_too_many_attachments_are_refused(tmp_path: Path, local_backends: Backends) -> None:
+    g, _ = _graph(tmp_path, local_backends, attachment_max_count=2)
+    with pytest.raises(InvalidInput, match="3 attachments; the limit is 2"):
+        await g.ainvoke(
+            turn("Look", *[standard_block(png())] * 3), config={"configurable": {"session_id": "n"}}
+        )
+
+
+@pytest.mark.integration
+async def test_a_backend_that_refuses_the_image_is_the_users_error_not_the_backends(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """Settings that say the llama.cpp stand-in sees images (it does not): its real HTTP 500 "image
+    input is not supported" is reported in words, asked once, not answered by Gemini ignoring the
+    image, and never counted toward Gemma's breaker, however often it happens."""
+    from graph.context import Services
+
+    settings = local_settings(tmp_path, gemma_attachments="image")
+    backends = Backends(settings, **local_backends.shared_standins())
+    services = Services.build(settings, backends=backends)
+    g = build_graph(services=services)
+    for i in range(4):
+        out = await g.ainvoke(
+            turn("Look", standard_block(png())), config={"configurable": {"session_id": "rej"}}
+        )
+        m = meta(out)
+        assert (m["backend"], m["error"], m["fallback"]) == ("gemma", "rejected_input", False)
+        assert out["error"].startswith("rejected_input")
+        assert "did not accept the attachment" in out["messages"][-1].text
+        assert "500" not in out["messages"][-1].text
+        assert services.router.breakers["gemma"].state == "closed", f"after {i + 1} refusals"
+    assert services.router.breakers["gemma"]._consecutive == 0
+    # The question is kept (a failed model call never loses the user's message); the note is not saved.
+    window = await services.store.history("rej", "local").aget_window(max_messages=10)
+    assert [m.type for m in window] == ["human"] * 4
+    # Text still works on Gemma: it was never marked down.
+    out = await g.ainvoke({"messages": [HumanMessage("Hello")]}, config={"configurable": {"session_id": "t"}})
+    assert meta(out)["backend"] == "gemma" and out["error"] is None
+
+
+@pytest.mark.integration
+async def test_a_file_gemini_refuses_is_reported_and_not_retried(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """A GIF: Gemini takes PNG, JPEG, WebP, HEIC, HEIF only; the Vertex stand-in answers 400
+    INVALID_ARGUMENT as Vertex AI does."""
+    from graph.context import Services
+
+    services = Services.build(local_settings(tmp_path), backends=local_backends)
+    g = build_graph(services=services)
+    out = await g.ainvoke(
+        {**turn("Look", standard_block(gif(), "image/gif")), "model": "gemini"},
+        config={"configurable": {"session_id": "gif"}},
+    )
+    assert (meta(out)["backend"], meta(out)["error"]) == ("gemini", "rejected_input")
+    assert services.router.breakers["gemini"]._consecutive == 0
+
+
+@pytest.mark.integration
+async def test_gemma_on_vllm_gets_the_image_as_an_openai_data_url(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """A real (non-stand-in) Gemma takes images: the vLLM-shaped server receives an `image_url` part
+    whose data URL holds the very bytes, with the sniffed MIME type."""
+    with fault_server("echo") as vllm:
+        g, _ = _graph(tmp_path, local_backends, gemma_base_url=vllm.base_url)
+        image = png(32, 32, "green")
+        out = await g.ainvoke(
+            turn("What colour?", agent_chat_ui_block(image, mime="image/whatever")),
+            config={"configurable": {"session_id": "vllm"}},
+        )
+        assert (meta(out)["backend"], meta(out)["route_reason"], out["error"]) == (
+            "gemma",
+            "chosen: gemma",
+            None,
+        )
+        parts = vllm.prompts[-1][-1]["content"]
+        urls = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
+        assert urls == [f"data:image/png;base64,{b64(image)}"]
