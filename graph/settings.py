@@ -215,9 +215,10 @@ class Settings(BaseSettings):
         description="Earlier attachments the model sees again on later turns (the newest first), "
         "besides this turn's.",
     )
-    attachments_path: Path = Field(
-        default_factory=lambda: _data_dir() / "attachments",
-        description="Where the embedded defaults keep attachments (outside the message rows).",
+    attachments_path: Path | None = Field(
+        default=None,
+        description="Where the embedded defaults keep attachments (outside the message rows). Unset: a "
+        "directory beside the SQLite file (<sqlite_path without .db>-attachments).",
     )
     # --- end attachments ---
 
