@@ -305,6 +305,8 @@ def test_missing_file_or_other_version_routes_as_auto(router_file: Path, tmp_pat
     [
         (lambda d: "{not json", "not valid JSON"),
         (lambda d: {**d, "format": "sklearn-pickle"}, "not a hybrid-chat router file"),
+        (lambda d: {"format": d["format"], "version": 1}, "missing tokenizer, max_chars"),
+        (lambda d: {k: v for k, v in d.items() if k != "threshold"}, "missing threshold"),
         (lambda d: {**d, "coef": d["coef"][:-1]}, "differ in length"),
         (lambda d: {**d, "threshold": 1.5}, "between 0 and 1"),
         (lambda d: {**d, "intercept": "high"}, "'intercept' must be a finite number"),

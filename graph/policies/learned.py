@@ -138,6 +138,9 @@ def parse_router(data: Any, where: str = "router file") -> RouterModel:
             f"{where}: router file version {data.get('version')!r}, this release reads version {VERSION}: "
             "run `hybrid-chat eval calibrate` again"
         )
+    fields = ("tokenizer", "max_chars", "length_scale", "vocabulary", "idf", "coef")
+    if missing := [k for k in (*fields, "length_coef", "intercept", "threshold") if k not in data]:
+        raise RouterFileError(f"{where}: missing {', '.join(missing)}")
     if data.get("tokenizer") != TOKENIZER or data.get("max_chars") != MAX_CHARS:
         raise RouterFileError(f"{where}: written with another tokeniser than this release uses")
     if data.get("length_scale") != LENGTH_SCALE:
