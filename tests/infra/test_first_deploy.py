@@ -27,9 +27,7 @@ from tests.infra.test_infra import (
     _blocks,
     _config_map,
     _container,
-    _infra_json,
     _obj,
-    _objs,
     _pod_spec,
     _val,
 )
@@ -42,63 +40,6 @@ GMP_COLLECTOR = {
     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}},
     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "collector"}},
 }
-
-# The fields of PodMonitoring (monitoring.googleapis.com/v1) this repository uses, written from the CRD's
-# openAPIV3Schema (GoogleCloudPlatform/prometheus-engine, charts/operator/crds/
-# monitoring.googleapis.com_podmonitorings.yaml): required `selector` and `endpoints`, each endpoint
-# requires `port` (name or number) and `interval` (a Prometheus duration). Unknown fields are refused, as
-# the API server's structural-schema pruning would drop them silently.
-PODMONITORING_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "monitoring.googleapis.com/v1"},
-        "kind": {"const": "PodMonitoring"},
-        "metadata": {"type": "object", "required": ["name", "namespace"]},
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "selector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-                        "matchExpressions": {"type": "array"},
-                    },
-                },
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["port", "interval"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"anyOf": [{"type": "integer"}, {"type": "string", "minLength": 1}]},
-                            "path": {"type": "string"},
-                            "scheme": {"enum": ["http", "https"]},
-                            "interval": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                            "timeout": {"type": "string", "pattern": r"^(\d+(ms|s|m|h))+$"},
-                        },
-                    },
-                },
-                "targetLabels": {"type": "object"},
-                "filterRunning": {"type": "boolean"},
-            },
-        },
-    },
-}
-
-_VALIDATE = """
-import json, sys, jsonschema
-schema, docs = json.load(sys.stdin)
-validator = jsonschema.Draft7Validator(schema)
-errors = [f"{d['metadata']['name']}: {e.message}" for d in docs for e in validator.iter_errors(d)]
-json.dump(errors, sys.stdout)
-"""
-
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
@@ -390,15 +331,7 @@ def test_network_policies_let_the_managed_prometheus_collectors_scrape(
     assert all("ipBlock" not in s for s in gemma_sources)
 
 
-def test_podmonitorings_validate_against_the_crd_schema(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    docs = [d for overlay in rendered.values() for d in _objs(overlay, "PodMonitoring")]
-    assert {d["metadata"]["name"] for d in docs} == {"gemma-server", "gradio-chat"}
-    errors = _infra_json(_VALIDATE, stdin=json.dumps([PODMONITORING_SCHEMA, docs]))
-    assert not errors, errors
-    # The schema bites: a missing interval is refused.
-    broken = json.loads(json.dumps(docs[0]))
-    del broken["spec"]["endpoints"][0]["interval"]
-    assert _infra_json(_VALIDATE, stdin=json.dumps([PODMONITORING_SCHEMA, [broken]]))
+# PodMonitorings (and the ManagedCertificate) against their vendored CRDs: test_crd_schemas.py.
 
 
 def test_the_weights_cache_is_shared_by_every_replica_the_hpa_adds(

@@ -496,7 +496,7 @@ def test_overlay_renders_and_validates_against_kubernetes_schemas(
     assert proc.returncode == 0, output
     assert "did not validate" not in output and "ERROR" not in output, output
     # Only the GKE custom resources have no bundled schema (asserted by hand in the IAP test; PodMonitoring
-    # against its CRD's schema in test_podmonitorings_validate_against_the_crd_schema).
+    # and ManagedCertificate against their vendored CRDs in test_crd_schemas.py).
     unknown = set(re.findall(r"Couldn't find schema for kind (\w+)", output))
     assert unknown <= {"BackendConfig", "FrontendConfig", "ManagedCertificate", "PodMonitoring"}, unknown
 
