@@ -47,7 +47,7 @@ class Pair:
 
     key: str  # dataset/case_id (a case run several times stays on one side of every split)
     text: str  # the last user message, as the router sees it
-    prompt_tokens: int  # the conversation's approximate size (4 characters a token, as the graph counts)
+    prompt_tokens: int  # the conversation's approximate size, as the graph estimates it when routing
     gemma: float
     gemini: float
     gemini_tokens: tuple[int, int] = (0, 0)  # measured input, output tokens of Gemini's answer
@@ -101,6 +101,17 @@ def _datasets(run: Path, info: dict[str, Any]) -> dict[str, dict[str, Case]]:
     return out
 
 
+def prompt_tokens(texts: Sequence[str], system: str | None, result: dict[str, Any]) -> int:
+    """The last turn's prompt size as the graph estimates it when routing (langchain-core's approximate
+    count of the user turns, plus the system prompt; earlier answers by the tokens measured for them)."""
+    from langchain_core.messages import HumanMessage
+    from langchain_core.messages.utils import count_tokens_approximately
+
+    earlier = sum(t.get("output_tokens") or 0 for t in (result.get("turns") or [])[:-1])
+    users = count_tokens_approximately([HumanMessage(t) for t in texts])
+    return int(users + len(system or "") // 4 + earlier)
+
+
 def load_pairs(runs: Sequence[Path], gemma_max_model_len: int = 16384) -> list[Pair]:
     """Every case answered (and graded) by both backends in each run."""
     pairs: list[Pair] = []
@@ -122,13 +133,12 @@ def load_pairs(runs: Sequence[Path], gemma_max_model_len: int = 16384) -> list[P
             if g is None or m is None:
                 continue
             texts = case.render(gemma_max_model_len)
-            chars = sum(len(t) for t in texts) + len(case.system_prompt or "")
             seconds = both["gemma"].get("model_latency_ms") or both["gemma"].get("latency_ms")
             pairs.append(
                 Pair(
                     key=f"{ds}/{case_id}",
                     text=message_text(texts[-1]),
-                    prompt_tokens=chars // 4,
+                    prompt_tokens=prompt_tokens(texts, case.system_prompt, both["gemini"]),
                     gemma=g,
                     gemini=m,
                     gemini_tokens=(
