@@ -4,6 +4,8 @@ isolation between users through the UI's API, and graceful shutdown of `hybrid-c
 from __future__ import annotations
 
 import asyncio
+import html
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +30,21 @@ from tests.browser.appserver import serve_app
 from tests.conftest import local_settings
 from tests.support.server import free_port
 from ui.auth import IapError, IapVerifier, Identity, parse_auth_users, parse_iap_email_header
-from ui.chat import NOT_AVAILABLE, ChatService, Delta, Done, meta_line, render_answer, turn_params
+from ui.chat import (
+    NOT_AVAILABLE,
+    ChatService,
+    Delta,
+    Done,
+    answer_row,
+    chatbot_value,
+    decorations,
+    meta_line,
+    model_choices,
+    reference,
+    row_decoration,
+    turn_params,
+    user_row,
+)
 from ui.health import HealthBoard
 from ui.limits import LimitExceeded, RateLimiter, check_message
 
@@ -83,9 +99,50 @@ def test_answer_rendering() -> None:
     }
     assert meta_line(meta) == "Gemma · auto: preferred gemma · first token 95 ms · 112 tok/s"
     assert meta_line({"interrupted": "stopped"}) == "stopped"
-    html = render_answer("**hi** <b>", {"backend_label": "<x>"})
-    assert html.startswith("**hi** <b>") and "&lt;x&gt;" in html  # the meta line is escaped
-    assert render_answer("Gemma is down", {"route_reason": "chosen"}, kind="backend_error").startswith("⚠️")
+    # An interruption's detail (an exception's text, an address) stays off the screen.
+    cut = meta_line({"interrupted": "ServiceUnavailable: 503 ... ipv4:127.0.0.1:7899"}, ref="ab12cd34")
+    assert cut == "cut off: the model stopped answering · reference ab12cd34"
+    assert meta_line({"finish_reason": "length"}) == "cut at the token limit"
+
+    # The chat's value is the answer's own text: the footer travels beside it, as escaped data.
+    rows = [
+        user_row("# not a heading", "h1"),
+        answer_row("```python\ndef f(", {**meta, "finish_reason": "length"}, row_id="a1", turn="h1"),
+    ]
+    assert chatbot_value(rows) == [
+        {"role": "user", "content": "# not a heading"},
+        {
+            "role": "assistant",
+            "content": "```python\ndef f(",
+            "options": [{"label": "Continue", "value": "continue"}],
+        },
+    ]
+    decor = decorations(rows, "s1")
+    assert "<span" not in decor and "&quot;typed&quot;: &quot;# not a heading&quot;" in decor
+    data = json.loads(html.unescape(decor.split('data-hc="')[1].split('"')[0]))
+    assert data["sid"] == "s1" and data["rows"][1]["cls"] == "hc-meta hc-turn-h1"
+    assert "cut at the token limit" in data["rows"][1]["line"]
+
+    failed = answer_row("Gemma is unavailable.", {"backend": "gemma", "error": "connect"}, row_id="e1")
+    assert failed["kind"] == "backend_error"
+    assert row_decoration(failed)["line"].endswith(f"reference {reference('e1')}")
+    assert chatbot_value([failed])[0]["options"] == [{"label": "Retry with Gemini", "value": "retry:gemini"}]
+    assert chatbot_value([failed], ("auto", "gemma"))[0].get("options") is None  # no Gemini to offer
+
+    fell_back = answer_row("Hi", {"backend": "gemini", "requested_backend": "gemma", "fallback": True})
+    assert row_decoration(fell_back)["badge"] == "answered by Gemini: Gemma unavailable"
+    assert "badge" not in row_decoration(answer_row("Hi", {"backend": "gemma", "requested_backend": "gemma"}))
+
+
+def test_model_choices_say_what_answers(tmp_path: Path) -> None:
+    client = ChatClient.from_settings(local_settings(tmp_path))
+    labels = dict((value, label) for label, value in model_choices(client))
+    assert labels["gemma"].startswith("Gemma stand-in: SmolLM2") and "12B" not in labels["gemma"]
+    assert labels["gemini"].startswith("Gemini stand-in: SmolLM2") and "2.5" not in labels["gemini"]
+    assert "picks Gemma or Gemini" in labels["auto"]
+    real = local_settings(tmp_path, gemma_base_url="http://vllm:8000/v1", gemini_project="my-project")
+    labels = dict((v, label) for label, v in model_choices(ChatClient.from_settings(real)))
+    assert "stand-in" not in labels["gemma"] + labels["gemini"]
 
 
 def test_health_board_prefers_the_circuit_breaker() -> None:

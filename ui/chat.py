@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import html
+import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +31,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from graph.client import MODELS as CLIENT_MODELS
 from graph.client import ChatClient, Delta
 from graph.client import Done as ClientDone
+from graph.local.llama import LOCAL_MODEL_LABEL
 from graph.memory.codec import message_text
 from graph.memory.contract import (
     META_KEY,
@@ -43,11 +47,27 @@ from ui.limits import Busy, LimitExceeded, StreamSlot, StreamSlots, check_messag
 
 log = logging.getLogger(__name__)
 
-MODEL_CHOICES: list[tuple[str, str]] = [
-    ("Auto", "auto"),
-    ("Gemma 3 12B (in-cluster)", "gemma"),
-    ("Gemini 2.5 Flash", "gemini"),
-]
+AUTO_HINT = "Auto: picks Gemma or Gemini for each message"
+
+
+def model_choices(client: ChatClient) -> list[tuple[str, str]]:
+    """The model picker's choices: what really answers (the backends' own labels, which say "stand-in"
+    with the embedded defaults), then any other policy of the router by name."""
+    backends = client.services.backends
+    out: list[tuple[str, str]] = []
+    for name in client.models:
+        if name == "auto":
+            out.append((AUTO_HINT, name))
+        elif name in SHORT_NAMES and backends.is_local(name):
+            # The stand-in's full label (on each answer) also names its server: the picker keeps the model.
+            out.append((f"{short_name(name)} stand-in: {LOCAL_MODEL_LABEL.split(' (')[0]}", name))
+        elif name in SHORT_NAMES:
+            out.append((backends.label(name), name))
+        else:
+            out.append((name.replace("_", " ").capitalize(), name))
+    return out
+
+
 MAX_TOKENS_CEILING = 8192
 
 UI_TURNS = Counter("hybrid_chat_ui_turns_total", "Chat turns served by the UI, by outcome.", ["outcome"])
@@ -126,11 +146,35 @@ class Done:
 
 
 # --- rendering ------------------------------------------------------------------------------
-def meta_line(meta: dict[str, Any]) -> str:
-    """The unobtrusive line under an answer: who answered, why, how fast."""
+# The answer's text is Markdown and nothing else: copying a message, copying the conversation and the
+# API return what the model wrote. What the page says about an answer (who answered, why, how fast, a
+# fallback, an error's reference) travels beside the chat's value (`decorations`) and is drawn next to
+# the bubble by ui/page.js: Gradio's Chatbot has no per-message footer, and anything put in the Markdown
+# would land inside an unclosed code block and on the clipboard.
+SHORT_NAMES = {"gemma": "Gemma", "gemini": "Gemini"}
+LENGTH_REASONS = ("length", "max_tokens")  # llama.cpp/vLLM say "length", Gemini "MAX_TOKENS"
+
+
+def reference(answer_id: Any) -> str:
+    """A short reference for an answer that went wrong, shown on the page and written to the log with
+    the detail: the same answer (also after a reload) always has the same reference."""
+    return hashlib.sha256(str(answer_id).encode()).hexdigest()[:8]
+
+
+def short_name(backend: Any) -> str:
+    return SHORT_NAMES.get(str(backend), str(backend))
+
+
+def cut_at_limit(meta: dict[str, Any]) -> bool:
+    return str(meta.get("finish_reason") or "").lower() in LENGTH_REASONS and not meta.get("interrupted")
+
+
+def meta_line(meta: dict[str, Any], *, ref: str | None = None) -> str:
+    """The unobtrusive line under an answer: who answered, why, how fast; never an exception's text (an
+    interruption's detail goes to the log under `ref`)."""
     parts: list[str] = []
     if meta.get("backend_label") or meta.get("backend"):
-        parts.append(str(meta.get("backend_label") or meta.get("backend")))
+        parts.append(str(meta.get("backend_label") or short_name(meta.get("backend"))))
     if meta.get("route_reason"):
         parts.append(str(meta["route_reason"]))
     if meta.get("ttft_ms") is not None:
@@ -139,53 +183,115 @@ def meta_line(meta: dict[str, Any]) -> str:
         parts.append(f"{float(meta['tokens_per_s']):.0f} tok/s")
     if meta.get("interrupted"):
         stopped = meta["interrupted"] == "stopped"
-        parts.append("stopped" if stopped else f"interrupted: {str(meta['interrupted'])[:120]}")
+        parts.append("stopped" if stopped else "cut off: the model stopped answering")
+    elif cut_at_limit(meta):
+        parts.append("cut at the token limit")
     if meta.get("note"):
         parts.append(str(meta["note"]))
+    if ref:
+        parts.append(f"reference {ref}")
     return " · ".join(parts)
 
 
-def render_answer(
-    text: str, meta: dict[str, Any] | None = None, *, kind: str = "answer", turn: str | None = None
-) -> str:
-    """Markdown for the chat bubble: the answer, then the meta line as small text. Its class
-    `hc-turn-<id>` names the turn (the sanitizer keeps classes, not data attributes), so scripts and
-    tests can tell a regenerated answer from the one it replaced."""
-    meta = meta or {}
-    body = text if text.strip() else "*(no answer)*"
+def fallback_badge(meta: dict[str, Any]) -> str | None:
+    """'answered by Gemini: Gemma unavailable' when another backend than the one routed to answered."""
+    asked, answered = meta.get("requested_backend"), meta.get("backend")
+    if not meta.get("fallback") or not asked or not answered or asked == answered:
+        return None
+    return f"answered by {short_name(answered)}: {short_name(asked)} unavailable"
+
+
+def answer_row(
+    text: str,
+    meta: dict[str, Any] | None,
+    *,
+    kind: str = "answer",
+    row_id: str | None = None,
+    turn: str | None = None,
+) -> dict[str, Any]:
+    """A server-side row for an answer (or a note standing in for one). `turn` names the turn in the
+    footer's class `hc-turn-<id>`, so tests can tell a regenerated answer from the one it replaced."""
+    meta = dict(meta or {})
+    if kind == "answer" and meta.get("error"):
+        kind = "backend_error"
+    return {"role": "assistant", "id": row_id, "text": text, "meta": meta, "kind": kind, "turn": turn}
+
+
+def user_row(text: str, row_id: str | None) -> dict[str, Any]:
+    return {"role": "user", "id": row_id, "text": text}
+
+
+def needs_reference(row: dict[str, Any]) -> bool:
+    meta = row.get("meta") or {}
+    interrupted = meta.get("interrupted")
+    return row.get("kind") == "backend_error" or bool(interrupted and interrupted != "stopped")
+
+
+def row_decoration(row: dict[str, Any]) -> dict[str, Any]:
+    """What ui/page.js draws for one row: a user's text as typed; an answer's footer, badge and look."""
+    if row["role"] == "user":
+        return {"typed": row["text"]}
+    meta = row.get("meta") or {}
+    kind = row.get("kind", "answer")
+    ref = reference(row.get("ref_id") or row.get("id") or row.get("turn")) if needs_reference(row) else None
+    classes = ["hc-meta"]
     if kind != "answer":
-        body = f"⚠️ {text}"
-    line = meta_line(meta)
-    if not line:
-        return body
-    css = "hc-meta hc-meta-error" if kind != "answer" else "hc-meta"
-    if turn:
-        css += " hc-turn-" + re.sub(r"[^A-Za-z0-9_-]", "_", str(turn))[:64]
-    return f'{body}\n\n<span class="{css}">{html.escape(line)}</span>'
+        classes.append("hc-meta-error")
+    if row.get("turn"):
+        classes.append("hc-turn-" + re.sub(r"[^A-Za-z0-9_-]", "_", str(row["turn"]))[:64])
+    out: dict[str, Any] = {"line": meta_line(meta, ref=ref), "cls": " ".join(classes), "kind": kind}
+    if kind == "answer" and (badge := fallback_badge(meta)):
+        out["badge"] = badge
+    return out
+
+
+def decorations(rows: list[dict[str, Any]], sid: str | None) -> str:
+    """The hidden element ui/page.js reads: one entry per row of the chat, and the open conversation
+    (for the page's address, `?c=<id>`). Escaped into an attribute: it is data, never markup."""
+    data = json.dumps({"sid": sid, "rows": [row_decoration(r) for r in rows]}, ensure_ascii=False)
+    return f'<div class="hc-decor" data-hc="{html.escape(data, quote=True)}"></div>'
+
+
+def row_actions(row: dict[str, Any], models: Collection[str]) -> list[dict[str, str]]:
+    """One-click follow-ups under the last answer (Gradio shows a message's options under the chat):
+    retry a failed answer with the other backend; continue an answer cut at the token limit or stopped."""
+    meta = row.get("meta") or {}
+    if row.get("kind") == "backend_error":
+        failed = meta.get("backend")
+        other = next((b for b in SHORT_NAMES if b != failed and b in models), None)
+        return [{"label": f"Retry with {short_name(other)}", "value": f"retry:{other}"}] if other else []
+    if row.get("kind") == "answer" and (cut_at_limit(meta) or meta.get("interrupted")):
+        return [{"label": "Continue", "value": "continue"}]
+    return []
 
 
 def rows_from_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
-    """Server-side rows (role, stored id, text, display markdown) for stored messages."""
+    """Server-side rows (role, stored id, text, metadata) for stored messages."""
     rows: list[dict[str, Any]] = []
     for m in messages:
         text = message_text(m)
         if m.type == "human":
-            rows.append({"role": "user", "id": m.id, "text": text, "content": text})
+            rows.append(user_row(text, m.id))
         elif m.type == "ai":
             meta = dict(m.response_metadata.get(META_KEY) or {})
-            rows.append(
-                {
-                    "role": "assistant",
-                    "id": m.id,
-                    "text": text,
-                    "content": render_answer(text, meta, turn=m.id),
-                }
-            )
+            rows.append(answer_row(text, meta, row_id=m.id, turn=m.id))
     return rows
 
 
-def chatbot_value(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"role": r["role"], "content": r["content"]} for r in rows]
+def chatbot_value(
+    rows: list[dict[str, Any]], models: Collection[str] = CLIENT_MODELS
+) -> list[dict[str, Any]]:
+    """The Chatbot's value: each message's own text, nothing added; the last answer's follow-ups as
+    options."""
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        text = r["text"]
+        if r["role"] == "assistant" and not text.strip():
+            text = "(no answer)"
+        out.append({"role": r["role"], "content": text})
+    if rows and rows[-1]["role"] == "assistant" and (actions := row_actions(rows[-1], models)):
+        out[-1]["options"] = actions
+    return out
 
 
 NOT_AVAILABLE = (
@@ -207,7 +313,9 @@ def friendly_error(exc: BaseException) -> str:
         )
     if isinstance(exc, LimitExceeded):
         return str(exc)
-    return f"Something went wrong ({type(exc).__name__}). Your earlier messages are safe; try again."
+    ref = uuid.uuid4().hex[:8]
+    log.error("unexpected failure, reference %s: %s", ref, type(exc).__name__, exc_info=exc)
+    return f"Something went wrong on our side. Your earlier messages are safe; try again (reference {ref})."
 
 
 # --- the service ----------------------------------------------------------------------------
@@ -321,6 +429,16 @@ class ChatService:
         answer = done.answer
         assert answer is not None
         self.health.record_answer(done.meta, failed=done.kind == "backend_error")
+        if done.kind == "backend_error" or (answer.interrupted and answer.interrupted != "stopped"):
+            # The page shows the reference only; the detail is here.
+            log.warning(
+                "answer went wrong, reference %s: backend %s, route %r, error %s, interrupted %r",
+                reference(answer.id),
+                answer.backend,
+                answer.route_reason,
+                answer.error,
+                answer.interrupted,
+            )
         note = "not saved: the conversation store is unreachable" if done.save_error else None
         UI_TURNS.labels("ok" if done.kind == "answer" and not answer.interrupted else "backend_error").inc()
         return Done(

@@ -33,17 +33,20 @@ from ui.chat import (
     Delta,
     Done,
     TurnParams,
+    answer_row,
     chatbot_value,
+    decorations,
     friendly_error,
-    render_answer,
     rows_from_messages,
     turn_params,
+    user_row,
 )
 from ui.limits import LimitExceeded, RateLimiter, StreamSlot, check_message
 
 log = logging.getLogger(__name__)
 
 CONVERSATIONS_PAGE = 30
+CONTINUE = "Continue from where you stopped."
 
 
 @dataclass
@@ -95,10 +98,25 @@ class ChatHandlers:
         return self.identity.user_of(request)
 
     def textbox_busy(self) -> Any:
-        return gr.update(value="", interactive=False, submit_btn=False, stop_btn=True)
+        """While an answer streams the box stays usable (people type their next message meanwhile);
+        only Send waits, replaced by Stop."""
+        return gr.update(submit_btn=False, stop_btn=True)
+
+    def take_input(self, text: str) -> tuple[Any, str]:
+        """Enter: the box empties at once (not when the server starts the turn, which would erase what
+        was typed meanwhile); the text goes on to `send`, which puts it back if it is refused."""
+        return gr.update(value=""), text
 
     def textbox_ready(self) -> Any:
         return gr.update(interactive=True, submit_btn=True, stop_btn=False)
+
+    def shown(self, st: Session) -> list[dict[str, Any]]:
+        """The chat's value for `st`'s rows (the answers' own text, follow-ups on the last one)."""
+        return chatbot_value(st.rows, self.service.client.models)
+
+    def decor(self, st: Session) -> str:
+        """What ui/page.js draws beside the chat (footers, badges, typed text) and the page's `?c=`."""
+        return decorations(st.rows, st.sid if st.rows else None)
 
     # --- the streamed turn, shared by send / regenerate / edit -------------------------------
     async def run_turn(
@@ -107,11 +125,11 @@ class ChatHandlers:
         st.sid = st.sid or uuid.uuid4().hex
         human_id = str(uuid.uuid4())
         rows = st.rows
-        rows.append({"role": "user", "id": human_id, "text": text, "content": text})
+        rows.append(user_row(text, human_id))
         st.busy, st.live, st.stopped = True, "", False
         answer: dict[str, Any] | None = None
         try:
-            yield chatbot_value(rows), self.textbox_busy(), st, gr.skip()
+            yield self.shown(st), self.textbox_busy(), st, gr.skip(), self.decor(st)
             turn = self.service.turn(user, st.sid, text, params, human_id=human_id, slot=slot)
             async with contextlib.aclosing(turn):
                 async for event in turn:
@@ -120,21 +138,29 @@ class ChatHandlers:
                     if isinstance(event, Delta):
                         st.live = event.text
                         if answer is None:
-                            answer = {"role": "assistant", "id": None, "text": "", "content": ""}
+                            answer = answer_row("", None, turn=human_id)
                             rows.append(answer)
-                        answer["text"] = answer["content"] = event.text
-                        yield chatbot_value(rows), gr.skip(), gr.skip(), gr.skip()
+                        answer["text"] = event.text
+                        # The decorations wait for the end: a streaming answer has no footer yet.
+                        yield self.shown(st), gr.skip(), gr.skip(), gr.skip(), gr.skip()
                         continue
                     done = event
+                    final = answer_row(
+                        done.text,
+                        done.meta,
+                        kind=done.kind,
+                        row_id=done.answer_id if done.answer_saved else None,
+                        turn=human_id,
+                    )
+                    final["ref_id"] = done.answer_id
                     if answer is None:
-                        answer = {"role": "assistant", "id": None, "text": "", "content": ""}
-                        rows.append(answer)
-                    answer["id"] = done.answer_id if done.answer_saved else None
-                    answer["text"] = done.text
-                    answer["content"] = render_answer(done.text, done.meta, kind=done.kind, turn=human_id)
+                        rows.append(final)
+                    else:
+                        answer.clear()
+                        answer.update(final)
                     if not done.human_saved:
                         rows[-2]["id"] = None
-                    yield chatbot_value(rows), gr.skip(), st, self.service.health.html()
+                    yield self.shown(st), gr.skip(), st, self.service.health.html(), self.decor(st)
         finally:
             st.busy = False
             slot.release()  # the turn releases it; this covers a turn closed before it started
@@ -162,9 +188,11 @@ class ChatHandlers:
             raise
         return text, params
 
-    def refused(self, st: Session, exc: Exception) -> tuple:
+    def refused(self, st: Session, exc: Exception, restore: str | None = None) -> tuple:
+        """A turn refused before it started; `restore`: the text to put back in the input box."""
         gr.Warning(str(exc), title="Message not sent")
-        return gr.skip(), gr.skip(), st, gr.skip()
+        box = gr.update(value=restore) if restore is not None else gr.skip()
+        return gr.skip(), box, st, gr.skip(), gr.skip()
 
     async def send(
         self,
@@ -179,14 +207,15 @@ class ChatHandlers:
     ) -> AsyncIterator[tuple]:
         user = self.user_of(request)
         st = _session(st, user)
+        typed = text if isinstance(text, str) else ""
         if st.busy:
-            yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."))
+            yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."), typed)
             return
         try:
             text, params = self.check_turn(user, text, (model, temperature, top_p, max_tokens, system))
             slot = await self.take_slot()
         except LimitExceeded as exc:
-            yield self.refused(st, exc)
+            yield self.refused(st, exc, typed)
             return
         async for out in self.run_turn(user, st, text, params, slot):
             yield out
@@ -259,31 +288,57 @@ class ChatHandlers:
         if isinstance(value, list):  # content blocks
             value = "".join(b.get("text", "") for b in value if isinstance(b, dict))
         if not (0 <= j < len(st.rows)) or st.rows[j]["role"] != "user":
-            yield chatbot_value(st.rows), gr.skip(), st, gr.skip()
+            yield self.shown(st), gr.skip(), st, gr.skip(), self.decor(st)
             return
         async for out in self.resend_from(
             user, st, j, str(value), (model, temperature, top_p, max_tokens, system)
         ):
             yield out
 
+    async def follow_up(
+        self,
+        st: Any,
+        model: str,
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
+        system: str,
+        choice: gr.SelectData,
+        request: gr.Request,
+    ) -> AsyncIterator[tuple]:
+        """An option under the last answer: "retry:<model>" asks the last question again of that model
+        (a failed answer's "Retry with Gemini"); "continue" asks the model to go on where it was cut."""
+        user = self.user_of(request)
+        st = _session(st, user)
+        value = str(choice.value or "")
+        params_in = (model, temperature, top_p, max_tokens, system)
+        if value.startswith("retry:"):
+            j = next((k for k in range(len(st.rows) - 1, -1, -1) if st.rows[k]["role"] == "user"), None)
+            if j is None:
+                yield self.refused(st, LimitExceeded("Nothing to retry."))
+                return
+            params_in = (value.removeprefix("retry:"), *params_in[1:])
+            async for out in self.resend_from(user, st, j, st.rows[j]["text"], params_in):
+                yield out
+        elif value == "continue":
+            async for out in self.send(CONTINUE, st, *params_in, request):
+                yield out
+        else:
+            yield gr.skip(), gr.skip(), st, gr.skip(), gr.skip()
+
     async def stop(self, st: Any, request: gr.Request) -> tuple:
         user = self.user_of(request)
         st = _session(st, user)
         if not st.busy:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         st.stopped = True
+        turn = st.rows[-1].get("turn") if st.rows else None
+        stopped = answer_row(st.live, {"interrupted": "stopped"}, turn=turn)
         if st.rows and st.rows[-1]["role"] == "assistant":
-            st.rows[-1]["content"] = render_answer(st.live, {"interrupted": "stopped"})
+            st.rows[-1] = stopped
         elif st.live:
-            st.rows.append(
-                {
-                    "role": "assistant",
-                    "id": None,
-                    "text": st.live,
-                    "content": render_answer(st.live, {"interrupted": "stopped"}),
-                }
-            )
-        shown = chatbot_value(st.rows)
+            st.rows.append(stopped)
+        shown, decor = self.shown(st), self.decor(st)
         # The stopped turn is saved in the background: list the conversations once it is.
         for _ in range(30):
             if not st.busy:
@@ -291,7 +346,7 @@ class ChatHandlers:
             await asyncio.sleep(0.1)
         await self.service.saved(3)
         conv, _more = await self.conversation_choices(user, st)
-        return shown, conv
+        return shown, conv, decor
 
     # --- conversations -----------------------------------------------------------------------
     async def conversation_choices(self, user: str, st: Session, *, more: bool = False) -> tuple[Any, Any]:
@@ -320,16 +375,26 @@ class ChatHandlers:
         return out + "</div>"
 
     async def on_load(self, request: gr.Request) -> tuple:
+        """A new tab: the user's conversations; with `?c=<id>` in the address (a reload, a bookmark),
+        that conversation opened."""
         user = self.user_of(request)
         st = Session(user=user)
+        wanted = str(request.query_params.get("c") or "").strip()[:200] if request is not None else ""
+        shown: Any = gr.skip()
+        title: Any = gr.skip()
+        if wanted:
+            shown, title = await self.load_conversation(user, st, wanted)
         conv, more = await self.conversation_choices(user, st)
-        return st, conv, more, self.user_html(user), self.service.health.html()
+        if wanted:
+            title = gr.update(value=next((t for t, s in st.listed if s == st.sid), ""))
+        return st, conv, more, self.user_html(user), self.service.health.html(), shown, title, self.decor(st)
 
     async def after_turn(self, st: Any, request: gr.Request) -> tuple:
         user = self.user_of(request)
         st = _session(st, user)
         conv, _more = await self.conversation_choices(user, st)
-        return self.textbox_ready(), conv
+        # A refused second message ends while the first answer still streams: Stop stays then.
+        return (gr.skip() if st.busy else self.textbox_ready()), conv
 
     async def more_conversations(self, st: Any, request: gr.Request) -> tuple:
         user = self.user_of(request)
@@ -337,15 +402,43 @@ class ChatHandlers:
         conv, more = await self.conversation_choices(user, st, more=True)
         return conv, more
 
+    def selected(self, st: Session) -> Any:
+        """The sidebar's selection for the open conversation (none if it is not listed)."""
+        return gr.update(value=st.sid if st.sid in {sid for _, sid in st.listed} else None)
+
+    async def load_conversation(self, user: str, st: Session, sid: str) -> tuple[Any, Any]:
+        """Open `sid` into `st` at once (all pages): (chat value, title). Not found or not the user's: a
+        note in the chat saying so, and a new conversation."""
+        try:
+            messages = await self.service.messages(user, sid)
+        except (AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
+            log.warning("open conversation refused for %s: %s", user, type(exc).__name__)
+            st.sid, st.rows = None, []
+            return [self.open_failed_note(exc)], gr.update(value="")
+        st.sid, st.rows = sid, rows_from_messages(messages)
+        return self.shown(st), gr.update(value=next((t for t, s in st.listed if s == sid), ""))
+
+    def open_failed_note(self, exc: Exception) -> dict[str, str]:
+        if isinstance(exc, AccessDenied | ConversationNotFound):
+            # One text for both: whether an id exists under another account is nobody else's business.
+            text = (
+                "Conversation not found. Its link may be incomplete, it may have been deleted, or it "
+                "belongs to another account. Pick one in the list, or start a new one."
+            )
+        else:
+            text = friendly_error(exc)
+        gr.Warning(text, title="Cannot open this conversation")
+        return {"role": "assistant", "content": text}
+
     async def open_conversation(self, sid: Any, st: Any, request: gr.Request) -> AsyncIterator[tuple]:
         user = self.user_of(request)
         st = _session(st, user)
         if st.busy:
             gr.Warning("Wait for the current answer, or press Stop.")
-            yield gr.skip(), st, gr.skip()
+            yield gr.skip(), st, gr.skip(), gr.skip(), self.selected(st)  # the selection stays put
             return
         if not isinstance(sid, str) or not sid:
-            yield gr.skip(), st, gr.skip()
+            yield gr.skip(), st, gr.skip(), gr.skip(), gr.skip()
             return
         messages: list = []
         try:
@@ -353,21 +446,19 @@ class ChatHandlers:
                 messages[:0] = page
                 st.sid, st.rows = sid, rows_from_messages(messages)
                 title = next((t for t, s in st.listed if s == sid), "")
-                yield chatbot_value(st.rows), st, gr.update(value=title)
+                yield self.shown(st), st, gr.update(value=title), self.decor(st), gr.skip()
         except (AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
             log.warning("open conversation refused for %s: %s", user, type(exc).__name__)
-            gr.Warning(friendly_error(exc), title="Cannot open this conversation")
             st.sid, st.rows = None, []
-            note = {"role": "assistant", "content": render_answer(friendly_error(exc), kind="failed")}
-            yield [note], st, gr.update(value="")
+            yield [self.open_failed_note(exc)], st, gr.update(value=""), self.decor(st), gr.skip()
 
     async def new_conversation(self, st: Any, request: gr.Request) -> tuple:
         st = _session(st, self.user_of(request))
         if st.busy:
             gr.Warning("Wait for the current answer, or press Stop.")
-            return gr.skip(), st, gr.skip(), gr.skip()
+            return gr.skip(), st, gr.skip(), gr.skip(), gr.skip()
         st.sid, st.rows = None, []
-        return [], st, gr.update(value=None), gr.update(value="")
+        return [], st, gr.update(value=None), gr.update(value=""), self.decor(st)
 
     async def rename(self, title: str, st: Any, request: gr.Request) -> Any:
         user = self.user_of(request)
@@ -405,11 +496,19 @@ class ChatHandlers:
                 await self.service.delete(user, st.sid)
             except (AccessDenied, MemoryUnavailable) as exc:
                 gr.Warning(friendly_error(exc))
-                return gr.skip(), st, gr.skip(), gr.skip(), gr.update(visible=True), gr.update(visible=False)
+                return (
+                    gr.skip(),
+                    st,
+                    gr.skip(),
+                    gr.skip(),
+                    gr.update(visible=True),
+                    gr.update(visible=False),
+                    gr.skip(),
+                )
             st.sid, st.rows = None, []
             gr.Info("Conversation deleted.")
         conv, more = await self.conversation_choices(user, st)
-        return [], st, conv, more, gr.update(visible=True), gr.update(visible=False)
+        return [], st, conv, more, gr.update(visible=True), gr.update(visible=False), self.decor(st)
 
     def health_html(self) -> str:
         return self.service.health.html()

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from ui.chat import MODEL_CHOICES
+from ui.chat import model_choices
 from ui.handlers import ChatHandlers
 
 PHONE_MAX_WIDTH = 768
@@ -20,6 +20,77 @@ CLOSE_SIDEBAR_ON_PHONE = f"""() => {{
   const open = bar && (bar.classList.contains('open') || bar.closest('.sidebar.open'));
   if (open) bar.querySelector('button[aria-label="Toggle Sidebar"]')?.click();
 }}"""
+# Back to the message box after an answer, so the next message needs no click first; not on a touch
+# screen, where focusing would pull the keyboard over the answer just received.
+FOCUS_INPUT = """() => {
+  if (window.matchMedia('(pointer: fine)').matches) document.querySelector('#hc-input textarea')?.focus();
+}"""
+# What the page draws beside Gradio's chat, from the hidden `#hc-decor` element (ui.chat.decorations):
+# under each answer its footer (who answered, route, timings, a fallback badge, an error's reference),
+# each user message as typed (Gradio renders every message as Markdown), and the open conversation in
+# the address (`?c=<id>`, which a reload reopens). The footer lives outside the message's text, so the
+# copy buttons and a reload never see it. Written by hand: Gradio's Chatbot has no per-message footer
+# nor a per-message "plain text" switch. Idempotent, redrawn on every change of the chat.
+DECORATE = """() => {
+  if (window.__hcDecorate) return;
+  const apply = () => {
+    const holder = document.querySelector('#hc-decor .hc-decor');
+    const chat = document.querySelector('#hc-chatbot');
+    if (!holder || !chat) return;
+    let data;
+    try { data = JSON.parse(holder.dataset.hc); } catch (e) { return; }
+    const users = data.rows.filter((r) => 'typed' in r);
+    const answers = data.rows.filter((r) => !('typed' in r));
+    chat.querySelectorAll('[data-testid="user"]').forEach((el, i) => typed(el, users[i]));
+    chat.querySelectorAll('[data-testid="bot"]').forEach((el, i) => footer(el, answers[i]));
+    const url = new URL(window.location.href);
+    const want = data.sid || null;
+    if ((url.searchParams.get('c') || null) !== want) {
+      if (want) url.searchParams.set('c', want); else url.searchParams.delete('c');
+      window.history.replaceState(window.history.state, '', url);
+    }
+  };
+  const typed = (el, row) => {
+    const md = el.querySelector('.message-content > .md');
+    let t = el.querySelector('.hc-typed');
+    if (!row || !md) { t?.remove(); return; }
+    if (!t || t.previousElementSibling !== md) {
+      t?.remove();
+      t = document.createElement('div');
+      t.className = 'hc-typed';
+      md.after(t);
+    }
+    if (t.textContent !== row.typed) t.textContent = row.typed;
+  };
+  const footer = (el, row) => {
+    let f = el.querySelector(':scope > .hc-foot');
+    if (!row || (!row.line && !row.badge)) { f?.remove(); return; }
+    const key = JSON.stringify(row);
+    if (f && f.dataset.key === key) return;
+    if (!f) { f = document.createElement('div'); el.appendChild(f); }
+    f.dataset.key = key;
+    f.className = row.kind === 'answer' ? 'hc-foot' : 'hc-foot hc-foot-error';
+    f.replaceChildren();
+    for (const [cls, text] of [['hc-badge', row.badge], [row.cls, row.line]]) {
+      if (!text) continue;
+      const span = document.createElement('span');
+      span.className = cls;
+      span.textContent = text;
+      f.append(span);
+    }
+  };
+  let queued = false;
+  const schedule = () => {
+    if (queued) return;
+    queued = true;
+    window.requestAnimationFrame(() => { queued = false; apply(); });
+  };
+  new MutationObserver(schedule).observe(document.body, {
+    childList: true, subtree: true, characterData: true, attributes: true, attributeFilter: ['data-hc'],
+  });
+  window.__hcDecorate = apply;
+  schedule();
+}"""
 # Turns are not limited by Gradio's queue: the one stream limit (`ChatService.streams`, shared with
 # `/api/chat`) holds them, waiting a bounded time and then saying the server is busy.
 TURN_CONCURRENCY = None
@@ -54,7 +125,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         with gr.Row(elem_id="hc-header", equal_height=True):
             gr.HTML("<h1>hybrid-chat</h1>", padding=False, scale=0, min_width=110)
             model = gr.Dropdown(
-                choices=MODEL_CHOICES,
+                choices=model_choices(h.service.client),
                 value=h.settings.default_model,
                 label="Model",
                 show_label=False,
@@ -97,35 +168,49 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
                     1, 4096, value=min(h.settings.max_tokens, 4096), step=1, label="Max tokens"
                 )
             system = gr.Textbox(value=h.settings.system_prompt, label="Persona (system prompt)", lines=2)
+        decor = gr.HTML("", elem_id="hc-decor", padding=False, container=False)
         timer = gr.Timer(20)
 
         gen_inputs = [model, temperature, top_p, max_tokens, system]
-        turn_outputs = [chatbot, textbox, state, health]
+        turn_outputs = [chatbot, textbox, state, health, decor]
         turn_kwargs: dict[str, Any] = {
             "api_visibility": "private",
             "concurrency_limit": TURN_CONCURRENCY,
             "show_progress": "minimal",
         }
-        send_ev = textbox.submit(h.send, [textbox, state, *gen_inputs], turn_outputs, **turn_kwargs)
+        typed = gr.State("")
+        send_ev = textbox.submit(
+            h.take_input, [textbox], [textbox, typed], api_visibility="private", queue=False
+        ).then(h.send, [typed, state, *gen_inputs], turn_outputs, **turn_kwargs)
         retry_ev = chatbot.retry(h.regenerate, [state, *gen_inputs], turn_outputs, **turn_kwargs)
         edit_ev = chatbot.edit(h.edit_resend, [state, *gen_inputs], turn_outputs, **turn_kwargs)
-        for ev in (send_ev, retry_ev, edit_ev):
-            ev.then(h.after_turn, [state], [textbox, conv], api_visibility="private", show_progress="hidden")
+        option_ev = chatbot.option_select(h.follow_up, [state, *gen_inputs], turn_outputs, **turn_kwargs)
+        turns = [send_ev, retry_ev, edit_ev, option_ev]
+        for ev in turns:
+            ev.then(
+                h.after_turn, [state], [textbox, conv], api_visibility="private", show_progress="hidden"
+            ).then(None, js=FOCUS_INPUT)
         textbox.stop(
             h.stop,
             [state],
-            [chatbot, conv],
-            cancels=[send_ev, retry_ev, edit_ev],
+            [chatbot, conv, decor],
+            cancels=turns,
             api_visibility="private",
             queue=False,
-        )
+        ).then(None, js=FOCUS_INPUT)
 
-        demo.load(h.on_load, None, [state, conv, more_btn, who, health], api_visibility="private")
+        demo.load(None, js=DECORATE)
+        demo.load(
+            h.on_load,
+            None,
+            [state, conv, more_btn, who, health, chatbot, title_box, decor],
+            api_visibility="private",
+        )
         demo.load(None, js=CLOSE_SIDEBAR_ON_PHONE)
         conv.input(
             h.open_conversation,
             [conv, state],
-            [chatbot, state, title_box],
+            [chatbot, state, title_box, decor, conv],
             api_visibility="private",
             show_progress="minimal",
         )
@@ -133,7 +218,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         new_btn.click(
             h.new_conversation,
             [state],
-            [chatbot, state, conv, title_box],
+            [chatbot, state, conv, title_box, decor],
             api_visibility="private",
             queue=False,
         )
@@ -144,13 +229,13 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         confirm_btn.click(
             h.delete,
             [state],
-            [chatbot, state, conv, more_btn, delete_btn, confirm_btn],
+            [chatbot, state, conv, more_btn, delete_btn, confirm_btn, decor],
             api_visibility="private",
         )
         chatbot.clear(
             h.new_conversation,
             [state],
-            [chatbot, state, conv, title_box],
+            [chatbot, state, conv, title_box, decor],
             api_visibility="private",
             queue=False,
         )

@@ -48,7 +48,7 @@ def theme() -> gr.themes.Base:
 CSS = """
 #hc-header { align-items: center; gap: 8px; flex-wrap: wrap; }
 #hc-header h1 { font-size: 1.25rem; margin: 0; font-weight: 600; white-space: nowrap; }
-#hc-model { max-width: 340px; min-width: 250px !important; }
+#hc-model { max-width: 400px; min-width: 250px !important; }
 .hc-health { display: inline-flex; gap: 12px; font-size: 0.85rem; color: var(--body-text-color-subdued); }
 .hc-health-item { display: inline-flex; align-items: center; gap: 5px; cursor: default; }
 .hc-dot { width: 9px; height: 9px; border-radius: 50%; display: inline-block; background: #9AA0A6; }
@@ -59,8 +59,16 @@ CSS = """
 .hc-logout { display: inline; margin: 0; }
 .hc-logout button { background: none; border: 0; padding: 0; color: var(--link-text-color); cursor: pointer;
   font: inherit; text-decoration: underline; }
-.hc-meta { display: block; font-size: 0.75rem; color: var(--body-text-color-subdued); margin-top: 2px; }
+.hc-foot { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 8px; margin-top: 4px; }
+.hc-meta { font-size: 0.75rem; color: var(--body-text-color-subdued); }
 .hc-meta-error { color: #B3261E; }
+.hc-badge { font-size: 0.75rem; font-weight: 600; padding: 1px 8px; border-radius: 999px;
+  background: #FEF7E0; color: #7A4F01; border: 1px solid #F9AB00; }
+#hc-chatbot .message.bot:has(.hc-foot-error) { background: #FCE8E6 !important;
+  border: 1px solid #F4B4AE !important; }
+.hc-typed { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; }
+#hc-chatbot .message-content > .md:has(+ .hc-typed) { display: none; }
+#hc-decor { display: none !important; }
 #hc-chatbot { flex-grow: 1; }
 #hc-conversations { max-height: 60vh; overflow-y: auto; }
 #hc-conversations label { width: 100%; }

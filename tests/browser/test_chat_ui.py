@@ -107,7 +107,16 @@ def test_round_trip_streams_and_says_who_answered(page: Any, artifacts: Any) -> 
 
 
 def test_model_choice_changes_the_backend(page: Any) -> None:
-    pick_model(page, "Gemini 2.5 Flash")
+    page.get_by_role("combobox", name="Model").click()
+    options = page.get_by_role("option")
+    expect(options).to_have_count(3)
+    # With the embedded defaults the picker names the stand-ins that answer; Auto says what it does.
+    assert [o.removeprefix("✓").strip() for o in options.all_inner_texts()] == [
+        "Auto: picks Gemma or Gemini for each message",
+        "Gemma stand-in: SmolLM2-135M-Instruct",
+        "Gemini stand-in: SmolLM2-135M-Instruct",
+    ]
+    page.get_by_role("option", name="Gemini stand-in").click()
     answer = wait_answer(page, send(page, "Name one planet."))
     expect(answer.locator(".hc-meta")).to_contain_text("Gemini stand-in")
     expect(answer.locator(".hc-meta")).to_contain_text("chosen: gemini")
@@ -118,17 +127,17 @@ def test_model_choice_changes_the_backend(page: Any) -> None:
 
 def test_conversation_survives_reload_then_rename_and_delete(page: Any) -> None:
     wait_answer(page, send(page, "Remember the word kiwi."))
+    assert re.search(r"[?&]c=[0-9a-f]{32}\b", page.url), page.url  # the conversation's own address
     page.reload()
     entry = page.get_by_role("radio", name="Remember the word kiwi.")
-    expect(entry).to_be_visible()
-    expect(bots(page)).to_have_count(0)  # a reload starts a new, empty conversation
-    entry.check()
-    expect(page.locator("#hc-chatbot").get_by_test_id("user")).to_have_text(["Remember the word kiwi."])
+    expect(entry).to_be_checked()  # the address reopened it
+    users = page.locator("#hc-chatbot").get_by_test_id("user")
+    expect(users).to_have_text(["Remember the word kiwi."], use_inner_text=True)
     expect(bots(page)).to_have_count(1)
+    expect(bots(page).first.locator(".hc-meta")).to_contain_text("chosen: gemma")  # its footer too
     wait_answer(page, send(page, "Which word did I ask you to remember?"))  # continues the same one
 
     page.reload()
-    page.get_by_role("radio", name="Remember the word kiwi.").check()
     expect(bots(page)).to_have_count(2)
 
     page.locator("#hc-title input").fill("Kiwi chat")
@@ -140,6 +149,7 @@ def test_conversation_survives_reload_then_rename_and_delete(page: Any) -> None:
     page.locator("#hc-delete-confirm").click()
     expect(page.get_by_role("radio", name="Kiwi chat")).to_have_count(0)
     expect(bots(page)).to_have_count(0)
+    expect(page).not_to_have_url(re.compile(r"[?&]c="))
     page.reload()
     page.locator("#hc-new").wait_for()
     expect(page.get_by_role("radio", name="Kiwi chat")).to_have_count(0)
@@ -156,7 +166,8 @@ def test_regenerate_and_edit_replace_the_last_turn(page: Any) -> None:
     page.locator("#hc-chatbot").get_by_role("button", name="Edit").click()
     page.locator("#hc-chatbot textarea").fill("Say hello to Grace.")
     page.locator("#hc-chatbot").get_by_role("button", name="Submit").click()
-    expect(page.locator("#hc-chatbot").get_by_test_id("user")).to_have_text(["Say hello to Grace."])
+    users = page.locator("#hc-chatbot").get_by_test_id("user")
+    expect(users).to_have_text(["Say hello to Grace."], use_inner_text=True)
     expect(bots(page).first.locator(f".hc-meta.{second}")).to_have_count(0)
     wait_answer(page, 0)
     expect(bots(page)).to_have_count(1)
@@ -164,7 +175,8 @@ def test_regenerate_and_edit_replace_the_last_turn(page: Any) -> None:
     expect(page.get_by_role("radio", name="Say hello to Grace.")).to_be_visible()
     expect(page.get_by_role("radio", name="Say hello to Ada.")).to_have_count(0)
     page.get_by_role("radio", name="Say hello to Grace.").check()
-    expect(page.locator("#hc-chatbot").get_by_test_id("user")).to_have_text(["Say hello to Grace."])
+    users = page.locator("#hc-chatbot").get_by_test_id("user")
+    expect(users).to_have_text(["Say hello to Grace."], use_inner_text=True)
 
 
 def test_backend_failure_shows_in_chat_and_next_message_works(
