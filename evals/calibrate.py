@@ -229,7 +229,7 @@ class Calibration:
 
 
 def split(pairs: Sequence[Pair], test_size: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """By case, stratified by label as far as groups allow."""
+    """One fold in round(1 / test_size), by case, stratified by label as far as groups allow."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     folds = max(2, round(1 / test_size))

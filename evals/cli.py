@@ -163,7 +163,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         metavar="F",
         help="send at most this share of turns to Gemini, with the best quality (e.g. 0.3)",
     )
-    cal.add_argument("--test-size", type=_fraction, default=0.3, help="share of cases held out (default 0.3)")
+    cal.add_argument(
+        "--test-size",
+        type=_fraction,
+        default=0.3,
+        help="cases held out: one stratified fold in round(1/F), by case (default 0.3: a third)",
+    )
     cal.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     cal.add_argument("--seed", type=int, default=0, help="for the split and the folds (default 0)")
     cal.add_argument(
