@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from typing_extensions import TypedDict
 
+from graph.attachments.store import AttachmentStore, make_attachment_store
 from graph.backends import Backends
 from graph.memory.contract import ConversationStore
 from graph.router import Router
@@ -42,6 +43,7 @@ class Services:
     backends: Backends
     router: Router
     turns: Turns = field(default_factory=Turns)
+    attachments: AttachmentStore | None = None  # images and PDFs, outside the messages (issue 15)
 
     @classmethod
     def build(
@@ -61,4 +63,5 @@ class Services:
 
             store = make_store(settings)
         backends = backends or Backends(settings)
-        return cls(settings, store, backends, router or default_router(settings, backends))
+        router = router or default_router(settings, backends)
+        return cls(settings, store, backends, router, attachments=make_attachment_store(settings))

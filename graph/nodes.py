@@ -35,6 +35,7 @@ from langgraph.runtime import Runtime
 
 from graph import metrics
 from graph.attachments import blocks
+from graph.attachments.store import AttachmentStore, make_attachment_store
 from graph.backends import BACKENDS, Accepts, BackendName, GenerationParams
 from graph.context import Context, Services
 from graph.health import http_status
@@ -192,6 +193,49 @@ def attachment_signals(base: Signals, files: Sequence[AttachmentInfo], services:
     )
 
 
+def attachment_store(services: Services) -> AttachmentStore:
+    return services.attachments or make_attachment_store(services.settings)
+
+
+async def stored_form(
+    messages: Sequence[BaseMessage], user_id: str, services: Services
+) -> list[BaseMessage]:
+    """`messages` as memory keeps them: user messages' attachments put in the attachment store and
+    replaced by references (a message document stays small; Firestore caps one at 1 MiB)."""
+    store = attachment_store(services)
+    out: list[BaseMessage] = []
+    for m in messages:
+        if m.type == "human" and isinstance(m.content, list):
+            m = m.model_copy(update={"content": await blocks.to_stored(m.content, user_id, store)})
+        out.append(m)
+    return out
+
+
+async def _save_questions(
+    history: ChatHistory, questions: list[BaseMessage], user_id: str, services: Services
+) -> None:
+    await history.aadd_messages(await stored_form(questions, user_id, services))
+
+
+async def resolved_history(state: State, services: Services) -> dict[str, BaseMessage]:
+    """The prompt's history with earlier attachments loaded back from the store, the newest first, at
+    most `attachment_history_max` of them (the rest stay references: the model reads a line saying
+    what was there)."""
+    history = dict(state.get("history") or {})
+    budget = services.settings.attachment_history_max
+    store = attachment_store(services)
+    for key in reversed(list(history)):
+        m = history[key]
+        if budget <= 0:
+            break
+        if m.type == "human" and isinstance(m.content, list):
+            content, used = await blocks.resolve(m.content, state["user_id"], store, budget)
+            if used:
+                history[key] = m.model_copy(update={"content": content})
+                budget -= used
+    return history
+
+
 def estimate_tokens(messages: Sequence[BaseMessage]) -> int:
     """`count_tokens_approximately`, an attachment counted as what the models count, not its base64."""
     return count_tokens_approximately(
@@ -265,7 +309,7 @@ async def prepare(
     # The question is saved now, in the background: a crash mid-answer keeps it; the answer waits for it.
     questions = [m for m in unstored if m.type == "human"]
     if history is not None:
-        services.turns.begin(str(unstored[-1].id), history.aadd_messages(questions))
+        services.turns.begin(str(unstored[-1].id), _save_questions(history, questions, user_id, services))
     return {
         "stateless": history is None,
         "session_id": session_id,
@@ -308,7 +352,12 @@ def _params(options: dict[str, Any]) -> GenerationParams:
     )
 
 
-def _prompt(state: State, accepts: Accepts | None = None, history_max: int = 0) -> list[BaseMessage]:
+def _prompt(
+    state: State,
+    accepts: Accepts | None = None,
+    history_max: int = 0,
+    loaded: dict[str, BaseMessage] | None = None,
+) -> list[BaseMessage]:
     """The prompt for one backend: this turn's attachments as the models take them (the router made
     sure this backend can); earlier turns' newest first within `history_max` and what the backend takes
     (`blocks.fit_content`), the rest as a line saying what was there."""
@@ -319,7 +368,7 @@ def _prompt(state: State, accepts: Accepts | None = None, history_max: int = 0) 
     kinds = accepts.kinds if accepts else frozenset({"image", "pdf"})
     budget = min(history_max, (accepts.max_count if accepts else history_max) - _count_files(turn))
     history: list[BaseMessage] = []
-    for m in reversed(list((state.get("history") or {}).values())):
+    for m in reversed(list((loaded if loaded is not None else state.get("history") or {}).values())):
         if m.type == "human" and isinstance(m.content, list):
             content, kept = blocks.fit_content(m.content, kinds, max(0, budget))
             budget -= kept
@@ -578,6 +627,7 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
     a cancelled run, a closed connection): the question and what streamed are saved, marked stopped."""
     params = _params(state["options"])
     prompts: dict[BackendName, list[BaseMessage]] = {}
+    loaded = await resolved_history(state, services) if not state.get("stateless") else None
     routed: BackendName = state["backend"]  # type: ignore[assignment]
     last: tuple[BackendName, str, BaseException] | None = None
     answer: _Answer | None = None
@@ -587,7 +637,7 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
         answer = _Answer(backend, services.backends.label(backend), reason, routed)
         if backend not in prompts:
             accepts = services.backends.accepts(backend)
-            prompts[backend] = _prompt(state, accepts, services.settings.attachment_history_max)
+            prompts[backend] = _prompt(state, accepts, services.settings.attachment_history_max, loaded)
         prompt = prompts[backend]
         has_files = _has_files(prompt)
         breaker = services.router.breakers[backend]
@@ -644,7 +694,8 @@ def _save_stopped(state: State, answer: _Answer | None, services: Services) -> N
             if humans:  # after the question's own save, so the order stays question, answer
                 await services.turns.end(str(humans[-1].id))
             history = services.store.history(session_id, user_id)
-            await history.aadd_messages(messages, model=answer.backend if answer else None)
+            stored = await stored_form(messages, user_id, services)
+            await history.aadd_messages(stored, model=answer.backend if answer else None)
         except Exception as exc:
             log.warning("saving a stopped turn failed: %s", type(exc).__name__)
 
@@ -705,7 +756,8 @@ async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
         humans = [m for m in to_save if m.type == "human"]
         if humans and not await services.turns.end(str(humans[-1].id)):
             await _replayed(history, state, to_save)
-        await history.aadd_messages(to_save, model=state.get("backend"))
+        stored = await stored_form(to_save, state["user_id"], services)
+        await history.aadd_messages(stored, model=state.get("backend"))
     except MemoryUnavailable as exc:
         metrics.MEMORY_ERRORS.labels("save_turn").inc()
         log.error("saving the turn failed: %s", type(exc).__name__)

@@ -394,3 +394,97 @@ async def test_gemma_on_vllm_gets_the_image_as_an_openai_data_url(
         parts = vllm.prompts[-1][-1]["content"]
         urls = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
         assert urls == [f"data:image/png;base64,{b64(image)}"]
+
+
+# --- memory: attachments outside the message documents ---------------------------------------------
+def received_statements(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\[stand-in received ([^\]]+)\]", text)
+
+
+def _services(tmp_path: Path, local_backends: Backends, **settings: Any) -> Any:
+    from graph.context import Services
+
+    return Services.build(local_settings(tmp_path, **settings), backends=local_backends)
+
+
+@pytest.mark.integration
+async def test_memory_keeps_a_reference_and_the_file_beside_it(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    import sqlite3
+
+    from graph.attachments.blocks import REF_KEY
+
+    services = _services(tmp_path, local_backends)
+    g = build_graph(services=services)
+    image = png(640, 480, "purple")
+    config = {"configurable": {"session_id": "mem"}}
+    await g.ainvoke({**turn("What is this?", agent_chat_ui_block(image)), "model": "gemini"}, config=config)
+    [question, _answer] = await services.store.history("mem", "local").aget_window(max_messages=10)
+    [text, block] = question.content
+    assert text == {"type": "text", "text": "What is this?"}
+    assert "base64" not in block and "data" not in block
+    facts = block["extras"][REF_KEY]
+    assert (block["type"], block["mime_type"], facts["size"], facts["name"]) == (
+        "image",
+        "image/png",
+        len(image),
+        "shot.png",
+    )
+    files = [p for p in (tmp_path / "chat-attachments").rglob("*") if p.is_file()]
+    assert [p.read_bytes() for p in files] == [image] and files[0].name == hashlib.sha256(image).hexdigest()
+    # The message row does not carry the bytes: it stays far under Firestore's 1 MiB per document.
+    with sqlite3.connect(tmp_path / "chat.db") as db:
+        tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
+        dump = "\n".join(str(row) for t in tables for row in db.execute(f"select * from {t}"))  # noqa: S608
+    assert b64(image)[:100] not in dump
+
+
+@pytest.mark.integration
+async def test_later_turns_see_the_attachment_again_within_the_budget(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    services = _services(tmp_path, local_backends, attachment_history_max=1)
+    g = build_graph(services=services)
+    config = {"configurable": {"session_id": "again"}}
+    first, second = png(20, 20, "red"), png(30, 30, "blue")
+    await g.ainvoke({**turn("One", standard_block(first)), "model": "gemini"}, config=config)
+    await g.ainvoke({**turn("Two", standard_block(second)), "model": "gemini"}, config=config)
+    out = await g.ainvoke({"messages": [HumanMessage("Compare them")], "model": "gemini"}, config=config)
+    seen = received_statements(out["messages"][-1].text)
+    assert seen == [f"image/png 30x30, {len(second):,} bytes, sha256 {digest(second)}"]  # the newest only
+    # Gemma's stand-in cannot see images: a text turn there works, the images stay out of its prompt.
+    out = await g.ainvoke({"messages": [HumanMessage("And now?")], "model": "gemma"}, config=config)
+    assert (meta(out)["backend"], out["error"]) == ("gemma", None)
+    assert services.router.breakers["gemma"]._consecutive == 0
+
+
+@pytest.mark.integration
+async def test_a_conversation_with_an_attachment_resumes_after_a_restart(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    image = png(50, 40, "orange")
+    config = {"configurable": {"session_id": "restart"}}
+    g = build_graph(services=_services(tmp_path, local_backends))
+    await g.ainvoke({**turn("Keep this", standard_block(image)), "model": "gemini"}, config=config)
+    again = build_graph(services=_services(tmp_path, local_backends))  # new store objects, same files
+    out = await again.ainvoke(
+        {"messages": [HumanMessage("What did I send?")], "model": "gemini"}, config=config
+    )
+    assert received_statements(out["messages"][-1].text) == [
+        f"image/png 50x40, {len(image):,} bytes, sha256 {digest(image)}"
+    ]
+
+
+def test_a_reference_finds_only_its_own_users_file(tmp_path: Path) -> None:
+    from graph.attachments.store import LocalAttachmentStore
+
+    store = LocalAttachmentStore(tmp_path)
+    ref = store.put("alice@example.com", png())
+    assert store.put("alice@example.com", png()) == ref  # stored once
+    assert store.get("alice@example.com", ref) == png()
+    assert store.get("bob@example.com", ref) is None
+    assert store.get("alice@example.com", "../" * 3 + "etc/passwd") is None
+    assert "alice" not in str(next(p for p in tmp_path.rglob("*") if p.is_file()))

@@ -17,9 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graph.validation import AttachmentInfo, InvalidInput
+
+if TYPE_CHECKING:
+    from graph.attachments.store import AttachmentStore
 
 FILE_TYPES = frozenset({"image", "file", "image_url", "input_image", "input_file", "audio", "video"})
 REF_KEY = "hybrid_chat_attachment"  # in a stored block's `extras`: the attachment's reference and facts
@@ -55,9 +58,7 @@ def _decode(b64: Any, what: str) -> bytes:
 
 def _data_url(url: Any, what: str) -> tuple[bytes, str | None]:
     if not isinstance(url, str) or not url.startswith("data:"):
-        raise InvalidInput(
-            f"{what} is a link: attach the file itself (links are not fetched)"
-        )
+        raise InvalidInput(f"{what} is a link: attach the file itself (links are not fetched)")
     head, sep, payload = url.partition(",")
     if not sep or ";base64" not in head:
         raise InvalidInput(f"{what}: only base64 data: URLs are accepted")
@@ -163,7 +164,10 @@ def fit_content(content: Any, kinds: frozenset[str], budget: int) -> tuple[Any, 
     kept = 0
     for i in range(len(content) - 1, -1, -1):  # newest attachment of the message first
         block = content[i]
-        if not is_file_block(block) or is_reference(block):
+        if is_reference(block):  # not loaded from the store (over the budget, or gone)
+            out.append(placeholder(*_facts(block)))
+            continue
+        if not is_file_block(block):
             out.append(block)
             continue
         raw = _one(i, block)
@@ -175,3 +179,57 @@ def fit_content(content: Any, kinds: frozenset[str], budget: int) -> tuple[Any, 
         else:
             out.append(placeholder(info, raw.name))
     return out[::-1], kept
+
+
+# --- stored form: references to the attachment store ------------------------------------------------
+def _facts(block: dict[str, Any]) -> tuple[AttachmentInfo, str | None]:
+    facts = (block.get("extras") or {}).get(REF_KEY) or {}
+    mime = str(block.get("mime_type") or "application/octet-stream")
+    kind = "pdf" if mime == "application/pdf" else "image"
+    info = AttachmentInfo(kind, mime, int(facts.get("size") or 0), facts.get("width"), facts.get("height"))
+    return info, facts.get("name")
+
+
+async def to_stored(content: Any, user_id: str, store: AttachmentStore) -> Any:
+    """`content` as memory keeps it: each attachment's bytes put in `store`, the block replaced by a
+    reference with what a reader needs without the bytes (type, size, name, dimensions)."""
+    if not isinstance(content, list) or not any(is_file_block(b) and not is_reference(b) for b in content):
+        return content
+    from graph.validation import sniff
+
+    out: list[Any] = []
+    for i, block in enumerate(content):
+        if not is_file_block(block) or is_reference(block):
+            out.append(block)
+            continue
+        raw = _one(i, block)
+        mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
+        facts: dict[str, Any] = {"ref": await store.aput(user_id, raw.data), "size": len(raw.data)}
+        if raw.name:
+            facts["name"] = raw.name
+        kind = "file" if mime == "application/pdf" else "image"
+        out.append({"type": kind, "mime_type": mime, "extras": {REF_KEY: facts}})
+    return out
+
+
+async def resolve(content: Any, user_id: str, store: AttachmentStore, budget: int) -> tuple[Any, int]:
+    """`content` with its references loaded back from `store`, the newest first while `budget` lasts
+    (the others stay references: `fit_content` turns them into a line saying what was there). Returns
+    the content and how many were loaded. A reference whose file is gone stays a reference."""
+    if budget <= 0 or not isinstance(content, list) or not any(is_reference(b) for b in content):
+        return content, 0
+    out = list(content)
+    used = 0
+    for i in range(len(out) - 1, -1, -1):
+        block = out[i]
+        if not is_reference(block) or used >= budget:
+            continue
+        data = await store.aget(user_id, str(block["extras"][REF_KEY].get("ref")))
+        if data is not None:
+            out[i] = {
+                "type": block["type"],
+                "base64": base64.b64encode(data).decode("ascii"),
+                "mime_type": block.get("mime_type"),
+            }
+            used += 1
+    return out, used

@@ -1,0 +1,96 @@
+"""Where attachments are kept: outside the message documents (a Firestore document holds 1 MiB), one
+object per distinct file and user; messages keep a reference (`blocks.REF_KEY`).
+
+`AttachmentStore` is the interface; `LocalAttachmentStore` a directory (the embedded defaults), one
+subdirectory per user (a hash of the user id), each file named by the SHA-256 of its bytes: the same
+file sent twice is stored once, a retried save is a no-op, and a reference can only ever be looked up
+among its own user's files (a reference crafted to name another user's file finds nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from graph.settings import Settings
+
+_REF = re.compile(r"^[0-9a-f]{64}$")
+
+
+def reference(data: bytes) -> str:
+    """The reference of a file: the SHA-256 of its bytes (hex)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def valid_reference(ref: object) -> bool:
+    return isinstance(ref, str) and _REF.match(ref) is not None
+
+
+def owner_key(user_id: str) -> str:
+    """A user's folder name: a hash (user ids are e-mail addresses; they stay out of paths and URLs)."""
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:32]
+
+
+class AttachmentStore(Protocol):
+    async def aput(self, user_id: str, data: bytes) -> str:
+        """Keep `data` for `user_id`; returns its reference. Idempotent."""
+        ...
+
+    async def aget(self, user_id: str, ref: str) -> bytes | None:
+        """The bytes of `ref` among `user_id`'s files; None when there is no such file."""
+        ...
+
+
+class LocalAttachmentStore:
+    """A directory: `<root>/<owner_key(user)>/<sha256>`, written atomically (temp file, rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, user_id: str, ref: str) -> Path:
+        if not valid_reference(ref):
+            raise ValueError("not an attachment reference")
+        return self.root / owner_key(user_id) / ref
+
+    def put(self, user_id: str, data: bytes) -> str:
+        ref = reference(data)
+        path = self._path(user_id, ref)
+        if path.is_file():
+            return ref
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return ref
+
+    def get(self, user_id: str, ref: str) -> bytes | None:
+        if not valid_reference(ref):
+            return None
+        try:
+            return self._path(user_id, ref).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    async def aput(self, user_id: str, data: bytes) -> str:
+        return await asyncio.to_thread(self.put, user_id, data)
+
+    async def aget(self, user_id: str, ref: str) -> bytes | None:
+        return await asyncio.to_thread(self.get, user_id, ref)
+
+
+def make_attachment_store(settings: Settings) -> AttachmentStore:
+    """The embedded default: a directory (`attachments_path`, or beside the SQLite file)."""
+    root = settings.attachments_path
+    if root is None:
+        root = settings.sqlite_path.with_name(settings.sqlite_path.stem + "-attachments")
+    return LocalAttachmentStore(root)
