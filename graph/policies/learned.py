@@ -42,7 +42,9 @@ TOKENIZER: dict[str, Any] = {
     "sublinear_tf": True,
     "norm": "l2",
 }
-MAX_CHARS = 8000  # only the start of a very long message is read (bounds the decision time)
+MAX_CHARS = (
+    4000  # only the start of a long message is read (bounds the decision time; its length still counts)
+)
 LENGTH_SCALE = 10.0
 
 _TOKEN = re.compile(TOKENIZER["token_pattern"])
