@@ -8,8 +8,9 @@ What the graph refuses, with `InvalidInput` (a `ValueError`) whose text says why
   `system_prompt`; history is loaded from memory, never passed in), or any `system`/`tool` message;
 - a user message that is empty or only whitespace;
 - text that is not valid Unicode (a lone UTF-16 surrogate such as "\\ud800": no store can encode it);
-- a user message over `MAX_MESSAGE_BYTES` of UTF-8 (it must fit one Firestore document, 1 MiB, with
-  its metadata; both stores then accept the same messages);
+- a user message whose text is over `MAX_MESSAGE_BYTES` of UTF-8 (it must fit one Firestore document,
+  1 MiB, with its metadata; both stores then accept the same messages); attachments do not count here:
+  they have their own limits and are stored apart;
 - a session id that is not valid for every store (empty, over 256 characters, control characters, `/`,
   `.`/`..`, `__name__`), and an empty or invalid user id.
 
@@ -75,6 +76,16 @@ def _check_unicode(text: str, what: str) -> int:
         ) from None
 
 
+# Content block types that carry a file (see graph.attachments.blocks).
+FILE_BLOCK_TYPES = frozenset({"image", "file", "image_url", "input_image", "input_file", "audio", "video"})
+
+
+def _without_files(content: Any) -> Any:
+    if not isinstance(content, list):
+        return content
+    return [b for b in content if not (isinstance(b, dict) and b.get("type") in FILE_BLOCK_TYPES)]
+
+
 def _is_empty(message: BaseMessage) -> bool:
     """No text but whitespace, and no non-text block (an image, a file)."""
     content = message.content
@@ -103,7 +114,10 @@ def check_new_messages(messages: Sequence[BaseMessage]) -> None:
     for m in messages:
         if m.type != "human":
             continue
-        size = sum(_check_unicode(s, "the message") for s in _strings(m.content))
+        for text in _strings(m.content):
+            _check_unicode(text, "the message")
+        # Attachments have limits of their own (below) and are stored apart: only the text counts here.
+        size = sum(len(t.encode("utf-8")) for t in _strings(_without_files(m.content)))
         if m.id is not None:
             _check_unicode(str(m.id), "the message id")
         if _is_empty(m):

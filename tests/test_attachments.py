@@ -488,3 +488,27 @@ def test_a_reference_finds_only_its_own_users_file(tmp_path: Path) -> None:
     assert store.get("bob@example.com", ref) is None
     assert store.get("alice@example.com", "../" * 3 + "etc/passwd") is None
     assert "alice" not in str(next(p for p in tmp_path.rglob("*") if p.is_file()))
+
+
+@pytest.mark.integration
+async def test_a_1_mb_image_is_not_counted_as_message_text(tmp_path: Path, local_backends: Backends) -> None:
+    """The message text limit (1,000,000 bytes) is for text: a 1 MB image (1.3 MB of base64) passes, and
+    the text limit still holds beside it."""
+    import os
+
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (577, 577), os.urandom(577 * 577 * 3)).save(buf, "PNG")
+    image = buf.getvalue()
+    assert len(image) > 1_000_000
+    g = build_graph(services=_services(tmp_path, local_backends))
+    out = await g.ainvoke(
+        {**turn("Describe it.", standard_block(image)), "model": "gemini"},
+        config={"configurable": {"session_id": "big"}},
+    )
+    assert received_statements(out["messages"][-1].text) == [
+        f"image/png 577x577, {len(image):,} bytes, sha256 {digest(image)}"
+    ]
+    with pytest.raises(InvalidInput, match=r"the message is 1,000,0\d\d bytes long; the limit is 1,000,000"):
+        await g.ainvoke(
+            turn("x" * 1_000_001, standard_block(png())), config={"configurable": {"session_id": "t"}}
+        )

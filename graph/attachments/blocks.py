@@ -19,12 +19,12 @@ import binascii
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from graph.validation import AttachmentInfo, InvalidInput
+from graph.validation import FILE_BLOCK_TYPES, AttachmentInfo, InvalidInput
 
 if TYPE_CHECKING:
     from graph.attachments.store import AttachmentStore
 
-FILE_TYPES = frozenset({"image", "file", "image_url", "input_image", "input_file", "audio", "video"})
+FILE_TYPES = FILE_BLOCK_TYPES
 REF_KEY = "hybrid_chat_attachment"  # in a stored block's `extras`: the attachment's reference and facts
 
 
