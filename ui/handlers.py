@@ -102,9 +102,13 @@ class ChatHandlers:
         only Send waits, replaced by Stop."""
         return gr.update(submit_btn=False, stop_btn=True)
 
-    def take_input(self, text: str) -> tuple[Any, str]:
+    def take_input(self, text: str, st: Any, request: gr.Request) -> tuple[Any, Any]:
         """Enter: the box empties at once (not when the server starts the turn, which would erase what
-        was typed meanwhile); the text goes on to `send`, which puts it back if it is refused."""
+        was typed meanwhile) and the text goes on to `send`, which puts it back if a limit refuses it.
+        While an answer streams, the text stays where it is: only Send waits."""
+        st = _session(st, self.user_of(request))
+        if st.busy:  # Stop shows in place of Send; a toast cannot come from this unqueued event
+            return gr.skip(), gr.skip()
         return gr.update(value=""), text
 
     def textbox_ready(self) -> Any:
@@ -208,8 +212,8 @@ class ChatHandlers:
         user = self.user_of(request)
         st = _session(st, user)
         typed = text if isinstance(text, str) else ""
-        if st.busy:
-            yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."), typed)
+        if st.busy:  # another tab of this session, or Enter pressed twice at once
+            yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."))
             return
         try:
             text, params = self.check_turn(user, text, (model, temperature, top_p, max_tokens, system))

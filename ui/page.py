@@ -180,7 +180,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         }
         typed = gr.State("")
         send_ev = textbox.submit(
-            h.take_input, [textbox], [textbox, typed], api_visibility="private", queue=False
+            h.take_input, [textbox, state], [textbox, typed], api_visibility="private", queue=False
         ).then(h.send, [typed, state, *gen_inputs], turn_outputs, **turn_kwargs)
         retry_ev = chatbot.retry(h.regenerate, [state, *gen_inputs], turn_outputs, **turn_kwargs)
         edit_ev = chatbot.edit(h.edit_resend, [state, *gen_inputs], turn_outputs, **turn_kwargs)

@@ -82,7 +82,9 @@ def app_env(
 def page(browser: Any, app_env: tuple[str, SwitchableBackends]) -> Iterator[Any]:
     """A fresh browser context (a new Gradio session) on the chat page, ready for input."""
     url, _ = app_env
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 800}, permissions=["clipboard-read", "clipboard-write"]
+    )
     page = context.new_page()
     page.set_default_timeout(20_000)
     started = time.perf_counter()

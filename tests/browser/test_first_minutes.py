@@ -1,0 +1,210 @@
+"""What a new user notices in the first five minutes (issue 13), in Chromium against the real stand-ins:
+an answer's footer stays out of its text (also on the clipboard and after a reload), messages show as
+typed, the input stays usable while an answer streams, the sidebar does not lie, each conversation has
+its address, errors speak to people and offer a retry, a fallback is a badge."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from graph.backends import Backends
+from graph.client import ChatClient
+from tests.browser.appserver import SwitchableBackends, serve_app
+from tests.browser.conftest import MEASUREMENTS
+from tests.browser.test_chat_ui import INPUT, bots, send, wait_answer
+from tests.conftest import local_settings
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+LONG = "Count from 1 to 300, one number per line."
+RAW = re.compile(r"hc-meta|<span|Gemma stand-in|chosen: gemma|first token")
+
+
+def users(page: Any) -> Any:
+    return page.locator("#hc-chatbot").get_by_test_id("user")
+
+
+def set_max_tokens(page: Any, n: int) -> None:
+    page.get_by_text("Generation settings").click()
+    page.get_by_label("number input for Max tokens").fill(str(n))
+    page.get_by_label("number input for Max tokens").press("Enter")
+
+
+def clipboard(page: Any) -> str:
+    return str(page.evaluate("navigator.clipboard.readText()"))
+
+
+def focused_on_input(page: Any) -> bool:
+    return bool(page.evaluate("document.activeElement === document.querySelector('#hc-input textarea')"))
+
+
+def test_footer_stays_out_of_the_answer_text(page: Any) -> None:
+    set_max_tokens(page, 12)  # cut inside the code block
+    answer = wait_answer(page, send(page, "Write a Python function that adds two numbers."))
+    expect(answer.locator("pre")).to_have_count(1)  # the case at stake: the answer ends inside code
+    expect(answer.locator("pre .hc-meta")).to_have_count(0)
+    expect(answer.locator("pre")).not_to_contain_text("hc-meta")
+    expect(answer.locator(".hc-meta")).to_contain_text("cut at the token limit")
+    expect(page.locator("#hc-chatbot").get_by_role("button", name="Continue")).to_be_visible()
+    assert focused_on_input(page), "focus did not come back to the input after the answer"
+
+    answer.hover()
+    page.locator("#hc-chatbot").get_by_role("button", name="Copy message").last.click()
+    copied = clipboard(page)
+    assert copied.startswith("```") and not RAW.search(copied), copied
+    page.locator("#hc-chatbot").get_by_role("button", name="Copy conversation").click()
+    deadline = time.monotonic() + 5
+    while clipboard(page) == copied and time.monotonic() < deadline:
+        time.sleep(0.05)
+    conversation = clipboard(page)
+    assert "Write a Python function" in conversation and not RAW.search(conversation), conversation
+
+    page.reload()  # the address reopens it: the footer is still beside the text, not in it
+    answer = bots(page).first
+    expect(answer.locator(".hc-meta")).to_contain_text("chosen: gemma")
+    expect(answer.locator("pre .hc-meta")).to_have_count(0)
+    answer.hover()
+    page.locator("#hc-chatbot").get_by_role("button", name="Copy message").last.click()
+    assert clipboard(page) == copied
+
+
+def test_user_messages_show_as_typed(page: Any) -> None:
+    typed = "# comment\n    def __init__(self):\n        return 1\n__init__ stays *as is*"
+    wait_answer(page, send(page, typed))
+    shown = users(page).first
+    expect(shown.locator(".hc-typed")).to_be_visible()
+    assert shown.locator(".hc-typed").evaluate("e => e.innerText") == typed
+    expect(shown.get_by_role("heading")).to_have_count(0)  # not Markdown: no heading, no bold
+    expect(shown.locator("strong:visible, em:visible")).to_have_count(0)
+    page.locator("#hc-chatbot").get_by_role("button", name="Copy message").first.click()
+    assert clipboard(page) == typed
+
+
+def test_input_stays_usable_while_an_answer_streams(page: Any) -> None:
+    set_max_tokens(page, 400)
+    box = page.locator(INPUT)
+    send(page, LONG)
+    stop = page.locator("#hc-input").get_by_test_id("stop-button")
+    expect(stop).to_be_visible()
+    expect(box).to_be_enabled()
+    box.press_sequentially("and the next question")  # typed while the answer streams
+    expect(bots(page).first).not_to_have_text("")
+    box.press("Enter")  # only Send waits: nothing is sent, nothing typed is lost
+    time.sleep(0.5)
+    expect(box).to_have_value("and the next question")
+    expect(users(page)).to_have_count(1)
+    expect(stop).to_be_visible()
+
+    started = time.perf_counter()
+    stop.click()
+    expect(page.locator("#hc-input").get_by_test_id("submit-button")).to_be_visible()
+    expect(box).to_be_enabled()
+    stop_ms = round((time.perf_counter() - started) * 1000)
+    MEASUREMENTS.setdefault("stop_to_usable_input_ms", []).append(stop_ms)
+    expect(bots(page).first.locator(".hc-meta")).to_contain_text("stopped")
+    expect(box).to_have_value("and the next question")
+    box.press("Enter")
+    expect(users(page)).to_have_count(2)
+    expect(users(page).nth(1)).to_have_text("and the next question", use_inner_text=True)
+    page.locator("#hc-input").get_by_test_id("stop-button").click()
+
+
+def test_a_refused_switch_leaves_the_sidebar_alone(page: Any) -> None:
+    wait_answer(page, send(page, "Remember the word apple."))
+    page.locator("#hc-new").click()
+    expect(bots(page)).to_have_count(0)
+    set_max_tokens(page, 400)
+    count = "Count from 1 to 200, one number per line."
+    send(page, count)
+    stop = page.locator("#hc-input").get_by_test_id("stop-button")
+    expect(stop).to_be_visible()
+    expect(bots(page).first).not_to_have_text("")
+    other = page.get_by_role("radio", name="Remember the word apple.")
+    other.click()
+    expect(page.get_by_text("Wait for the current answer")).to_be_visible()
+    expect(other).not_to_be_checked()  # the selection did not move...
+    expect(users(page)).to_have_text([count], use_inner_text=True)  # ...and the chat did not either
+    stop.click()
+    expect(page.get_by_role("radio", name=count)).to_be_checked()
+
+
+def test_each_conversation_has_its_address(page: Any, browser: Any, app_env: Any) -> None:
+    wait_answer(page, send(page, "Remember the word plum."))
+    expect(page).to_have_url(re.compile(r"\?c=[0-9a-f]{32}$"))
+    address = page.url
+    other = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+    try:
+        other.goto(address)  # a bookmark, another tab
+        expect(users(other)).to_have_text(["Remember the word plum."], use_inner_text=True)
+        expect(other.get_by_role("radio", name="Remember the word plum.")).to_be_checked()
+        other.goto(app_env[0] + "/?c=never-existed")
+        expect(bots(other).first).to_contain_text("Conversation not found")
+        expect(other).not_to_have_url(re.compile(r"c=never-existed"))
+    finally:
+        other.context.close()
+
+
+def test_error_note_speaks_to_people_and_offers_a_retry(
+    page: Any, app_env: tuple[str, SwitchableBackends], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, backends = app_env
+    backends.set_gemma_dead(True)  # fallback is off in this module: the error shows
+    try:
+        with caplog.at_level(logging.WARNING):
+            note = wait_answer(page, send(page, "What is the capital of Spain?"))
+        expect(note).to_contain_text("unavailable")
+        text = note.inner_text()
+        assert not re.search(r"Error|Exception|127\.0\.0\.1|ipv4|\b50[0-9]\b|http", text), text
+        ref = re.search(r"reference ([0-9a-f]{8})", note.locator(".hc-meta").inner_text())
+        assert ref, note.locator(".hc-meta").inner_text()
+        assert any(ref.group(1) in r.getMessage() for r in caplog.records), "the reference is not in the log"
+        background = note.locator("xpath=ancestor::div[contains(@class,'message')][1]").evaluate(
+            "e => getComputedStyle(e).backgroundColor"
+        )
+        assert background == "rgb(252, 232, 230)", background  # looks different from an answer
+
+        page.locator("#hc-chatbot").get_by_role("button", name="Retry with Gemini").click()
+        answer = bots(page).first
+        expect(answer.locator(".hc-meta")).to_contain_text("Gemini stand-in")
+        expect(answer.locator(".hc-meta-error")).to_have_count(0)
+        expect(users(page)).to_have_count(1)  # the failed turn was replaced, not repeated
+    finally:
+        backends.set_gemma_dead(False)
+
+
+@pytest.fixture(scope="module")
+def fallback_url(tmp_path_factory: pytest.TempPathFactory, local_backends: Backends) -> Iterator[str]:
+    """An app with fallback on (the default) whose Gemma is down."""
+    from ui.server import create_app
+
+    settings = local_settings(tmp_path_factory.mktemp("fallback"), rate_limit_per_minute=0)
+    backends = SwitchableBackends(settings, **local_backends.shared_standins())
+    backends.set_gemma_dead(True)
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
+    with serve_app(app) as url:
+        yield url
+
+
+def test_a_fallback_is_a_badge(browser: Any, fallback_url: str) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(fallback_url)
+        answer = wait_answer(page, send(page, "Name one colour."))
+        badge = answer.locator(".hc-badge")
+        expect(badge).to_have_text("answered by Gemini: Gemma unavailable")
+        expect(answer.locator(".hc-meta")).to_contain_text("Gemini stand-in")
+    finally:
+        context.close()
