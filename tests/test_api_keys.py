@@ -241,3 +241,58 @@ async def test_without_sign_in_a_key_still_names_its_user(tmp_path: Path) -> Non
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert [c.session_id for c in (await chats.conversations("local")).conversations] == ["c1"]
     await keys.aclose()
+
+
+@pytest.mark.integration
+def test_keys_and_saved_turns_in_firestore_through_the_server(
+    emulator: FirestoreEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The cluster's set-up: keys made by the CLI in Firestore (the real emulator), checked by the
+    server on its own event loop, the turn saved into the caller's conversation there."""
+    from ui.server import create_app
+
+    emulator.wipe(DATABASE)
+    firestore_env = {
+        "FIRESTORE_EMULATOR_HOST": emulator.host,
+        "GOOGLE_CLOUD_PROJECT": emulator.project,
+        "HYBRID_CHAT_MEMORY": "firestore",
+        "HYBRID_CHAT_FIRESTORE_PROJECT": emulator.project,
+        "HYBRID_CHAT_FIRESTORE_DATABASE": DATABASE,
+    }
+    for name, value in firestore_env.items():
+        monkeypatch.setenv(name, value)
+    code, key, _ = run_cli(monkeypatch, capsys, tmp_path / "unused.db", "keys", "create", "--user", "alice")
+    key = key.strip()
+    assert code == 0 and key.startswith("hck_")
+
+    model = EchoModel()
+    settings = local_settings(
+        tmp_path,
+        auth_users="alice:wonder",
+        memory="firestore",
+        firestore_project=emulator.project,
+        firestore_database=DATABASE,
+    )
+    backends = ScriptedBackends(settings, {"gemma": model, "gemini": model})
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
+    with serve_app(app) as base:
+        sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        for text in ("first", "second"):
+            answer = sdk.chat.completions.create(
+                model="hybrid-chat/gemma",
+                messages=[{"role": "user", "content": text}],
+                extra_headers={"x-hybrid-chat-conversation": "fs-1"},
+            )
+            assert (answer.model_extra or {})["hybrid_chat"]["saved"] is True
+        assert answer.choices[0].message.content == "echo:first|second"
+        code, _, _ = run_cli(monkeypatch, capsys, tmp_path / "unused.db", "keys", "revoke", key.split("_")[1])
+        assert code == 0
+        with pytest.raises(openai.AuthenticationError):
+            sdk.chat.completions.create(model="hybrid-chat/gemma", messages=HI)
+    store = app.state.chat.client.store
+    texts = [m.text for m in asyncio.run(store.history("fs-1", "alice").aget_messages())]
+    assert texts == ["first", "echo:first", "second", "echo:first|second"]
+    asyncio.run(store.aclose())
