@@ -45,6 +45,7 @@ from ui.chat import (
     turn_params,
     user_row,
 )
+from ui.handlers import plain_title
 from ui.health import HealthBoard
 from ui.limits import LimitExceeded, RateLimiter, check_message
 
@@ -134,6 +135,12 @@ def test_answer_rendering() -> None:
     assert "badge" not in row_decoration(answer_row("Hi", {"backend": "gemma", "requested_backend": "gemma"}))
 
 
+def test_conversation_titles_are_plain_text() -> None:
+    assert plain_title("# comment def __init__(self): pass") == "comment def __init__(self): pass"
+    assert plain_title("**Bold** and `code`, [a link](http://x)") == "Bold and code, a link"
+    assert plain_title("a * b = c") == "a * b = c"
+
+
 def test_model_choices_say_what_answers(tmp_path: Path) -> None:
     client = ChatClient.from_settings(local_settings(tmp_path))
     labels = dict((value, label) for label, value in model_choices(client))
@@ -155,6 +162,7 @@ def test_health_board_prefers_the_circuit_breaker() -> None:
     breaker.state = "open"
     assert board.status("gemma").state == "down" and not board.status("gemma").usable
     assert 'data-state="down"' in board.html()
+    assert 'Gemma <span class="hc-health-state">down</span>' in board.html()  # a legend in words
 
 
 # --- identity -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -76,6 +77,23 @@ def _session(st: Any, user: str) -> Session:
             return st
         log.warning("%r presented the tab of another user (the same session_hash): given a fresh tab", user)
     return Session(user=user)
+
+
+_MARKUP = [
+    (re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),  # [text](url), ![alt](src)
+    (re.compile(r"^\s*(#{1,6}|>|[-*+]|\d+\.)\s+", re.M), ""),  # headings, quotes, list markers
+    (re.compile(r"(\*{1,3}|`+|~~)(\S(?:.*?\S)?)\1"), r"\2"),  # *em*, **strong**, `code`, ~~del~~
+    (re.compile(r"\s+"), " "),
+]
+
+
+def plain_title(title: str) -> str:
+    """A conversation's title as the list shows it: the first message's words, without its Markdown
+    (`# heading`, `**bold**`, links); identifiers such as `__init__` stay as written."""
+    out = str(title)
+    for pattern, repl in _MARKUP:
+        out = pattern.sub(repl, out)
+    return out.strip() or str(title).strip()
 
 
 def _index(index: Any) -> int:
@@ -330,6 +348,23 @@ class ChatHandlers:
         else:
             yield gr.skip(), gr.skip(), st, gr.skip(), gr.skip()
 
+    async def starter(
+        self,
+        st: Any,
+        model: str,
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
+        system: str,
+        choice: gr.SelectData,
+        request: gr.Request,
+    ) -> AsyncIterator[tuple]:
+        """A starter prompt of the empty chat, sent as if typed."""
+        value = choice.value
+        text = value.get("text", "") if isinstance(value, dict) else str(value or "")
+        async for out in self.send(text, st, model, temperature, top_p, max_tokens, system, request):
+            yield out
+
     async def stop(self, st: Any, request: gr.Request) -> tuple:
         user = self.user_of(request)
         st = _session(st, user)
@@ -361,7 +396,7 @@ class ChatHandlers:
         except MemoryUnavailable as exc:
             gr.Warning(friendly_error(exc))
             return gr.skip(), gr.skip()
-        items = [(c.title, c.session_id) for c in page.conversations]
+        items = [(plain_title(c.title), c.session_id) for c in page.conversations]
         st.listed = [*st.listed, *items] if more else items
         st.cursor = page.next_cursor
         value = st.sid if st.sid in {sid for _, sid in st.listed} else None

@@ -20,6 +20,16 @@ from graph.backends import BACKENDS
 from graph.health import CredentialCheck
 
 SHORT = {"gemma": "Gemma", "gemini": "Gemini"}
+# The dot's colour in words, shown beside it (a tooltip alone is out of reach on a phone).
+LEGEND = {
+    "up": "ready",
+    "unknown": "not used yet",
+    "failing": "failed lately",
+    "recovering": "being retried",
+    "down": "down",
+    "misconfigured": "misconfigured",
+    "checking": "checking",
+}
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,8 @@ class HealthBoard:
             title = html.escape(f"{SHORT[h.backend]}: {h.state} ({h.detail})", quote=True)
             parts.append(
                 f'<span class="hc-health-item" title="{title}" data-backend="{h.backend}" '
-                f'data-state="{h.state}"><span class="hc-dot hc-{h.state}"></span>{SHORT[h.backend]}</span>'
+                f'data-state="{h.state}"><span class="hc-dot hc-{h.state}"></span>{SHORT[h.backend]}'
+                f' <span class="hc-health-state">{LEGEND.get(h.state, h.state)}</span></span>'
             )
         return '<div class="hc-health" aria-label="backend health">' + "".join(parts) + "</div>"
 

@@ -43,6 +43,7 @@ DECORATE = """() => {
     const answers = data.rows.filter((r) => !('typed' in r));
     chat.querySelectorAll('[data-testid="user"]').forEach((el, i) => typed(el, users[i]));
     chat.querySelectorAll('[data-testid="bot"]').forEach((el, i) => footer(el, answers[i]));
+    document.body.classList.toggle('hc-no-conversation', !data.sid);
     const url = new URL(window.location.href);
     const want = data.sid || null;
     if ((url.searchParams.get('c') || null) !== want) {
@@ -91,6 +92,12 @@ DECORATE = """() => {
   window.__hcDecorate = apply;
   schedule();
 }"""
+# An empty chat offers these (a click sends one).
+STARTERS = [
+    "Explain Kubernetes in three sentences.",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Suggest a name for a team chat bot.",
+]
 # Turns are not limited by Gradio's queue: the one stream limit (`ChatService.streams`, shared with
 # `/api/chat`) holds them, waiting a bounded time and then saying the server is busy.
 TURN_CONCURRENCY = None
@@ -111,17 +118,21 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
                 interactive=True,
             )
             more_btn = gr.Button("Older conversations", size="sm", visible=False, elem_id="hc-more")
-            title_box = gr.Textbox(
-                label="Title",
-                placeholder="New title",
-                max_lines=1,
-                elem_id="hc-title",
-                submit_btn="Rename",
-            )
-            delete_btn = gr.Button("Delete conversation", size="sm", variant="secondary", elem_id="hc-delete")
-            confirm_btn = gr.Button(
-                "Delete for good", size="sm", variant="stop", visible=False, elem_id="hc-delete-confirm"
-            )
+            # Shown only while a saved conversation is open (ui/page.js toggles `hc-no-conversation`).
+            with gr.Column(elem_id="hc-manage"):
+                title_box = gr.Textbox(
+                    label="Title",
+                    placeholder="New title",
+                    max_lines=1,
+                    elem_id="hc-title",
+                    submit_btn="Rename",
+                )
+                delete_btn = gr.Button(
+                    "Delete conversation", size="sm", variant="secondary", elem_id="hc-delete"
+                )
+                confirm_btn = gr.Button(
+                    "Delete for good", size="sm", variant="stop", visible=False, elem_id="hc-delete-confirm"
+                )
         with gr.Row(elem_id="hc-header", equal_height=True):
             gr.HTML("<h1>hybrid-chat</h1>", padding=False, scale=0, min_width=110)
             model = gr.Dropdown(
@@ -145,6 +156,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             group_consecutive_messages=False,
             feedback_options=None,
             placeholder="Ask anything. Answers stream from the model you choose above.",
+            examples=[{"text": t} for t in STARTERS],
             height="60vh",
             min_height=260,
             autoscroll=True,
@@ -185,7 +197,8 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         retry_ev = chatbot.retry(h.regenerate, [state, *gen_inputs], turn_outputs, **turn_kwargs)
         edit_ev = chatbot.edit(h.edit_resend, [state, *gen_inputs], turn_outputs, **turn_kwargs)
         option_ev = chatbot.option_select(h.follow_up, [state, *gen_inputs], turn_outputs, **turn_kwargs)
-        turns = [send_ev, retry_ev, edit_ev, option_ev]
+        starter_ev = chatbot.example_select(h.starter, [state, *gen_inputs], turn_outputs, **turn_kwargs)
+        turns = [send_ev, retry_ev, edit_ev, option_ev, starter_ev]
         for ev in turns:
             ev.then(
                 h.after_turn, [state], [textbox, conv], api_visibility="private", show_progress="hidden"
@@ -231,13 +244,6 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             [state],
             [chatbot, state, conv, more_btn, delete_btn, confirm_btn, decor],
             api_visibility="private",
-        )
-        chatbot.clear(
-            h.new_conversation,
-            [state],
-            [chatbot, state, conv, title_box, decor],
-            api_visibility="private",
-            queue=False,
         )
         for trigger in (new_btn.click, conv.input):
             trigger(h.disarm_delete, None, [delete_btn, confirm_btn], api_visibility="private", queue=False)

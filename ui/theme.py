@@ -69,6 +69,10 @@ CSS = """
 .hc-typed { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; }
 #hc-chatbot .message-content > .md:has(+ .hc-typed) { display: none; }
 #hc-decor { display: none !important; }
+/* One meaning per icon: "New conversation" starts a new chat, the trash icon would only duplicate it. */
+#hc-chatbot button[aria-label="Clear"] { display: none; }
+.hc-no-conversation #hc-manage { display: none !important; }
+.hc-health-state { font-size: 0.75rem; }
 #hc-chatbot { flex-grow: 1; }
 #hc-conversations { max-height: 60vh; overflow-y: auto; }
 #hc-conversations label { width: 100%; }

@@ -208,3 +208,17 @@ def test_a_fallback_is_a_badge(browser: Any, fallback_url: str) -> None:
         expect(answer.locator(".hc-meta")).to_contain_text("Gemini stand-in")
     finally:
         context.close()
+
+
+def test_an_empty_chat_offers_starters_and_hides_what_needs_a_conversation(page: Any) -> None:
+    manage = page.locator("#hc-manage")
+    expect(manage).to_be_hidden()  # nothing open: no Title, Rename, Delete
+    expect(page.locator(".hc-health-state").first).to_be_visible()  # the dots' legend, in words
+    starter = page.locator("#hc-chatbot").get_by_role("button", name="Suggest a name for a team chat bot.")
+    starter.click()
+    wait_answer(page, 0)
+    expect(users(page)).to_have_text(["Suggest a name for a team chat bot."], use_inner_text=True)
+    expect(manage).to_be_visible()
+    expect(page.locator("#hc-chatbot").get_by_role("button", name="Clear")).to_be_hidden()  # one meaning
+    page.locator("#hc-new").click()
+    expect(manage).to_be_hidden()
