@@ -319,6 +319,7 @@ async def test_a_named_conversation_keeps_only_the_new_turn_and_memory_is_the_co
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "echo:first question"
     assert r.headers["x-hybrid-chat-conversation"] == "c1" and r.headers["x-hybrid-chat-saved"] == "true"
+    assert r.headers["x-hybrid-chat-history"] == "matches"  # nothing earlier sent: nothing to disagree
     assert r.json()["hybrid_chat"]["conversation_id"] == "c1" and r.json()["hybrid_chat"]["saved"] is True
     assert [m.text for m in await chats.messages("local", "c1")] == ["first question", "echo:first question"]
 
@@ -333,6 +334,7 @@ async def test_a_named_conversation_keeps_only_the_new_turn_and_memory_is_the_co
     body = {"model": "hybrid-chat/gemma", "messages": history, "metadata": {"conversation_id": "c1"}}
     r = await post(app, body)
     assert r.json()["choices"][0]["message"]["content"] == "echo:first question|second question"
+    assert r.headers["x-hybrid-chat-history"] == "differs" and r.json()["hybrid_chat"]["history"] == "differs"
     prompt = model.prompts[-1]
     assert [m.type for m in prompt] == ["system", "human", "ai", "human"]
     assert prompt[0].content == "Be brief." and prompt[2].content == "echo:first question"
@@ -343,6 +345,7 @@ async def test_a_named_conversation_keeps_only_the_new_turn_and_memory_is_the_co
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in lines if c["choices"])
     assert text == "echo:first question|second question|third"
     assert lines[-1]["hybrid_chat"]["conversation_id"] == "c1" and lines[-1]["hybrid_chat"]["saved"] is True
+    assert lines[-1]["hybrid_chat"]["history"] == "matches"
     stored = [m.text for m in await chats.messages("local", "c1")]
     assert stored == [
         "first question",
@@ -353,6 +356,18 @@ async def test_a_named_conversation_keeps_only_the_new_turn_and_memory_is_the_co
         "echo:first question|second question|third",
     ]
     assert [c.session_id for c in (await chats.conversations("local")).conversations] == ["c1"]
+
+    # The client's copy as memory has it (its last turns, the older ones left out): "matches".
+    roles = ["user", "assistant"] * 2
+    copy = [{"role": role, "content": text} for role, text in zip(roles, stored[2:], strict=True)]
+    body["messages"] = [*copy, {"role": "user", "content": "fourth"}]
+    r = await post(app, body)
+    assert r.headers["x-hybrid-chat-history"] == "matches", r.text
+    # A new conversation, but the client has history: "differs"; the turn is saved all the same.
+    body = {**body, "metadata": {"conversation_id": "c2"}}
+    r = await post(app, body)
+    assert r.headers["x-hybrid-chat-history"] == "differs" and r.headers["x-hybrid-chat-saved"] == "true"
+    assert [m.text for m in await chats.messages("local", "c2")] == ["fourth", "echo:fourth"]
 
 
 async def test_one_user_cannot_save_into_or_read_anothers_conversation(tmp_path: Path) -> None:

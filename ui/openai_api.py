@@ -11,8 +11,9 @@ are two renderings of the same events.
   turn of that conversation, as on the page: the stored conversation is the context, the request's
   last user message is the new question, and only the question and its answer are stored. The
   request's earlier messages are checked but not used (the client's copy of the history may be older,
-  edited or shorter than the stored one; memory is the truth). Another user's conversation answers 404,
-  as one that cannot be found does on the page.
+  edited or shorter than the stored one; memory is the truth); the answer's `history` says whether they
+  were the stored conversation's last messages (`matches`) or not (`differs`). Another user's
+  conversation answers 404, as one that cannot be found does on the page.
 
 Sign-in: an API key (`Authorization: Bearer hck_...`, see `ui.auth.key_user`) or, without one, what
 `/api/chat` takes (`api_user`: IAP, HTTP Basic with the configured users, or the local user). Shared with
@@ -48,6 +49,7 @@ from fastapi.responses import JSONResponse, Response
 from langchain_core.messages import BaseMessage, convert_to_messages
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from graph.memory.codec import message_text
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
 from graph.memory.keys import KeyStore, key_store
 from graph.validation import InvalidInput, check_session_id
@@ -230,7 +232,7 @@ def _ascii(value: Any) -> str:
     return str(value).encode("ascii", "replace").decode()[:300]
 
 
-def _extension(done: Done, conversation: str | None = None) -> dict[str, Any]:
+def _extension(done: Done, saved_to: dict[str, str] | None = None) -> dict[str, Any]:
     meta = done.meta
     ext = {
         "backend": meta.get("backend"),
@@ -240,9 +242,19 @@ def _extension(done: Done, conversation: str | None = None) -> dict[str, Any]:
         "interrupted": meta.get("interrupted"),
         "ttft_ms": meta.get("ttft_ms"),
     }
-    if conversation is not None:  # saved: where, and whether the store took it
-        ext.update(conversation_id=conversation, saved=done.answer_saved, note=done.note)
+    if saved_to is not None:  # saved: where, whether the store took it, whether the client's copy agreed
+        ext.update(saved_to, saved=done.answer_saved, note=done.note)
     return ext
+
+
+def _store_refusal(exc: Exception) -> APIError:
+    """Another user's conversation: 404 with the page's text for one that cannot be found (whether an id
+    exists under another account is nobody else's business); the store down: 503."""
+    if isinstance(exc, AccessDenied):
+        return APIError(404, NOT_AVAILABLE, param="metadata.conversation_id", code="conversation_not_found")
+    return APIError(
+        503, "The conversation store is unreachable right now: try again in a moment.", "service_unavailable"
+    )
 
 
 def _keys(service: ChatService) -> KeyStore | None:
@@ -370,8 +382,11 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(wait)},
             ) from None
+        saved_to = None
         if saving is not None:
             await _check_owner(user, saving)
+            agrees = await _agrees(user, saving, messages[:-1])
+            saved_to = {"conversation_id": saving, "history": "matches" if agrees else "differs"}
         try:
             slot = await service.stream_slot()
         except Busy as exc:
@@ -389,9 +404,9 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             turn = service.turn(user, saving, question, params, slot=slot)
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
-            events = _chunks(turn, completion_id, body.model, usage, saving)
+            events = _chunks(turn, completion_id, body.model, usage, saved_to)
             return EventStream(events, slot, write_timeout_s=service.settings.stream_write_timeout_s)
-        return await _whole(request, turn, slot, completion_id, saving)
+        return await _whole(request, turn, slot, completion_id, saved_to)
 
     async def _check_owner(user: str, session_id: str) -> None:
         """404 for another user's conversation, with the page's text for one that cannot be found; an
@@ -400,23 +415,37 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             await service.client.check_owner(user, session_id)
         except ConversationNotFound:
             return
-        except AccessDenied:
-            raise APIError(
-                404, NOT_AVAILABLE, param="metadata.conversation_id", code="conversation_not_found"
-            ) from None
-        except MemoryUnavailable:
-            raise APIError(
-                503,
-                "The conversation store is unreachable right now: try again in a moment.",
-                "service_unavailable",
-            ) from None
+        except (AccessDenied, MemoryUnavailable) as exc:
+            raise _store_refusal(exc) from None
+
+    async def _agrees(user: str, session_id: str, prior: list[BaseMessage]) -> bool:
+        """Whether the request's earlier messages are the stored conversation's last ones (role and
+        text). Either way memory is what the model sees; the answer says which (`history`), so a client
+        can tell that its copy is not what was used. Reads only as far back as the request goes."""
+        if not prior:
+            return True
+        stored: list[BaseMessage] = []
+        try:
+            async with contextlib.aclosing(service.pages(user, session_id)) as pages:
+                async for page in pages:
+                    stored[:0] = page
+                    if len(stored) >= len(prior):
+                        break
+        except ConversationNotFound:
+            return False  # the client has history, memory has none
+        except (AccessDenied, MemoryUnavailable) as exc:
+            raise _store_refusal(exc) from None
+        if len(stored) < len(prior):
+            return False
+        mine = [(m.type, message_text(m).strip()) for m in stored[len(stored) - len(prior) :]]
+        return mine == [(m.type, message_text(m).strip()) for m in prior]
 
     async def _whole(
         request: Request,
         turn: AsyncIterator[Delta | Done],
         slot: StreamSlot,
         cid: str,
-        saving: str | None,
+        saved_to: dict[str, str] | None,
     ) -> Response:
         """The non-streamed answer: the turn run to its end, stopped if the client goes away first."""
 
@@ -447,7 +476,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             raise APIError(500, "No answer came back.", "server_error")
         if done.kind != "answer":
             raise _from_failed(done)
-        ext = _extension(done, saving)
+        ext = _extension(done, saved_to)
         body = {
             "id": cid,
             "object": "chat.completion",
@@ -469,13 +498,18 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             "x-hybrid-chat-route": _ascii(ext["route_reason"] or ""),
             "x-hybrid-chat-fallback": "true" if ext["fallback"] else "false",
         }
-        if saving is not None:
-            headers[CONVERSATION_HEADER] = _ascii(saving)
+        if saved_to is not None:
+            headers[CONVERSATION_HEADER] = _ascii(saved_to["conversation_id"])
             headers["x-hybrid-chat-saved"] = "true" if done.answer_saved else "false"
+            headers["x-hybrid-chat-history"] = saved_to["history"]
         return JSONResponse(body, headers=headers)
 
     async def _chunks(
-        turn: AsyncIterator[Delta | Done], cid: str, requested: str, include_usage: bool, saving: str | None
+        turn: AsyncIterator[Delta | Done],
+        cid: str,
+        requested: str,
+        include_usage: bool,
+        saved_to: dict[str, str] | None,
     ) -> AsyncIterator[bytes]:
         """The streamed answer. The backend is known at the end only: the chunks before name the model
         asked for; the final chunk names the backend that answered and carries `hybrid_chat`."""
@@ -509,7 +543,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 model = f"{PREFIX}{event.meta.get('backend')}"
                 if len(event.text) > sent:
                     yield chunk(model, {"content": event.text[sent:]}, None)
-                yield chunk(model, {}, _finish(event), hybrid_chat=_extension(event, saving))
+                yield chunk(model, {}, _finish(event), hybrid_chat=_extension(event, saved_to))
                 if include_usage:
                     yield _data(
                         {
