@@ -77,7 +77,10 @@ class _CredentialWatch(BaseCallbackHandler):
 
 AttachmentKind = Literal["image", "pdf"]
 KIND_WORDS: dict[str, tuple[str, str]] = {"image": ("images", "see images"), "pdf": ("PDFs", "read PDFs")}
-# Gemini's documented limits: inline data up to 20 MB per request; images and PDFs per prompt: 3000.
+# Gemini 2.5 on Vertex AI (its image and document understanding pages): 3,000 images or PDFs per prompt,
+# an inline image up to 7 MB, a PDF up to 50 MB; a request's inline data is kept within 20 MB here (larger
+# files would go by Cloud Storage URI, not built yet). Our own per-file limit (attachment_max_bytes, 5 MB
+# by default) is below the 7 MB.
 GEMINI_INLINE_MAX_BYTES = 20_000_000
 GEMINI_MAX_FILES = 3000
 

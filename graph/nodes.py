@@ -367,14 +367,27 @@ def _prompt(
     turn = [m.model_copy(update={"content": blocks.to_model_content(m.content)}) for m in turn]
     kinds = accepts.kinds if accepts else frozenset({"image", "pdf"})
     budget = min(history_max, (accepts.max_count if accepts else history_max) - _count_files(turn))
+    bytes_left = accepts.max_bytes - _file_bytes(turn) if accepts else None
     history: list[BaseMessage] = []
     for m in reversed(list((loaded if loaded is not None else state.get("history") or {}).values())):
         if m.type == "human" and isinstance(m.content, list):
-            content, kept = blocks.fit_content(m.content, kinds, max(0, budget))
+            content, kept, used = blocks.fit_content(m.content, kinds, max(0, budget), bytes_left)
             budget -= kept
+            bytes_left = None if bytes_left is None else bytes_left - used
             m = m.model_copy(update={"content": content})
         history.append(m)
     return for_model([*head, *alternate_roles([*history[::-1], *turn])])
+
+
+def _file_bytes(messages: Sequence[BaseMessage]) -> int:
+    """Decoded bytes of the attachments in `messages` (prompt-ready blocks: base64)."""
+    return sum(
+        len(b.get("base64") or "") * 3 // 4
+        for m in messages
+        if isinstance(m.content, list)
+        for b in m.content
+        if blocks.is_file_block(b)
+    )
 
 
 def _count_files(messages: Sequence[BaseMessage]) -> int:

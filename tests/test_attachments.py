@@ -512,3 +512,40 @@ async def test_a_1_mb_image_is_not_counted_as_message_text(tmp_path: Path, local
         await g.ainvoke(
             turn("x" * 1_000_001, standard_block(png())), config={"configurable": {"session_id": "t"}}
         )
+
+
+@pytest.mark.integration
+async def test_the_facade_says_what_happened(tmp_path: Path, local_backends: Backends) -> None:
+    """`ChatClient.stream_turn` (what every way in uses) passes content blocks through: a refusal is a
+    `Done("failed")` in words, an answer says who read the image and why."""
+    from graph.client import ChatClient
+
+    client = ChatClient(_services(tmp_path, local_backends, fallback_enabled=False))
+    image = png(12, 12)
+
+    async def ask(model: str) -> Any:
+        message = HumanMessage(content=[{"type": "text", "text": "See?"}, agent_chat_ui_block(image)])
+        return [e async for e in client.stream_turn("local", "facade", [message], {"model": model})][-1]
+
+    refused = await ask("gemma")
+    assert refused.kind == "failed"
+    assert refused.text == (
+        "image: Gemma stand-in cannot see images, and fallback to another model is off: "
+        "choose Gemini stand-in"
+    )
+    done = await ask("gemini")
+    assert done.kind == "answer" and done.answer.backend == "gemini"
+    assert f"image/png 12x12, {len(image):,} bytes" in done.text
+
+
+def test_earlier_attachments_stay_within_the_backends_bytes() -> None:
+    from graph.attachments.blocks import fit_content
+
+    content = [{"type": "text", "text": "two"}, standard_block(png(10, 10)), standard_block(png(20, 20))]
+    small, big = len(png(10, 10)), len(png(20, 20))
+    fitted, kept, used = fit_content(content, frozenset({"image"}), budget=5, max_bytes=big)
+    assert (kept, used) == (1, big)  # the newest fits; the older would go over
+    assert fitted[1]["type"] == "text" and "[attachment not shown again: image/png" in fitted[1]["text"]
+    assert fitted[2]["base64"] == b64(png(20, 20))
+    assert fit_content(content, frozenset({"image"}), budget=5, max_bytes=big + small)[1:] == (2, big + small)
+    assert fit_content(content, frozenset(), budget=5)[1:] == (0, 0)

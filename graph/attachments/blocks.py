@@ -151,17 +151,20 @@ def without_files(content: Any, *, tokens_per_file: int = 258) -> Any:
     return [pad if is_file_block(b) else b for b in content]
 
 
-def fit_content(content: Any, kinds: frozenset[str], budget: int) -> tuple[Any, int]:
+def fit_content(
+    content: Any, kinds: frozenset[str], budget: int, max_bytes: int | None = None
+) -> tuple[Any, int, int]:
     """`content` as a backend gets it: each attachment as `model_block`, newest last, while `budget`
-    lasts and the backend takes its kind; the others as `placeholder` text. Returns the content and how
-    many attachments it kept. Earlier turns' attachments go through this (the model sees them again
-    within a budget; a backend that cannot read them gets a line saying what was there)."""
+    lasts, within `max_bytes` together, and the backend takes its kind; the others as `placeholder`
+    text. Returns the content, how many attachments it kept and their bytes. Earlier turns'
+    attachments go through this (the model sees them again within a budget; a backend that cannot
+    read them gets a line saying what was there)."""
     if not isinstance(content, list) or not any(is_file_block(b) for b in content):
-        return content, 0
+        return content, 0, 0
     from graph.validation import sniff
 
     out: list[Any] = []
-    kept = 0
+    kept = used = 0
     for i in range(len(content) - 1, -1, -1):  # newest attachment of the message first
         block = content[i]
         if is_reference(block):  # not loaded from the store (over the budget, or gone)
@@ -173,12 +176,12 @@ def fit_content(content: Any, kinds: frozenset[str], budget: int) -> tuple[Any, 
         raw = _one(i, block)
         mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
         info = AttachmentInfo("pdf" if mime == "application/pdf" else "image", mime, len(raw.data))
-        if info.kind in kinds and kept < budget:
+        if info.kind in kinds and kept < budget and (max_bytes is None or used + info.size <= max_bytes):
             out.append(model_block(raw.data, info))
-            kept += 1
+            kept, used = kept + 1, used + info.size
         else:
             out.append(placeholder(info, raw.name))
-    return out[::-1], kept
+    return out[::-1], kept, used
 
 
 # --- stored form: references to the attachment store ------------------------------------------------
