@@ -7,6 +7,7 @@ import asyncio
 import html
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -478,6 +479,44 @@ def test_users_are_isolated_through_the_ui_api(tmp_path: Path, local_backends: B
         with pytest.raises(Exception, match="too fast"):  # 2 a minute
             alice.predict("One more", "gemma", "alice-1", api_name="/chat")
         assert len(alice.predict("alice-1", api_name="/conversation")) == 4
+
+
+@pytest.mark.integration
+def test_gradio_api_turn_says_which_conversation_and_who_answered(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    from gradio_client import Client
+
+    from ui.server import create_app
+
+    settings = local_settings(tmp_path, rate_limit_per_minute=0)
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=local_backends))
+    with serve_app(app) as url:
+        client = Client(url, verbose=False)
+        api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        for name in ("/chat", "/turn"):
+            params = [p["parameter_name"] for p in api[name]["parameters"]]
+            assert params[-2:] == ["top_p", "system_prompt"], params
+        first = client.predict(
+            "What is the capital of France?",
+            "gemma",
+            "",
+            0.0,
+            24,
+            1.0,
+            "Answer in one sentence.",
+            api_name="/turn",
+        )
+        assert re.fullmatch(r"[0-9a-f]{32}", first["session_id"]) and first["done"] and first["saved"]
+        assert "Paris" in first["text"] and first["kind"] == "answer"
+        assert first["backend"] == "gemma" and "stand-in" in first["backend_label"]
+        assert first["route_reason"] == "chosen: gemma" and first["fallback"] is False
+        assert first["output_tokens"] > 0 and first["ttft_ms"] > 0 and first["reference"] is None
+        again = client.predict("And of Italy?", "gemini", first["session_id"], api_name="/turn")
+        assert again["session_id"] == first["session_id"] and again["backend"] == "gemini"
+        assert len(client.predict(first["session_id"], api_name="/conversation")) == 4
+        text = client.predict("What is the capital of France?", "gemma", top_p=0.9, api_name="/chat")
+        assert isinstance(text, str) and "Paris" in text  # /chat still streams text
 
 
 @pytest.mark.integration

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from langchain_core.messages import BaseMessage
 from prometheus_client import Counter, Gauge, Histogram
@@ -292,6 +292,57 @@ def chatbot_value(
     if rows and rows[-1]["role"] == "assistant" and (actions := row_actions(rows[-1], models)):
         out[-1]["options"] = actions
     return out
+
+
+class TurnResult(TypedDict):
+    """What Gradio's `/turn` streams: the whole answer so far, then (`done`) what happened."""
+
+    session_id: str
+    done: bool
+    kind: str  # "answer" | "backend_error" (no backend answered: `text` says so)
+    text: str
+    backend: str | None  # who answered
+    backend_label: str | None
+    requested_backend: str | None  # who the route picked first
+    fallback: bool
+    route_reason: str | None
+    interrupted: str | None  # "stopped" | "error" (the model stopped answering; see `reference`)
+    finish_reason: str | None  # e.g. "stop", "length" (cut at max_tokens)
+    ttft_ms: float | None
+    latency_ms: float | None
+    input_tokens: int
+    output_tokens: int
+    saved: bool  # the question and answer are in the conversation
+    reference: str | None  # quote it to the operator: the log has the detail under it
+
+
+def turn_result(session_id: str, event: Delta | Done) -> TurnResult:
+    if isinstance(event, Delta):
+        meta: dict[str, Any] = {}
+        kind, done, saved, answer_id = "answer", False, False, None
+    else:
+        meta, kind, done, saved, answer_id = event.meta, event.kind, True, event.answer_saved, event.answer_id
+    interrupted = meta.get("interrupted")
+    row = answer_row(event.text, meta, kind=kind, row_id=answer_id)
+    return TurnResult(
+        session_id=session_id,
+        done=done,
+        kind=kind,
+        text=event.text,
+        backend=meta.get("backend"),
+        backend_label=meta.get("backend_label"),
+        requested_backend=meta.get("requested_backend"),
+        fallback=bool(meta.get("fallback")),
+        route_reason=meta.get("route_reason"),
+        interrupted=None if not interrupted else ("stopped" if interrupted == "stopped" else "error"),
+        finish_reason=meta.get("finish_reason"),
+        ttft_ms=meta.get("ttft_ms"),
+        latency_ms=meta.get("latency_ms"),
+        input_tokens=int(meta.get("input_tokens") or 0),
+        output_tokens=int(meta.get("output_tokens") or 0),
+        saved=saved,
+        reference=reference(answer_id) if done and needs_reference(row) else None,
+    )
 
 
 NOT_AVAILABLE = (

@@ -34,12 +34,14 @@ from ui.chat import (
     Delta,
     Done,
     TurnParams,
+    TurnResult,
     answer_row,
     chatbot_value,
     decorations,
     friendly_error,
     rows_from_messages,
     turn_params,
+    turn_result,
     user_row,
 )
 from ui.limits import LimitExceeded, RateLimiter, StreamSlot, check_message
@@ -553,6 +555,22 @@ class ChatHandlers:
         return self.service.health.html()
 
     # --- the API for programmatic users ------------------------------------------------------
+    def api_turn_args(
+        self,
+        user: str,
+        message: str,
+        model: str,
+        session_id: str,
+        params_in: tuple,
+    ) -> tuple[str, str, TurnParams]:
+        """(conversation id, text, parameters) for Gradio's API, or `gr.Error` with the limit's words."""
+        try:
+            text, params = self.check_turn(user, message, (model or None, *params_in))
+        except LimitExceeded as exc:
+            raise gr.Error(str(exc)) from None
+        sid = session_id.strip() if isinstance(session_id, str) and session_id.strip() else uuid.uuid4().hex
+        return sid, text, params
+
     async def chat(
         self,
         message: str,
@@ -560,23 +578,42 @@ class ChatHandlers:
         session_id: str = "",
         temperature: float | None = None,
         max_tokens: int | None = None,
+        top_p: float | None = None,
+        system_prompt: str | None = None,
         request: gr.Request = None,
     ) -> AsyncIterator[str]:
-        """Send one message and stream the answer as text. Empty `session_id`: a new conversation.
-
-        The answer text accumulates: each streamed value is the whole answer so far."""
+        """Send one message and stream the answer as text. Empty `session_id`: a new conversation
+        (`/turn` says which). The answer text accumulates: each streamed value is the whole answer so far."""
         user = self.user_of(request)
-        try:
-            text, params = self.check_turn(
-                user, message, (model or None, temperature, None, max_tokens, None)
-            )
-        except LimitExceeded as exc:
-            raise gr.Error(str(exc)) from None
-        sid = session_id.strip() if isinstance(session_id, str) and session_id.strip() else uuid.uuid4().hex
+        sid, text, params = self.api_turn_args(
+            user, message, model, session_id, (temperature, top_p, max_tokens, system_prompt)
+        )
         async for event in self.service.turn(user, sid, text, params):
             if isinstance(event, Done) and event.kind == "failed":
                 raise gr.Error(event.text)  # refused (another user's conversation, store down)
             yield event.text  # a backend failure is an answer saying so, as in the graph's contract
+
+    async def turn(
+        self,
+        message: str,
+        model: str = "",
+        session_id: str = "",
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        top_p: float | None = None,
+        system_prompt: str | None = None,
+        request: gr.Request = None,
+    ) -> AsyncIterator[TurnResult]:
+        """Like `/chat`, but each streamed value is a `TurnResult`: the conversation's id (a new one when
+        `session_id` is empty), the answer so far, and at the end (`done`) who answered and why."""
+        user = self.user_of(request)
+        sid, text, params = self.api_turn_args(
+            user, message, model, session_id, (temperature, top_p, max_tokens, system_prompt)
+        )
+        async for event in self.service.turn(user, sid, text, params):
+            if isinstance(event, Done) and event.kind == "failed":
+                raise gr.Error(event.text)
+            yield turn_result(sid, event)
 
     async def conversations(self, request: gr.Request = None) -> list[dict[str, Any]]:
         """The caller's conversations, newest first: session_id, title, updated_at, message_count."""

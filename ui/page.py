@@ -255,6 +255,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             api_name="chat",
             concurrency_limit=TURN_CONCURRENCY,
         )
+        gr.api(h.turn, api_name="turn", concurrency_limit=TURN_CONCURRENCY)
         gr.api(h.conversations, api_name="conversations")
         gr.api(h.conversation, api_name="conversation")
     demo.queue(default_concurrency_limit=h.settings.max_concurrent_streams)
