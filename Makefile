@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 INFRA_VENV := .venv-infra
 
-.PHONY: run test lint infra-tools langgraph-server langgraph-dev browser clean
+.PHONY: run test lint lock infra-tools langgraph-server langgraph-dev browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ $(INFRA_VENV)/.installed: infra/requirements-tools.txt
 	touch $@
 
 infra-tools: $(INFRA_VENV)/.installed
+
+# The image's dependency locks (deploy/requirements.lock, read by deploy/Dockerfile), after a change to
+# pyproject.toml's dependencies; tests/infra/test_lock.py fails until they are regenerated.
+lock: $(INFRA_VENV)/.installed
+	sh deploy/lock.sh
 
 # The LangGraph CLI's server (langgraph.json) in its own venv: langgraph-api pins newer grpcio/protobuf
 # than the Google Cloud clients of the main venv are tested with.
