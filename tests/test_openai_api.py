@@ -117,18 +117,36 @@ def test_openai_sdk_lists_models_and_answers_streamed_and_not(
         assert chunks[-1].usage.completion_tokens > 0
 
 
-async def test_async_sdk_streams(tmp_path: Path, local_backends: Backends) -> None:
+async def test_async_sdk_streams_two_turns_into_a_conversation(
+    tmp_path: Path, local_backends: Backends
+) -> None:
     app = app_for(tmp_path, local_backends)
     with serve_app(app) as base:
         client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
-        stream = await client.chat.completions.create(
-            model="hybrid-chat/auto",
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-            max_tokens=24,
-            stream=True,
-        )
-        pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
-        assert "Paris" in "".join(pieces)
+        messages: list[dict[str, str]] = []
+        finals = []
+        for question in ("What is the capital of France?", "And what is the capital of Italy?"):
+            messages.append({"role": "user", "content": question})
+            stream = await client.chat.completions.create(
+                model="hybrid-chat/auto",
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=24,
+                stream=True,
+                metadata={"conversation_id": "async-sdk"},
+            )
+            chunks = [c async for c in stream]
+            answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            finals.append(next(c for c in chunks if c.choices and c.choices[0].finish_reason))
+            messages.append({"role": "assistant", "content": answer})
+        assert "Paris" in messages[1]["content"] and messages[3]["content"].strip()
+        extension = [(f.model_extra or {})["hybrid_chat"] for f in finals]
+        assert [e["history"] for e in extension] == [
+            "matches",
+            "matches",
+        ]  # the streamed text is what was stored
+        assert all(e["saved"] and e["conversation_id"] == "async-sdk" for e in extension)
+        stored = await app.state.chat.messages("local", "async-sdk")
+        assert [m.text for m in stored] == [m["content"] for m in messages]
         await client.close()
 
 
