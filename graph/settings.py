@@ -220,6 +220,10 @@ class Settings(BaseSettings):
         description="Where the embedded defaults keep attachments (outside the message rows). Unset: a "
         "directory beside the SQLite file (<sqlite_path without .db>-attachments).",
     )
+    attachments_bucket: str | None = Field(
+        default=None,
+        description="Cloud Storage bucket for attachments (in the cluster). Unset: the local directory.",
+    )
     # --- end attachments ---
 
 
