@@ -1,8 +1,9 @@
 """Where attachments are kept: outside the message documents (a Firestore document holds 1 MiB), one
 object per distinct file and user; messages keep a reference (`blocks.REF_KEY`).
 
-`AttachmentStore` is the interface; `LocalAttachmentStore` a directory (the embedded defaults), one
-subdirectory per user (a hash of the user id), each file named by the SHA-256 of its bytes: the same
+`AttachmentStore` is the interface; `GCSAttachmentStore` a Cloud Storage bucket (the cluster:
+`attachments_bucket`); `LocalAttachmentStore` a directory (the embedded defaults). Both keep one folder
+per user (a hash of the user id), each file named by the SHA-256 of its bytes: the same
 file sent twice is stored once, a retried save is a no-op, and a reference can only ever be looked up
 among its own user's files (a reference crafted to name another user's file finds nothing).
 """
@@ -88,9 +89,75 @@ class LocalAttachmentStore:
         return await asyncio.to_thread(self.get, user_id, ref)
 
 
+class GCSAttachmentStore:
+    """A Cloud Storage bucket (the cluster's): objects `<owner_key(user)>/<sha256>`. Uploads are
+    create-only (`if_generation_match=0`): a repeated or retried upload of a file is a no-op and an object
+    is never overwritten. The client is google-cloud-storage's (sync): calls run in a thread."""
+
+    def __init__(self, bucket: str, *, client: object | None = None, project: str | None = None) -> None:
+        from google.cloud import storage
+
+        self._client = client or storage.Client(project=project)
+        self._bucket = self._client.bucket(bucket)  # type: ignore[attr-defined]
+
+    def _blob(self, user_id: str, ref: str) -> object:
+        return self._bucket.blob(f"{owner_key(user_id)}/{ref}")
+
+    def put(self, user_id: str, data: bytes) -> str:
+        from google.api_core.exceptions import PreconditionFailed
+
+        ref = reference(data)
+        try:
+            self._blob(user_id, ref).upload_from_string(  # type: ignore[attr-defined]
+                data, content_type="application/octet-stream", if_generation_match=0
+            )
+        except PreconditionFailed:  # already there: the same bytes, by their name
+            pass
+        return ref
+
+    def get(self, user_id: str, ref: str) -> bytes | None:
+        from google.api_core.exceptions import NotFound
+
+        if not valid_reference(ref):
+            return None
+        try:
+            return self._blob(user_id, ref).download_as_bytes()  # type: ignore[attr-defined,no-any-return]
+        except NotFound:
+            return None
+
+    async def aput(self, user_id: str, data: bytes) -> str:
+        return await asyncio.to_thread(self.put, user_id, data)
+
+    async def aget(self, user_id: str, ref: str) -> bytes | None:
+        return await asyncio.to_thread(self.get, user_id, ref)
+
+
 def make_attachment_store(settings: Settings) -> AttachmentStore:
-    """The embedded default: a directory (`attachments_path`, or beside the SQLite file)."""
+    """A Cloud Storage bucket when `attachments_bucket` is set; else the embedded default, a directory
+    (`attachments_path`, or beside the SQLite file). Nothing connects here."""
+    if settings.attachments_bucket:
+        return _LazyGCS(settings.attachments_bucket, settings.firestore_project)
     root = settings.attachments_path
     if root is None:
         root = settings.sqlite_path.with_name(settings.sqlite_path.stem + "-attachments")
     return LocalAttachmentStore(root)
+
+
+class _LazyGCS:
+    """`GCSAttachmentStore` built on first use (the client needs credentials; building the graph must
+    not)."""
+
+    def __init__(self, bucket: str, project: str | None) -> None:
+        self._args = (bucket, project)
+        self._store: GCSAttachmentStore | None = None
+
+    def _get(self) -> GCSAttachmentStore:
+        if self._store is None:
+            self._store = GCSAttachmentStore(self._args[0], project=self._args[1])
+        return self._store
+
+    async def aput(self, user_id: str, data: bytes) -> str:
+        return await asyncio.to_thread(lambda: self._get().put(user_id, data))
+
+    async def aget(self, user_id: str, ref: str) -> bytes | None:
+        return await asyncio.to_thread(lambda: self._get().get(user_id, ref))
