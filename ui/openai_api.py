@@ -12,7 +12,7 @@ are two renderings of the same events.
   last user message is the new question, and only the question and its answer are stored. The
   request's earlier messages are checked but not used (the client's copy of the history may be older,
   edited or shorter than the stored one; memory is the truth); the answer's `history` says whether they
-  were the stored conversation's last messages (`matches`) or not (`differs`). Another user's
+  end as the stored conversation does (`matches`) or not (`differs`). Another user's
   conversation answers 404, as one that cannot be found does on the page.
 
 Sign-in: an API key (`Authorization: Bearer hck_...`, see `ui.auth.key_user`) or, without one, what
@@ -419,26 +419,22 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             raise _store_refusal(exc) from None
 
     async def _agrees(user: str, session_id: str, prior: list[BaseMessage]) -> bool:
-        """Whether the request's earlier messages are the stored conversation's last ones (role and
-        text). Either way memory is what the model sees; the answer says which (`history`), so a client
-        can tell that its copy is not what was used. Reads only as far back as the request goes."""
-        if not prior:
+        """Whether the request's earlier messages end as the stored conversation does (role and text),
+        as far back as the model's window goes (`history_max_messages`). Either way memory is what the
+        model sees; the answer says which (`history`), so a client can tell that its copy was not used.
+        One window read of at most that many messages (a Firestore read per message)."""
+        n = min(len(prior), service.settings.history_max_messages)
+        if n == 0:
             return True
-        stored: list[BaseMessage] = []
         try:
-            async with contextlib.aclosing(service.pages(user, session_id)) as pages:
-                async for page in pages:
-                    stored[:0] = page
-                    if len(stored) >= len(prior):
-                        break
-        except ConversationNotFound:
-            return False  # the client has history, memory has none
+            stored = await service.client.store.history(session_id, user).aget_window(max_messages=n)
         except (AccessDenied, MemoryUnavailable) as exc:
             raise _store_refusal(exc) from None
-        if len(stored) < len(prior):
-            return False
-        mine = [(m.type, message_text(m).strip()) for m in stored[len(stored) - len(prior) :]]
-        return mine == [(m.type, message_text(m).strip()) for m in prior]
+        if len(stored) < n:
+            return False  # memory holds less than the client sent (or nothing: a new conversation)
+        return [(m.type, message_text(m).strip()) for m in stored] == [
+            (m.type, message_text(m).strip()) for m in prior[-n:]
+        ]
 
     async def _whole(
         request: Request,
