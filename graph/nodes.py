@@ -276,7 +276,9 @@ async def prepare(
         if not unstored and messages and messages[-1].id not in seen and messages[-1].type == "ai":
             unstored = [messages[-1]]  # an answer passed in as the input: refused as such, never stored
         check_new_messages(unstored)
-        files = check_attachments(unstored, s)
+        files: list[AttachmentInfo] = []
+        if _count_files(unstored):  # decoding images is CPU work: off the event loop
+            files = await asyncio.to_thread(check_attachments, unstored, s)
     except (InvalidInput, AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
         log.warning("turn refused: %s", type(exc).__name__)
         return _refusal(unstored, exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -20,6 +21,7 @@ from typing import Protocol
 
 from graph.settings import Settings
 
+log = logging.getLogger(__name__)
 _REF = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -137,6 +139,11 @@ def make_attachment_store(settings: Settings) -> AttachmentStore:
     (`attachments_path`, or beside the SQLite file). Nothing connects here."""
     if settings.attachments_bucket:
         return _LazyGCS(settings.attachments_bucket, settings.firestore_project)
+    if settings.memory == "firestore":
+        log.warning(
+            "attachments are kept in a local directory while memory is Firestore: set "
+            "HYBRID_CHAT_ATTACHMENTS_BUCKET, or a later turn on another replica will not see them"
+        )
     root = settings.attachments_path
     if root is None:
         root = settings.sqlite_path.with_name(settings.sqlite_path.stem + "-attachments")
