@@ -3,7 +3,8 @@
 Starts `hybrid-chat serve` (a subprocess, embedded defaults, temperature 0), opens the page in Debian's
 Chromium and sends N messages. Prints JSON: process start to /healthz, page load to interactive, and per
 turn the time from Send to the first token on screen next to the backend's own time to first token
-(the answer's meta line, same turn), and to the final answer on screen. The first turn also pays the
+(the answer's meta line, same turn), and to the final answer on screen; then the time from Stop to a
+usable Send. The first turn also pays the
 local stand-in's start (first use) and the client build; the backend's figure excludes those.
 """
 
@@ -84,6 +85,20 @@ def main() -> int:
                     "send_to_final_answer_on_screen_ms": round(hc["lens"][-1][0]),
                     "screen_updates": len(hc["lens"]),
                 }
+            # Stop: from the click to Send being usable again (a long answer, stopped while it streams).
+            page.get_by_text("Generation settings").click()
+            page.get_by_label("number input for Max tokens").fill("400")
+            page.get_by_label("number input for Max tokens").press("Enter")
+            before = bots.count()
+            page.locator(INPUT).fill("Count from 1 to 300, one number per line.")
+            page.locator(INPUT).press("Enter")
+            stop = page.locator("#hc-input").get_by_test_id("stop-button")
+            expect(stop).to_be_visible(timeout=30_000)
+            expect(bots.nth(before)).not_to_have_text("", timeout=60_000)
+            stopping = time.perf_counter()
+            stop.click()
+            expect(page.locator("#hc-input").get_by_test_id("submit-button")).to_be_visible()
+            out["stop_to_usable_send_ms"] = round((time.perf_counter() - stopping) * 1000)
         finally:
             proc.terminate()
             proc.wait(30)
