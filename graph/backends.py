@@ -83,6 +83,10 @@ KIND_WORDS: dict[str, tuple[str, str]] = {"image": ("images", "see images"), "pd
 # by default) is below the 7 MB.
 GEMINI_INLINE_MAX_BYTES = 20_000_000
 GEMINI_MAX_FILES = 3000
+# What Gemini reads inline (the same pages): no GIF, which vLLM's Gemma takes.
+GEMINI_MIME_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif", "application/pdf"}
+)
 
 
 @dataclass(frozen=True)
@@ -93,12 +97,18 @@ class Accepts:
     kinds: frozenset[str] = frozenset()
     max_bytes: int = 0  # all of one prompt's attachments together
     max_count: int = 0  # per prompt
+    mime_types: frozenset[str] | None = None  # within `kinds`, only these (None: any we accept)
 
-    def refusal(self, kinds: frozenset[str], count: int, total_bytes: int) -> str | None:
+    def refusal(
+        self, kinds: frozenset[str], count: int, total_bytes: int, mime_types: frozenset[str] = frozenset()
+    ) -> str | None:
         """Why this backend cannot take these attachments ("image: Gemma stand-in cannot see images"),
         or None when it can."""
         for kind in sorted(kinds - self.kinds):
             return f"{kind}: {self.label} cannot {KIND_WORDS.get(kind, (kind, 'take ' + kind))[1]}"
+        if self.mime_types is not None:
+            for mime in sorted(mime_types - self.mime_types):
+                return f"{mime}: {self.label} cannot read {mime} files"
         if count > self.max_count:
             kind = sorted(kinds)[0] if kinds else "attachment"
             return f"{kind}: {self.label} takes at most {self.max_count} attachment(s) per message"
@@ -193,7 +203,9 @@ class Backends:
             max_bytes = s.attachment_max_bytes * max(1, s.attachment_max_count + s.attachment_history_max)
             return Accepts(self.short_label(name), kinds, max_bytes, s.gemma_max_images)
         kinds = parse_kinds(s.gemini_attachments, frozenset({"image", "pdf"}))
-        return Accepts(self.short_label(name), kinds, GEMINI_INLINE_MAX_BYTES, GEMINI_MAX_FILES)
+        return Accepts(
+            self.short_label(name), kinds, GEMINI_INLINE_MAX_BYTES, GEMINI_MAX_FILES, GEMINI_MIME_TYPES
+        )
 
     # --- models ------------------------------------------------------------------------------
     def model(self, name: BackendName, params: GenerationParams) -> BaseChatModel:

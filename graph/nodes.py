@@ -188,6 +188,7 @@ def attachment_signals(base: Signals, files: Sequence[AttachmentInfo], services:
         base,
         attachments=frozenset(f.kind for f in files),
         attachment_count=len(files),
+        attachment_types=frozenset(f.mime_type for f in files),
         attachment_bytes=sum(f.size for f in files),
         accepts={b: services.backends.accepts(b) for b in BACKENDS},
     )

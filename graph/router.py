@@ -39,6 +39,7 @@ class Signals:
     attachments: frozenset[str] = frozenset()
     attachment_count: int = 0
     attachment_bytes: int = 0
+    attachment_types: frozenset[str] = frozenset()  # their MIME types, sniffed from the bytes
     # What each backend takes besides text (empty: not known, no rule applied).
     accepts: Mapping[BackendName, Accepts] = field(default_factory=dict)
 
@@ -46,7 +47,9 @@ class Signals:
         """Why `backend` cannot take this turn's attachments, or None."""
         if not self.attachments or backend not in self.accepts:
             return None
-        return self.accepts[backend].refusal(self.attachments, self.attachment_count, self.attachment_bytes)
+        return self.accepts[backend].refusal(
+            self.attachments, self.attachment_count, self.attachment_bytes, self.attachment_types
+        )
 
 
 @dataclass(frozen=True)

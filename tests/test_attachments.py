@@ -356,21 +356,42 @@ async def test_a_backend_that_refuses_the_image_is_the_users_error_not_the_backe
 
 
 @pytest.mark.integration
-async def test_a_file_gemini_refuses_is_reported_and_not_retried(
-    tmp_path: Path, local_backends: Backends
-) -> None:
-    """A GIF: Gemini takes PNG, JPEG, WebP, HEIC, HEIF only; the Vertex stand-in answers 400
-    INVALID_ARGUMENT as Vertex AI does."""
-    from graph.context import Services
+async def test_a_gif_is_routed_by_its_type(tmp_path: Path, local_backends: Backends) -> None:
+    """Gemini reads PNG, JPEG, WebP, HEIC, HEIF, not GIF (which vLLM's Gemma takes): decided before any
+    call. With the stand-ins no backend can: refused in words; with a real Gemma, Gemma reads it."""
+    g, _ = _graph(tmp_path, local_backends)
+    ask = {**turn("Look", standard_block(gif(), "image/gif")), "model": "gemini"}
+    with pytest.raises(
+        InvalidInput, match=r"image/gif: Gemini stand-in cannot read image/gif files; image: Gemma"
+    ):
+        await g.ainvoke(ask, config={"configurable": {"session_id": "gif"}})
+    with fault_server("echo") as vllm:
+        g, _ = _graph(tmp_path, local_backends, gemma_base_url=vllm.base_url)
+        out = await g.ainvoke(ask, config={"configurable": {"session_id": "gif2"}})
+        assert (meta(out)["backend"], meta(out)["route_reason"]) == (
+            "gemma",
+            "image/gif: Gemini stand-in cannot read image/gif files",
+        )
+        assert vllm.requests == 1
 
-    services = Services.build(local_settings(tmp_path), backends=local_backends)
-    g = build_graph(services=services)
-    out = await g.ainvoke(
-        {**turn("Look", standard_block(gif(), "image/gif")), "model": "gemini"},
-        config={"configurable": {"session_id": "gif"}},
-    )
-    assert (meta(out)["backend"], meta(out)["error"]) == ("gemini", "rejected_input")
-    assert services.router.breakers["gemini"]._consecutive == 0
+
+@pytest.mark.integration
+def test_the_vertex_standin_refuses_what_vertex_ai_refuses(local_backends: Backends) -> None:
+    """The stand-in checks inline data itself, as Vertex AI does (HTTP 400 INVALID_ARGUMENT), and the
+    graph takes that error for the user's input, not the backend's health."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    from graph.backends import GenerationParams
+    from graph.nodes import rejected_input
+
+    model = local_backends.model("gemini", GenerationParams(0.0, 0.95, 4))
+    for block, words in [
+        (standard_block(gif(), "image/gif"), "Unsupported MIME type: image/gif"),
+        (standard_block(b"\x89PNG\r\n\x1a\nnot really", "image/png"), "Unable to process input image"),
+    ]:
+        with pytest.raises(GoogleAPICallError, match=words) as caught:
+            model.invoke([HumanMessage(content=[{"type": "text", "text": "Look"}, block])])
+        assert caught.value.code == 400 and rejected_input(caught.value)
 
 
 @pytest.mark.integration

@@ -43,7 +43,8 @@ def _text_of(parts: list[dict[str, Any]] | None) -> str:
     return "".join(p.get("text", "") for p in parts or [])
 
 
-# What Gemini 2.5 takes as inline images and documents (Vertex AI's documented MIME types).
+# What Gemini 2.5 takes as inline images and documents (Vertex AI's documented MIME types): checked
+# here on its own, as Vertex AI does, whatever the router already knows.
 GEMINI_MIME_TYPES = frozenset(
     {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif", "application/pdf"}
 )
