@@ -194,6 +194,16 @@ def attachment_signals(base: Signals, files: Sequence[AttachmentInfo], services:
     )
 
 
+def _store_error(exc: BaseException) -> bool:
+    """What the attachment stores raise when they cannot keep a file: a disk's OSError, Cloud Storage's
+    API and auth errors (requests' errors are OSErrors). Imported here: the Google libraries take 0.1 s
+    to import, and a text-only process never needs them."""
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import GoogleAuthError
+
+    return isinstance(exc, OSError | GoogleAPICallError | GoogleAuthError)
+
+
 def attachment_store(services: Services) -> AttachmentStore:
     return services.attachments or make_attachment_store(services.settings)
 
@@ -207,7 +217,13 @@ async def stored_form(
     out: list[BaseMessage] = []
     for m in messages:
         if m.type == "human" and isinstance(m.content, list):
-            m = m.model_copy(update={"content": await blocks.to_stored(m.content, user_id, store)})
+            try:
+                content = await blocks.to_stored(m.content, user_id, store)
+            except Exception as exc:  # a disk, a bucket: the turn is reported not saved, as memory's
+                if _store_error(exc):
+                    raise MemoryUnavailable(f"the attachment store failed ({type(exc).__name__})") from exc
+                raise
+            m = m.model_copy(update={"content": content})
         out.append(m)
     return out
 

@@ -570,3 +570,20 @@ def test_earlier_attachments_stay_within_the_backends_bytes() -> None:
     assert fitted[2]["base64"] == b64(png(20, 20))
     assert fit_content(content, frozenset({"image"}), budget=5, max_bytes=big + small)[1:] == (2, big + small)
     assert fit_content(content, frozenset(), budget=5)[1:] == (0, 0)
+
+
+@pytest.mark.integration
+async def test_an_attachment_store_that_cannot_write_is_reported_like_memory(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """The directory cannot be written (a full or read-only disk): the answer is still shown and the
+    output says the turn could not be saved, as for a memory outage; nothing raises."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the directory should be")
+    g = build_graph(services=_services(tmp_path, local_backends, attachments_path=blocked))
+    out = await g.ainvoke(
+        {**turn("Look", standard_block(png())), "model": "gemini"},
+        config={"configurable": {"session_id": "ro"}},
+    )
+    assert "[stand-in received image/png 64x48" in out["messages"][-1].text
+    assert out["error"] == "the turn could not be saved: the conversation store is unreachable"

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from graph.validation import FILE_BLOCK_TYPES, AttachmentInfo, InvalidInput
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from graph.attachments.store import AttachmentStore
@@ -227,7 +230,11 @@ async def resolve(content: Any, user_id: str, store: AttachmentStore, budget: in
         block = out[i]
         if not is_reference(block) or used >= budget:
             continue
-        data = await store.aget(user_id, str(block["extras"][REF_KEY].get("ref")))
+        try:
+            data = await store.aget(user_id, str(block["extras"][REF_KEY].get("ref")))
+        except Exception as exc:  # the store down: the turn goes on, the model reads what was there
+            log.warning("an earlier attachment could not be loaded: %s", type(exc).__name__)
+            data = None
         if data is not None:
             out[i] = {
                 "type": block["type"],

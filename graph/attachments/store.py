@@ -109,8 +109,11 @@ class GCSAttachmentStore:
         from google.api_core.exceptions import PreconditionFailed
 
         ref = reference(data)
+        blob = self._blob(user_id, ref)
+        if blob.exists():  # type: ignore[attr-defined]  # a metadata read, not a second upload
+            return ref
         try:
-            self._blob(user_id, ref).upload_from_string(  # type: ignore[attr-defined]
+            blob.upload_from_string(  # type: ignore[attr-defined]
                 data, content_type="application/octet-stream", if_generation_match=0
             )
         except PreconditionFailed:  # already there: the same bytes, by their name
