@@ -203,11 +203,27 @@ async def test_bad_requests_are_refused_in_openais_shape(echo_app: tuple[Any, Ec
             "messages[0].role",
         ),
         ({"model": "hybrid-chat/gemma", "messages": hi, "tools": [{"type": "function"}]}, 400, "tools"),
-        (
+        (  # a link: the graph never fetches a URL for a user
             {
                 "model": "hybrid-chat/gemma",
                 "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
             },
+            400,
+            "messages",
+        ),
+        (  # images and files only in user messages
+            {
+                "model": "hybrid-chat/gemma",
+                "messages": [
+                    {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]},
+                    *hi,
+                ],
+            },
+            400,
+            "messages[0].content",
+        ),
+        (
+            {"model": "hybrid-chat/gemma", "messages": [{"role": "user", "content": [{"type": "audio"}]}]},
             400,
             "messages[0].content",
         ),
@@ -506,3 +522,70 @@ def test_page_and_endpoint_share_a_users_rate_limit(tmp_path: Path) -> None:
         bob = openai.OpenAI(base_url=f"{base}/v1", api_key=bob_key, max_retries=0)
         assert bob.chat.completions.create(model="hybrid-chat/gemma", messages=hi).choices[0].message.content
     assert len(model.prompts) == 3
+
+
+def test_an_image_part_is_read_by_the_backend_that_can_see_it(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """OpenAI's `image_url` part with a data: URL, through the SDK: the router sends it to the backend
+    that can read images (the Gemini stand-in, which names the bytes it got), stateless and saved."""
+    import asyncio
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), "red").save(buf, "PNG")
+    image = buf.getvalue()
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    parts = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    seen = f"[stand-in received image/png 64x48, {len(image):,} bytes"
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(
+            model="hybrid-chat/auto", messages=[{"role": "user", "content": parts}], max_tokens=24
+        )
+        assert seen in (answer.choices[0].message.content or "")
+        assert answer.model == "hybrid-chat/gemini"
+        assert "image" in (answer.model_extra or {})["hybrid_chat"]["route_reason"]
+
+        stream = client.chat.completions.create(
+            model="hybrid-chat/auto",
+            messages=[{"role": "user", "content": parts}],  # type: ignore[list-item]
+            max_tokens=24,
+            stream=True,
+            metadata={"conversation_id": "picture"},
+        )
+        assert seen in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        stored = asyncio.run(app.state.chat.messages("local", "picture"))
+        assert [m.type for m in stored] == ["human", "ai"] and stored[0].text.startswith("What is in")
+        assert any(
+            isinstance(b, dict) and b.get("type") != "text" for b in stored[0].content
+        )  # the file kept
+
+        # OpenAI's `file` part, a PDF: read by the backend that can read PDFs too.
+        from tests.test_attachments import pdf
+
+        doc = pdf(2)
+        data = "data:application/pdf;base64," + base64.b64encode(doc).decode()
+        file_part = {"type": "file", "file": {"file_data": data, "filename": "notes.pdf"}}
+        answer = client.chat.completions.create(
+            model="hybrid-chat/auto",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "Summarise this."}, file_part]}],  # type: ignore[list-item]
+            max_tokens=24,
+        )
+        assert f"[stand-in received application/pdf, {len(doc):,} bytes" in (
+            answer.choices[0].message.content or ""
+        )
+        assert "pdf" in (answer.model_extra or {})["hybrid_chat"]["route_reason"]
+
+        link = [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model="hybrid-chat/auto", messages=[{"role": "user", "content": link}]
+            )

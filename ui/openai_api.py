@@ -27,8 +27,11 @@ both carry the extension field `hybrid_chat` (`backend`, `requested_backend`, `r
 `fallback`, `interrupted`, `ttft_ms`) on the completion or on the final chunk of a stream.
 
 Refused with 400 rather than ignored: `n` other than 1, `stop` (the graph has no stop sequences yet),
-tools and functions, `response_format` other than text, `logprobs`, non-zero penalties, image or other
-non-text parts, `tool`/`function` messages. Errors come in OpenAI's shape
+tools and functions, `response_format` other than text, `logprobs`, non-zero penalties, parts other
+than text in system and assistant messages and other than text, `image_url` and `file` in user ones,
+`tool`/`function` messages. Images and files (`data:` URLs, `file_data`) go through to the graph, which
+checks them from their bytes and routes the turn to a backend that can read them (links are refused:
+the graph never fetches a URL for a user). Errors come in OpenAI's shape
 `{"error": {"message", "type", "param", "code"}}`; an error after a stream started comes as one
 `data: {"error": ...}` event (the `openai` SDK raises it as `APIError`).
 """
@@ -62,6 +65,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "hybrid-chat/"
 CONVERSATION_HEADER = "x-hybrid-chat-conversation"  # names the conversation to save the turn into
+FILE_PARTS = frozenset({"image_url", "file"})  # OpenAI's content parts that carry a file
 CREATED = 1_767_225_600  # the models' "created" (2026-01-01): fixed, so the list is stable
 
 
@@ -160,7 +164,7 @@ def unsupported(body: CompletionRequest) -> None:
 
 
 def _text(content: Any, index: int) -> str:
-    """A message's text: a string, or a list of text parts (images and other parts are refused)."""
+    """A message's text: a string, or a list of text parts (any other part is refused)."""
     if isinstance(content, str):
         return content
     if content is None:
@@ -174,11 +178,28 @@ def _text(content: Any, index: int) -> str:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise APIError(
                     400,
-                    f"Only text parts are supported (messages[{index}] has {str(kind)[:40]!r}).",
+                    f"Only text parts are supported here (messages[{index}] has {str(kind)[:40]!r}); images "
+                    "and files go in user messages, as image_url or file parts with their data.",
                     param=f"messages[{index}].content",
                 )
         return "".join(texts)
     raise APIError(400, f"messages[{index}].content must be text.", param=f"messages[{index}].content")
+
+
+def _content(content: Any, index: int) -> str | list[dict[str, Any]]:
+    """A user message's content: its text, or its text and file parts (OpenAI's `image_url` with a
+    `data:` URL, `file` with `file_data`) as they are. The graph reads, checks (from the bytes, not the
+    declared type) and routes the files (`graph.attachments`); links are refused there."""
+    if not isinstance(content, list) or not any(
+        isinstance(p, dict) and p.get("type") in FILE_PARTS for p in content
+    ):
+        return _text(content, index)
+    return [
+        p
+        if isinstance(p, dict) and p.get("type") in FILE_PARTS
+        else {"type": "text", "text": _text([p], index)}
+        for p in content
+    ]
 
 
 def conversation(raw: list[dict[str, Any]]) -> tuple[list[BaseMessage], str | None]:
@@ -193,7 +214,8 @@ def conversation(raw: list[dict[str, Any]]) -> tuple[list[BaseMessage], str | No
         elif role in ("user", "assistant"):
             if m.get("tool_calls") or m.get("function_call"):
                 raise APIError(400, "Tool calls are not supported.", param=f"messages[{i}].tool_calls")
-            turns.append({"role": role, "content": _text(m.get("content"), i)})
+            content = _content(m.get("content"), i) if role == "user" else _text(m.get("content"), i)
+            turns.append({"role": role, "content": content})
         else:
             raise APIError(
                 400,
@@ -202,7 +224,8 @@ def conversation(raw: list[dict[str, Any]]) -> tuple[list[BaseMessage], str | No
             )
     if not turns or turns[-1]["role"] != "user":
         raise APIError(400, "The last message must be the user's.", param="messages")
-    if not turns[-1]["content"].strip():
+    last = turns[-1]["content"]
+    if not (last.strip() if isinstance(last, str) else last):
         raise APIError(400, "The last user message is empty.", param="messages")
     return convert_to_messages(turns), ("\n\n".join(systems) if systems else None)
 
@@ -352,10 +375,12 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         unsupported(body)
         saving = conversation_id(request.headers.get(CONVERSATION_HEADER), body.metadata)
         messages, system = conversation(body.messages)
-        question = ""
-        if saving is not None:
+        # The new question of a saved turn: its text (checked like the page's), or the message itself
+        # when it carries files (the graph checks its text and its files).
+        question: str | list[BaseMessage] = [messages[-1]]
+        if saving is not None and isinstance(messages[-1].content, str):
             try:
-                question = check_message(str(messages[-1].content), service.settings.max_message_chars)
+                question = check_message(messages[-1].content, service.settings.max_message_chars)
             except LimitExceeded as exc:
                 raise APIError(400, str(exc), param="messages") from None
         try:
