@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CONVERSATIONS_PAGE = 30
 CONTINUE = "Continue from where you stopped."
+RELOAD_WAIT_S = 30.0
 
 
 @dataclass
@@ -113,6 +114,9 @@ class ChatHandlers:
         self.identity = identity
         self.limiter = limiter
         self.settings = service.settings
+        # Turns streaming in this process, by (user, conversation): a reload mid-answer waits for its
+        # turn to end (and be saved) before showing the conversation, instead of showing the question alone.
+        self.running: dict[tuple[str, str], asyncio.Event] = {}
 
     def user_of(self, request: gr.Request | None) -> str:
         return self.identity.user_of(request)
@@ -148,6 +152,8 @@ class ChatHandlers:
     ) -> AsyncIterator[tuple]:
         st.sid = st.sid or uuid.uuid4().hex
         human_id = str(uuid.uuid4())
+        key, ended = (user, st.sid), asyncio.Event()
+        self.running[key] = ended
         rows = st.rows
         rows.append(user_row(text, human_id))
         st.busy, st.live, st.stopped = True, "", False
@@ -188,6 +194,9 @@ class ChatHandlers:
         finally:
             st.busy = False
             slot.release()  # the turn releases it; this covers a turn closed before it started
+            ended.set()
+            if self.running.get(key) is ended:
+                del self.running[key]
 
     async def take_slot(self) -> StreamSlot:
         """A place among the answers streaming at once (shared with Gradio's `/chat` and `/api/chat`),
@@ -449,7 +458,12 @@ class ChatHandlers:
 
     async def load_conversation(self, user: str, st: Session, sid: str) -> tuple[Any, Any]:
         """Open `sid` into `st` at once (all pages): (chat value, title). Not found or not the user's: a
-        note in the chat saying so, and a new conversation."""
+        note in the chat saying so, and a new conversation. An answer still streaming into it (the tab
+        was reloaded mid-answer) is waited for, at most `RELOAD_WAIT_S`."""
+        if (ended := self.running.get((user, sid))) is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), RELOAD_WAIT_S)
+            await self.service.saved(3)  # a stopped turn is saved in the background
         try:
             messages = await self.service.messages(user, sid)
         except (AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:

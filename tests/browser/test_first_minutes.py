@@ -222,3 +222,22 @@ def test_an_empty_chat_offers_starters_and_hides_what_needs_a_conversation(page:
     expect(page.locator("#hc-chatbot").get_by_role("button", name="Clear")).to_be_hidden()  # one meaning
     page.locator("#hc-new").click()
     expect(manage).to_be_hidden()
+
+
+def test_a_reload_during_an_answer_keeps_what_streamed_and_offers_to_continue(page: Any) -> None:
+    set_max_tokens(page, 300)
+    send(page, "Count from 1 to 150, one number per line.")
+    expect(page.locator("#hc-input").get_by_test_id("stop-button")).to_be_visible()
+    expect(bots(page).first).to_contain_text("3")
+    streamed = bots(page).first.locator(".message-content").inner_text()
+    page.reload()  # the address reopens the conversation with what had streamed
+    answer = bots(page).first
+    # Either the answer was stopped by the reload, or it finished on the server first (cut at 300 tokens):
+    # both are kept and offer to continue.
+    expect(answer.locator(".hc-meta")).to_contain_text(re.compile("stopped|cut at the token limit"))
+    kept = answer.locator(".message-content").inner_text()
+    assert kept.startswith(streamed.strip()[:5]) and len(kept) >= len(streamed.strip()), (streamed, kept)
+    page.locator("#hc-chatbot").get_by_role("button", name="Continue").click()
+    expect(users(page)).to_have_count(2)
+    expect(users(page).nth(1)).to_have_text("Continue from where you stopped.", use_inner_text=True)
+    wait_answer(page, 1)
