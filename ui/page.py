@@ -134,7 +134,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
                     "Delete for good", size="sm", variant="stop", visible=False, elem_id="hc-delete-confirm"
                 )
         with gr.Row(elem_id="hc-header", equal_height=True):
-            gr.HTML("<h1>hybrid-chat</h1>", padding=False, scale=0, min_width=110)
+            gr.HTML("<h1>hybrid-chat</h1>", padding=False, scale=0, min_width=110, elem_id="hc-brand")
             model = gr.Dropdown(
                 choices=model_choices(h.service.client),
                 value=h.settings.default_model,

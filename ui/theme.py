@@ -82,10 +82,13 @@ CSS = """
   .gradio-container { padding: 4px !important; }
   #hc-header { flex-wrap: wrap !important; row-gap: 6px; }
   #hc-header > * { min-width: 0 !important; flex: 0 0 auto !important; width: auto !important; }
-  #hc-header h1 { font-size: 1.05rem; margin-left: 40px; }
+  /* The header is two short rows (health beside the sidebar's toggle, then the model): the name is in
+     the browser's tab already. */
+  #hc-brand { display: none !important; }
+  #hc-health-box { margin-left: 40px; min-height: 32px; display: flex; align-items: center; }
   #hc-model { order: 10; flex-basis: 100% !important; max-width: none; min-width: 0 !important; }
   #hc-user-box { display: none; }
-  #hc-chatbot { height: calc(100vh - 260px) !important; min-height: 260px; }
+  #hc-chatbot { height: calc(100vh - 220px) !important; min-height: 260px; }
   .hc-health { gap: 8px; }
 }
 """

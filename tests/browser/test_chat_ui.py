@@ -264,6 +264,9 @@ def test_phone_width(browser: Any, app_env: tuple[str, SwitchableBackends], arti
         answer = wait_answer(page, send(page, "What is the capital of France?"))
         expect(answer).to_contain_text("Paris")
         assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
+        header = page.locator("#hc-header").bounding_box()
+        assert header is not None and header["height"] <= 844 * 0.12, header  # not a quarter of the screen
+        expect(page.locator(".hc-health-state").first).to_be_visible()  # the dots' legend, no hover needed
         page.screenshot(path=str(artifacts / "chat-phone.png"))
     finally:
         context.close()
