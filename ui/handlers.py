@@ -126,15 +126,6 @@ class ChatHandlers:
         only Send waits, replaced by Stop."""
         return gr.update(submit_btn=False, stop_btn=True)
 
-    def take_input(self, text: str, st: Any, request: gr.Request) -> tuple[Any, Any]:
-        """Enter: the box empties at once (not when the server starts the turn, which would erase what
-        was typed meanwhile) and the text goes on to `send`, which puts it back if a limit refuses it.
-        While an answer streams, the text stays where it is: only Send waits."""
-        st = _session(st, self.user_of(request))
-        if st.busy:  # Stop shows in place of Send; a toast cannot come from this unqueued event
-            return gr.skip(), gr.skip()
-        return gr.update(value=""), text
-
     def textbox_ready(self) -> Any:
         return gr.update(interactive=True, submit_btn=True, stop_btn=False)
 

@@ -25,6 +25,15 @@ CLOSE_SIDEBAR_ON_PHONE = f"""() => {{
 FOCUS_INPUT = """() => {
   if (window.matchMedia('(pointer: fine)').matches) document.querySelector('#hc-input textarea')?.focus();
 }"""
+# Enter empties the box in the browser at once, before the turn starts on the server: a reply that
+# emptied it later would erase what was typed meanwhile (and an extra round trip would delay the
+# answer). The text still goes to `send`, which puts it back if a limit refuses it. While an answer
+# streams, Enter does nothing (Gradio runs one `submit` at a time) and the text stays: only Send waits.
+TAKE_INPUT = """(...args) => {
+  const box = document.querySelector('#hc-input textarea');
+  if (box) { box.value = ''; box.dispatchEvent(new Event('input', {bubbles: true})); }
+  return args;
+}"""
 # What the page draws beside Gradio's chat, from the hidden `#hc-decor` element (ui.chat.decorations):
 # under each answer its footer (who answered, route, timings, a fallback badge, an error's reference),
 # each user message as typed (Gradio renders every message as Markdown), and the open conversation in
@@ -190,10 +199,9 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             "concurrency_limit": TURN_CONCURRENCY,
             "show_progress": "minimal",
         }
-        typed = gr.State("")
         send_ev = textbox.submit(
-            h.take_input, [textbox, state], [textbox, typed], api_visibility="private", queue=False
-        ).then(h.send, [typed, state, *gen_inputs], turn_outputs, **turn_kwargs)
+            h.send, [textbox, state, *gen_inputs], turn_outputs, js=TAKE_INPUT, **turn_kwargs
+        )
         retry_ev = chatbot.retry(h.regenerate, [state, *gen_inputs], turn_outputs, **turn_kwargs)
         edit_ev = chatbot.edit(h.edit_resend, [state, *gen_inputs], turn_outputs, **turn_kwargs)
         option_ev = chatbot.option_select(h.follow_up, [state, *gen_inputs], turn_outputs, **turn_kwargs)
