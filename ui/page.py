@@ -155,7 +155,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
                 scale=1,
                 min_width=190,
             )
-            health = gr.HTML(h.health_html(), elem_id="hc-health-box", padding=False, scale=0, min_width=140)
+            health = gr.HTML(h.health_html(), elem_id="hc-health-box", padding=False, scale=0, min_width=290)
             who = gr.HTML("", elem_id="hc-user-box", padding=False, scale=0, min_width=80)
         chatbot = gr.Chatbot(
             elem_id="hc-chatbot",

@@ -48,9 +48,9 @@ def theme() -> gr.themes.Base:
 CSS = """
 #hc-header { align-items: center; gap: 8px; flex-wrap: wrap; }
 #hc-header h1 { font-size: 1.25rem; margin: 0; font-weight: 600; white-space: nowrap; }
-#hc-model { max-width: 400px; min-width: 250px !important; }
+#hc-model { max-width: 400px; min-width: 320px !important; }
 .hc-health { display: inline-flex; gap: 12px; font-size: 0.85rem; color: var(--body-text-color-subdued); }
-.hc-health-item { display: inline-flex; align-items: center; gap: 5px; cursor: default; }
+.hc-health-item { display: inline-flex; align-items: center; gap: 5px; cursor: default; white-space: nowrap; }
 .hc-dot { width: 9px; height: 9px; border-radius: 50%; display: inline-block; background: #9AA0A6; }
 .hc-dot.hc-up { background: #1E8E3E; }
 .hc-dot.hc-down, .hc-dot.hc-misconfigured { background: #D93025; }
