@@ -139,9 +139,14 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
                 delete_btn = gr.Button(
                     "Delete conversation", size="sm", variant="secondary", elem_id="hc-delete"
                 )
-                confirm_btn = gr.Button(
-                    "Delete for good", size="sm", variant="stop", visible=False, elem_id="hc-delete-confirm"
-                )
+                # The second step of Delete: confirm, or cancel (the row is what arm/disarm show and hide).
+                with gr.Row(visible=False, elem_id="hc-delete-step") as confirm_row:
+                    confirm_btn = gr.Button(
+                        "Delete for good", size="sm", variant="stop", elem_id="hc-delete-confirm"
+                    )
+                    cancel_btn = gr.Button(
+                        "Cancel", size="sm", variant="secondary", elem_id="hc-delete-cancel"
+                    )
         with gr.Row(elem_id="hc-header", equal_height=True):
             gr.HTML("<h1>hybrid-chat</h1>", padding=False, scale=0, min_width=110, elem_id="hc-brand")
             model = gr.Dropdown(
@@ -245,16 +250,17 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         )
         title_box.submit(h.rename, [title_box, state], [conv], api_visibility="private")
         delete_btn.click(
-            h.arm_delete, [state], [delete_btn, confirm_btn], api_visibility="private", queue=False
+            h.arm_delete, [state], [delete_btn, confirm_row], api_visibility="private", queue=False
         )
         confirm_btn.click(
             h.delete,
             [state],
-            [chatbot, state, conv, more_btn, delete_btn, confirm_btn, decor],
+            [chatbot, state, conv, more_btn, delete_btn, confirm_row, decor],
             api_visibility="private",
         )
+        for trigger in (new_btn.click, conv.input, cancel_btn.click):
+            trigger(h.disarm_delete, None, [delete_btn, confirm_row], api_visibility="private", queue=False)
         for trigger in (new_btn.click, conv.input):
-            trigger(h.disarm_delete, None, [delete_btn, confirm_btn], api_visibility="private", queue=False)
             trigger(None, js=CLOSE_SIDEBAR_ON_PHONE)
         timer.tick(h.health_html, None, health, api_visibility="private", show_progress="hidden", queue=False)
 

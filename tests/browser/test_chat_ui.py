@@ -146,6 +146,10 @@ def test_conversation_survives_reload_then_rename_and_delete(page: Any) -> None:
     expect(page.get_by_role("radio", name="Remember the word kiwi.")).to_have_count(0)
 
     page.locator("#hc-delete").click()
+    page.locator("#hc-delete-cancel").click()  # changed my mind: nothing deleted
+    expect(page.locator("#hc-delete-confirm")).to_be_hidden()
+    expect(page.get_by_role("radio", name="Kiwi chat")).to_be_checked()
+    page.locator("#hc-delete").click()
     page.locator("#hc-delete-confirm").click()
     expect(page.get_by_role("radio", name="Kiwi chat")).to_have_count(0)
     expect(bots(page)).to_have_count(0)
