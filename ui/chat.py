@@ -245,10 +245,15 @@ def row_decoration(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def decorations(rows: list[dict[str, Any]], sid: str | None) -> str:
-    """The hidden element ui/page.js reads: one entry per row of the chat, and the open conversation
-    (for the page's address, `?c=<id>`). Escaped into an attribute: it is data, never markup."""
-    data = json.dumps({"sid": sid, "rows": [row_decoration(r) for r in rows]}, ensure_ascii=False)
+def decorations(rows: list[dict[str, Any]], sid: str | None, updated: dict[str, str] | None = None) -> str:
+    """The hidden element the page's script reads: one entry per row of the chat, the open conversation
+    (for the page's address, `?c=<id>`), and when each listed conversation last changed (ISO 8601, so
+    the browser groups the list by day in its own time zone). Escaped into an attribute: data, never
+    markup."""
+    data = json.dumps(
+        {"sid": sid, "rows": [row_decoration(r) for r in rows], "updated": updated or {}},
+        ensure_ascii=False,
+    )
     return f'<div class="hc-decor" data-hc="{html.escape(data, quote=True)}"></div>'
 
 

@@ -64,6 +64,7 @@ class Session:
     rows: list[dict[str, Any]] = field(default_factory=list)  # what the chat shows, with stored ids
     cursor: str | None = None  # conversations listing: where the next page starts
     listed: list[tuple[str, str]] = field(default_factory=list)  # (title, id) shown in the sidebar
+    updated: dict[str, str] = field(default_factory=dict)  # id -> last change (ISO 8601), for grouping
     busy: bool = False  # an answer is streaming
     live: str = ""  # the answer streamed so far
     stopped: bool = False
@@ -135,7 +136,7 @@ class ChatHandlers:
 
     def decor(self, st: Session) -> str:
         """What ui/page.js draws beside the chat (footers, badges, typed text) and the page's `?c=`."""
-        return decorations(st.rows, st.sid if st.rows else None)
+        return decorations(st.rows, st.sid if st.rows else None, st.updated)
 
     # --- the streamed turn, shared by send / regenerate / edit -------------------------------
     async def run_turn(
@@ -379,7 +380,7 @@ class ChatHandlers:
             st.rows[-1] = stopped
         elif st.live:
             st.rows.append(stopped)
-        shown, decor = self.shown(st), self.decor(st)
+        shown = self.shown(st)
         # The stopped turn is saved in the background: list the conversations once it is.
         for _ in range(30):
             if not st.busy:
@@ -387,7 +388,7 @@ class ChatHandlers:
             await asyncio.sleep(0.1)
         await self.service.saved(3)
         conv, _more = await self.conversation_choices(user, st)
-        return shown, conv, decor
+        return shown, conv, self.decor(st)  # with the list's new dates
 
     # --- conversations -----------------------------------------------------------------------
     async def conversation_choices(self, user: str, st: Session, *, more: bool = False) -> tuple[Any, Any]:
@@ -399,7 +400,9 @@ class ChatHandlers:
             gr.Warning(friendly_error(exc))
             return gr.skip(), gr.skip()
         items = [(plain_title(c.title), c.session_id) for c in page.conversations]
+        updated = {c.session_id: c.updated_at.isoformat() for c in page.conversations}
         st.listed = [*st.listed, *items] if more else items
+        st.updated = {**st.updated, **updated} if more else updated
         st.cursor = page.next_cursor
         value = st.sid if st.sid in {sid for _, sid in st.listed} else None
         return gr.update(choices=st.listed, value=value), gr.update(visible=page.next_cursor is not None)
@@ -435,13 +438,13 @@ class ChatHandlers:
         st = _session(st, user)
         conv, _more = await self.conversation_choices(user, st)
         # A refused second message ends while the first answer still streams: Stop stays then.
-        return (gr.skip() if st.busy else self.textbox_ready()), conv
+        return (gr.skip() if st.busy else self.textbox_ready()), conv, self.decor(st)
 
     async def more_conversations(self, st: Any, request: gr.Request) -> tuple:
         user = self.user_of(request)
         st = _session(st, user)
         conv, more = await self.conversation_choices(user, st, more=True)
-        return conv, more
+        return conv, more, self.decor(st)
 
     def selected(self, st: Session) -> Any:
         """The sidebar's selection for the open conversation (none if it is not listed)."""

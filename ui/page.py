@@ -53,6 +53,7 @@ DECORATE = """() => {
     chat.querySelectorAll('[data-testid="user"]').forEach((el, i) => typed(el, users[i]));
     chat.querySelectorAll('[data-testid="bot"]').forEach((el, i) => footer(el, answers[i]));
     document.body.classList.toggle('hc-no-conversation', !data.sid);
+    groups(data.updated || {});
     const url = new URL(window.location.href);
     const want = data.sid || null;
     if ((url.searchParams.get('c') || null) !== want) {
@@ -88,6 +89,28 @@ DECORATE = """() => {
       span.textContent = text;
       f.append(span);
     }
+  };
+  // The conversation list by day, in the browser's time zone: the first entry of each group carries
+  // its heading (drawn by CSS from data-hc-group: Gradio's Radio has no headings of its own).
+  const groups = (updated) => {
+    const today = new Date(); today.setHours(0, 0, 0, 0);
+    const day = 86400000;
+    let last = null;
+    document.querySelectorAll('#hc-conversations label').forEach((label) => {
+      const at = updated[label.querySelector('input')?.value];
+      let name = null;
+      if (at) {
+        const t = new Date(at);
+        const days = Math.floor((today - new Date(t.getFullYear(), t.getMonth(), t.getDate())) / day);
+        const month = t.toLocaleDateString(undefined, {month: 'long', year: 'numeric'});
+        name = days <= 0 ? 'Today' : days === 1 ? 'Yesterday' : days < 7 ? 'Previous 7 days'
+          : days < 30 ? 'Previous 30 days' : month;
+      }
+      const head = name && name !== last ? name : null;
+      if (name) last = name;
+      if (head) { if (label.dataset.hcGroup !== head) label.dataset.hcGroup = head; }
+      else if (label.dataset.hcGroup) delete label.dataset.hcGroup;
+    });
   };
   let queued = false;
   const schedule = () => {
@@ -214,7 +237,11 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         turns = [send_ev, retry_ev, edit_ev, option_ev, starter_ev]
         for ev in turns:
             ev.then(
-                h.after_turn, [state], [textbox, conv], api_visibility="private", show_progress="hidden"
+                h.after_turn,
+                [state],
+                [textbox, conv, decor],
+                api_visibility="private",
+                show_progress="hidden",
             ).then(None, js=FOCUS_INPUT)
         textbox.stop(
             h.stop,
@@ -240,7 +267,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             api_visibility="private",
             show_progress="minimal",
         )
-        more_btn.click(h.more_conversations, [state], [conv, more_btn], api_visibility="private")
+        more_btn.click(h.more_conversations, [state], [conv, more_btn, decor], api_visibility="private")
         new_btn.click(
             h.new_conversation,
             [state],

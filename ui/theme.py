@@ -72,6 +72,9 @@ CSS = """
 /* One meaning per icon: "New conversation" starts a new chat, the trash icon would only duplicate it. */
 #hc-chatbot button[aria-label="Clear"] { display: none; }
 .hc-no-conversation #hc-manage { display: none !important; }
+#hc-conversations label[data-hc-group] { position: relative; margin-top: 1.4em; overflow: visible; }
+#hc-conversations label[data-hc-group]::before { content: attr(data-hc-group); position: absolute;
+  top: -1.35em; left: 2px; font-size: 0.75rem; font-weight: 600; color: var(--body-text-color-subdued); }
 .hc-health-state { font-size: 0.75rem; }
 #hc-chatbot { flex-grow: 1; }
 #hc-conversations { max-height: 60vh; overflow-y: auto; }

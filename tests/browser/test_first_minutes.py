@@ -241,3 +241,12 @@ def test_a_reload_during_an_answer_keeps_what_streamed_and_offers_to_continue(pa
     expect(users(page)).to_have_count(2)
     expect(users(page).nth(1)).to_have_text("Continue from where you stopped.", use_inner_text=True)
     wait_answer(page, 1)
+
+
+def test_the_conversation_list_is_grouped_by_day(page: Any) -> None:
+    wait_answer(page, send(page, "Remember the word fig."))
+    first = page.locator("#hc-conversations label").first
+    expect(first).to_have_attribute("data-hc-group", "Today")  # the heading of the newest group
+    heading = first.evaluate("e => getComputedStyle(e, '::before').content")
+    assert heading == '"Today"', heading
+    expect(page.locator("#hc-conversations label[data-hc-group]")).to_have_count(1)  # one group today
