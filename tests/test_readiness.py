@@ -32,7 +32,7 @@ from graph.health import CredentialCheck, credential_fault, watch_credentials
 from tests.conftest import local_settings
 from tests.support.credential_server import CredentialServer, credential_server
 from tests.support.fault_server import fault_server
-from tests.support.server import running_server
+from tests.support.server import free_port, running_server
 from ui.security import SECURITY_HEADERS
 
 pytestmark = [  # Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
@@ -326,6 +326,25 @@ async def test_a_real_answer_refused_marks_the_backend_at_once(
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert _states(ready) == {"gemma": "misconfigured", "gemini": "misconfigured"}
+
+
+async def test_a_starting_vllm_does_not_make_a_misconfigured_gemini_ready(
+    tmp_path: Path, google_credentials: None
+) -> None:
+    """A first deploy: vLLM still downloading its weights (nothing listens), Gemini's binding missing.
+    No backend can answer: not ready, and the page's dot says Gemma is not reachable."""
+    from ui.server import create_app
+
+    with credential_server(403) as gemini:
+        gemma_url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there (yet)
+        app = create_app(_real(tmp_path, gemma_url, gemini, credential_check_s=0.2))
+        async with _client(app) as client, app.router.lifespan_context(app):
+            states = {"gemma": "unreachable", "gemini": "misconfigured"}
+            r = await _until(client, lambda r: _states(r) == states)
+            assert r.status_code == 503
+            assert r.json()["reason"].startswith("no backend is usable: gemma unreachable")
+            assert 'data-state="unreachable"' in app.state.chat.health.html()
+            assert "not reachable" in app.state.chat.health.html()
 
 
 @pytest.mark.integration

@@ -5,7 +5,9 @@ The source of truth is the router's circuit breaker per backend (`graph.health.C
 answered at all lately?) comes from the answers this process served, recorded here. Before both, the
 backend's credential check (`graph.health.CredentialCheck`, `Backends.credentials`): a backend that
 refused our credentials is `misconfigured`, one whose first check has not finished is `checking`;
-neither is usable.
+neither is usable. A real backend that no check has reached and that has not answered since is
+`unreachable` (vLLM starting, for 10-30 minutes on a first deploy): the router still tries it, but
+readiness does not count on it, so a pod whose only other backend is misconfigured is not ready.
 """
 
 from __future__ import annotations
@@ -29,18 +31,20 @@ LEGEND = {
     "down": "down",
     "misconfigured": "misconfigured",
     "checking": "checking",
+    "unreachable": "not reachable",
 }
 
 
 @dataclass(frozen=True)
 class BackendHealth:
     backend: str
-    state: str  # "up" | "down" | "recovering" | "failing" | "unknown" | "misconfigured" | "checking"
+    state: str  # up | down | recovering | failing | unknown | misconfigured | checking | unreachable
     detail: str
 
     @property
     def usable(self) -> bool:
-        return self.state not in ("down", "misconfigured", "checking")
+        """Can readiness count on it? (Not what the router decides: it still tries `unreachable`.)"""
+        return self.state not in ("down", "misconfigured", "checking", "unreachable")
 
 
 class HealthBoard:
@@ -90,7 +94,7 @@ class HealthBoard:
         last = self._last.get(backend)
         if last is None:
             if check is not None and check.state in ("ok", "unreachable"):
-                state = "up" if check.state == "ok" else "unknown"
+                state = "up" if check.state == "ok" else "unreachable"
                 return BackendHealth(backend, state, f"no answer from it yet; {check.detail}")
             return BackendHealth(backend, "unknown", "no answer from it yet")
         ok, at, detail = last
