@@ -59,7 +59,9 @@ pytestmark = [  # Gradio's queue calls pandas APIs that pandas 3 deprecates; not
 
 # --- limits ---------------------------------------------------------------------------------
 def test_message_length_limit() -> None:
-    assert check_message("  hi  ", 10) == "hi"
+    assert check_message("  hi  ", 10) == "  hi"
+    code = "    def f():\n        return 1"  # pasted code keeps its first line's indentation
+    assert check_message(f"\n  \n{code}\n\n", 100) == code
     with pytest.raises(LimitExceeded, match="empty"):
         check_message("   ", 10)
     with pytest.raises(LimitExceeded, match="11 characters long; the limit is 10"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,9 +21,13 @@ class LimitExceeded(Exception):
     """A request refused by a limit; the message is meant for the user."""
 
 
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
+
+
 def check_message(text: str, max_chars: int, *, what: str = "Your message") -> str:
-    """The message, stripped; `LimitExceeded` if empty or too long."""
-    stripped = text.strip() if isinstance(text, str) else ""
+    """The message without trailing whitespace and leading blank lines (the first line's indentation is
+    kept: pasted code stays as typed); `LimitExceeded` if empty or too long."""
+    stripped = _LEADING_BLANK_LINES.sub("", text.rstrip()) if isinstance(text, str) else ""
     if not stripped:
         raise LimitExceeded(f"{what} is empty.")
     if len(stripped) > max_chars:
