@@ -229,11 +229,27 @@ class ChatClient:
         await self.store.arename(session_id, user, title)
 
     async def delete(self, user: str, session_id: str) -> None:
+        """The conversation, then its attachments (issue 15). A conversation already gone still has
+        its user's attachment folder emptied: a retry after the files could not be deleted finishes
+        the job (the folder is keyed by this user, so nobody else's files can be reached)."""
         try:
             await self.check_owner(user, session_id)
         except ConversationNotFound:
+            await self._delete_attachments(user, session_id)
             return
         await self.store.adelete(session_id, user)
+        await self._delete_attachments(user, session_id)
+
+    async def _delete_attachments(self, user: str, session_id: str) -> None:
+        from graph.nodes import _store_error, attachment_store
+
+        try:
+            await attachment_store(self.services).adelete_conversation(user, str(session_id))
+        except Exception as exc:
+            if _store_error(exc):
+                log.error("deleting a conversation's attachments failed: %s", type(exc).__name__)
+                raise MemoryUnavailable(f"the attachment store failed ({type(exc).__name__})") from exc
+            raise
 
     async def truncate(self, user: str, session_id: str, from_message_id: str) -> int:
         """Forget the message `from_message_id` and every later one (regenerate, edit): the count removed."""

@@ -209,7 +209,7 @@ def attachment_store(services: Services) -> AttachmentStore:
 
 
 async def stored_form(
-    messages: Sequence[BaseMessage], user_id: str, services: Services
+    messages: Sequence[BaseMessage], user_id: str, services: Services, session_id: str
 ) -> list[BaseMessage]:
     """`messages` as memory keeps them: user messages' attachments put in the attachment store and
     replaced by references (a message document stays small; Firestore caps one at 1 MiB)."""
@@ -218,7 +218,7 @@ async def stored_form(
     for m in messages:
         if m.type == "human" and isinstance(m.content, list):
             try:
-                content = await blocks.to_stored(m.content, user_id, store)
+                content = await blocks.to_stored(m.content, user_id, session_id, store)
             except Exception as exc:  # a disk, a bucket: the turn is reported not saved, as memory's
                 if _store_error(exc):
                     raise MemoryUnavailable(f"the attachment store failed ({type(exc).__name__})") from exc
@@ -229,9 +229,9 @@ async def stored_form(
 
 
 async def _save_questions(
-    history: ChatHistory, questions: list[BaseMessage], user_id: str, services: Services
+    history: ChatHistory, questions: list[BaseMessage], user_id: str, services: Services, session_id: str
 ) -> None:
-    await history.aadd_messages(await stored_form(questions, user_id, services))
+    await history.aadd_messages(await stored_form(questions, user_id, services, session_id))
 
 
 async def resolved_history(state: State, services: Services) -> dict[str, BaseMessage]:
@@ -246,7 +246,9 @@ async def resolved_history(state: State, services: Services) -> dict[str, BaseMe
         if budget <= 0:
             break
         if m.type == "human" and isinstance(m.content, list):
-            content, used = await blocks.resolve(m.content, state["user_id"], store, budget)
+            content, used = await blocks.resolve(
+                m.content, state["user_id"], state["session_id"], store, budget
+            )
             if used:
                 history[key] = m.model_copy(update={"content": content})
                 budget -= used
@@ -328,7 +330,8 @@ async def prepare(
     # The question is saved now, in the background: a crash mid-answer keeps it; the answer waits for it.
     questions = [m for m in unstored if m.type == "human"]
     if history is not None:
-        services.turns.begin(str(unstored[-1].id), _save_questions(history, questions, user_id, services))
+        save = _save_questions(history, questions, user_id, services, session_id)
+        services.turns.begin(str(unstored[-1].id), save)
     return {
         "stateless": history is None,
         "session_id": session_id,
@@ -726,7 +729,7 @@ def _save_stopped(state: State, answer: _Answer | None, services: Services) -> N
             if humans:  # after the question's own save, so the order stays question, answer
                 await services.turns.end(str(humans[-1].id))
             history = services.store.history(session_id, user_id)
-            stored = await stored_form(messages, user_id, services)
+            stored = await stored_form(messages, user_id, services, session_id)
             await history.aadd_messages(stored, model=answer.backend if answer else None)
         except Exception as exc:
             log.warning("saving a stopped turn failed: %s", type(exc).__name__)
@@ -788,7 +791,7 @@ async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
         humans = [m for m in to_save if m.type == "human"]
         if humans and not await services.turns.end(str(humans[-1].id)):
             await _replayed(history, state, to_save)
-        stored = await stored_form(to_save, state["user_id"], services)
+        stored = await stored_form(to_save, state["user_id"], services, state["session_id"])
         await history.aadd_messages(stored, model=state.get("backend"))
     except MemoryUnavailable as exc:
         metrics.MEMORY_ERRORS.labels("save_turn").inc()

@@ -503,11 +503,11 @@ def test_a_reference_finds_only_its_own_users_file(tmp_path: Path) -> None:
     from graph.attachments.store import LocalAttachmentStore
 
     store = LocalAttachmentStore(tmp_path)
-    ref = store.put("alice@example.com", png())
-    assert store.put("alice@example.com", png()) == ref  # stored once
-    assert store.get("alice@example.com", ref) == png()
-    assert store.get("bob@example.com", ref) is None
-    assert store.get("alice@example.com", "../" * 3 + "etc/passwd") is None
+    ref = store.put("alice@example.com", "s1", png())
+    assert store.put("alice@example.com", "s1", png()) == ref  # stored once
+    assert store.get("alice@example.com", "s1", ref) == png()
+    assert store.get("bob@example.com", "s1", ref) is None
+    assert store.get("alice@example.com", "s1", "../" * 3 + "etc/passwd") is None
     assert "alice" not in str(next(p for p in tmp_path.rglob("*") if p.is_file()))
 
 

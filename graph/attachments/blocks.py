@@ -196,7 +196,7 @@ def _facts(block: dict[str, Any]) -> tuple[AttachmentInfo, str | None]:
     return info, facts.get("name")
 
 
-async def to_stored(content: Any, user_id: str, store: AttachmentStore) -> Any:
+async def to_stored(content: Any, user_id: str, session_id: str, store: AttachmentStore) -> Any:
     """`content` as memory keeps it: each attachment's bytes put in `store`, the block replaced by a
     reference with what a reader needs without the bytes (type, size, name, dimensions)."""
     if not isinstance(content, list) or not any(is_file_block(b) and not is_reference(b) for b in content):
@@ -210,7 +210,8 @@ async def to_stored(content: Any, user_id: str, store: AttachmentStore) -> Any:
             continue
         raw = _one(i, block)
         mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
-        facts: dict[str, Any] = {"ref": await store.aput(user_id, raw.data), "size": len(raw.data)}
+        ref = await store.aput(user_id, session_id, raw.data)
+        facts: dict[str, Any] = {"ref": ref, "size": len(raw.data)}
         if raw.name:
             facts["name"] = raw.name
         kind = "file" if mime == "application/pdf" else "image"
@@ -218,7 +219,9 @@ async def to_stored(content: Any, user_id: str, store: AttachmentStore) -> Any:
     return out
 
 
-async def resolve(content: Any, user_id: str, store: AttachmentStore, budget: int) -> tuple[Any, int]:
+async def resolve(
+    content: Any, user_id: str, session_id: str, store: AttachmentStore, budget: int
+) -> tuple[Any, int]:
     """`content` with its references loaded back from `store`, the newest first while `budget` lasts
     (the others stay references: `fit_content` turns them into a line saying what was there). Returns
     the content and how many were loaded. A reference whose file is gone stays a reference."""
@@ -231,7 +234,7 @@ async def resolve(content: Any, user_id: str, store: AttachmentStore, budget: in
         if not is_reference(block) or used >= budget:
             continue
         try:
-            data = await store.aget(user_id, str(block["extras"][REF_KEY].get("ref")))
+            data = await store.aget(user_id, session_id, str(block["extras"][REF_KEY].get("ref")))
         except Exception as exc:  # the store down: the turn goes on, the model reads what was there
             log.warning("an earlier attachment could not be loaded: %s", type(exc).__name__)
             data = None

@@ -1,11 +1,17 @@
 """Where attachments are kept: outside the message documents (a Firestore document holds 1 MiB), one
-object per distinct file and user; messages keep a reference (`blocks.REF_KEY`).
+object per distinct file and conversation; messages keep a reference (`blocks.REF_KEY`).
 
 `AttachmentStore` is the interface; `GCSAttachmentStore` a Cloud Storage bucket (the cluster:
 `attachments_bucket`); `LocalAttachmentStore` a directory (the embedded defaults). Both keep one folder
-per user (a hash of the user id), each file named by the SHA-256 of its bytes: the same
-file sent twice is stored once, a retried save is a no-op, and a reference can only ever be looked up
-among its own user's files (a reference crafted to name another user's file finds nothing).
+per user and, inside it, one per conversation (hashes of the ids), each file named by the SHA-256 of
+its bytes: `<owner_key(user)>/<conversation_key(session)>/<sha256>`.
+
+- The same file sent twice in a conversation is stored once, and a retried save is a no-op.
+- A reference is only ever looked up among its own user's files of its own conversation (a reference
+  crafted to name another user's file finds nothing).
+- Deleting a conversation deletes its folder (`adelete_conversation`): nothing counts references, so
+  the same file sent in two conversations is kept twice (the dedup given up for a delete that is one
+  prefix, with no shared state to keep consistent; a user who deletes a chat expects its images gone).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -39,33 +46,49 @@ def owner_key(user_id: str) -> str:
     return hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:32]
 
 
+def conversation_key(session_id: str) -> str:
+    """A conversation's folder name inside its user's: a hash (any session id makes a safe path)."""
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:32]
+
+
+def prefix(user_id: str, session_id: str) -> str:
+    """The folder (object name prefix) of one conversation's files, ending in '/'."""
+    return f"{owner_key(user_id)}/{conversation_key(session_id)}/"
+
+
 class AttachmentStore(Protocol):
-    async def aput(self, user_id: str, data: bytes) -> str:
-        """Keep `data` for `user_id`; returns its reference. Idempotent."""
+    async def aput(self, user_id: str, session_id: str, data: bytes) -> str:
+        """Keep `data` for `user_id`'s conversation `session_id`; returns its reference. Idempotent."""
         ...
 
-    async def aget(self, user_id: str, ref: str) -> bytes | None:
-        """The bytes of `ref` among `user_id`'s files; None when there is no such file."""
+    async def aget(self, user_id: str, session_id: str, ref: str) -> bytes | None:
+        """The bytes of `ref` among that conversation's files; None when there is no such file."""
+        ...
+
+    async def adelete_conversation(self, user_id: str, session_id: str) -> int:
+        """Delete every file of `user_id`'s conversation `session_id`; returns how many were deleted."""
         ...
 
 
 class LocalAttachmentStore:
-    """A directory: `<root>/<owner_key(user)>/<sha256>`, written atomically (temp file, rename)."""
+    """A directory: `<root>/<owner_key(user)>/<conversation_key(session)>/<sha256>`, written atomically
+    (temp file, rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def _path(self, user_id: str, ref: str) -> Path:
+    def _path(self, user_id: str, session_id: str, ref: str) -> Path:
         if not valid_reference(ref):
             raise ValueError("not an attachment reference")
-        return self.root / owner_key(user_id) / ref
+        return self.root / prefix(user_id, session_id) / ref
 
-    def put(self, user_id: str, data: bytes) -> str:
+    def put(self, user_id: str, session_id: str, data: bytes) -> str:
         ref = reference(data)
-        path = self._path(user_id, ref)
+        path = self._path(user_id, session_id, ref)
         if path.is_file():
             return ref
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -76,25 +99,36 @@ class LocalAttachmentStore:
             raise
         return ref
 
-    def get(self, user_id: str, ref: str) -> bytes | None:
+    def get(self, user_id: str, session_id: str, ref: str) -> bytes | None:
         if not valid_reference(ref):
             return None
         try:
-            return self._path(user_id, ref).read_bytes()
+            return self._path(user_id, session_id, ref).read_bytes()
         except FileNotFoundError:
             return None
 
-    async def aput(self, user_id: str, data: bytes) -> str:
-        return await asyncio.to_thread(self.put, user_id, data)
+    def delete_conversation(self, user_id: str, session_id: str) -> int:
+        folder = self.root / prefix(user_id, session_id)
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.iterdir() if valid_reference(p.name))
+        shutil.rmtree(folder)  # temp files of a write under way go too (its rename then fails)
+        return count
 
-    async def aget(self, user_id: str, ref: str) -> bytes | None:
-        return await asyncio.to_thread(self.get, user_id, ref)
+    async def aput(self, user_id: str, session_id: str, data: bytes) -> str:
+        return await asyncio.to_thread(self.put, user_id, session_id, data)
+
+    async def aget(self, user_id: str, session_id: str, ref: str) -> bytes | None:
+        return await asyncio.to_thread(self.get, user_id, session_id, ref)
+
+    async def adelete_conversation(self, user_id: str, session_id: str) -> int:
+        return await asyncio.to_thread(self.delete_conversation, user_id, session_id)
 
 
 class GCSAttachmentStore:
-    """A Cloud Storage bucket (the cluster's): objects `<owner_key(user)>/<sha256>`. Uploads are
-    create-only (`if_generation_match=0`): a repeated or retried upload of a file is a no-op and an object
-    is never overwritten. The client is google-cloud-storage's (sync): calls run in a thread."""
+    """A Cloud Storage bucket (the cluster's): objects `<owner_key(user)>/<conversation_key>/<sha256>`.
+    Uploads are create-only (`if_generation_match=0`): a repeated or retried upload of a file is a no-op
+    and an object is never overwritten. The client is google-cloud-storage's (sync): calls run in a thread."""
 
     def __init__(self, bucket: str, *, client: object | None = None, project: str | None = None) -> None:
         from google.cloud import storage
@@ -102,14 +136,14 @@ class GCSAttachmentStore:
         self._client = client or storage.Client(project=project)
         self._bucket = self._client.bucket(bucket)  # type: ignore[attr-defined]
 
-    def _blob(self, user_id: str, ref: str) -> object:
-        return self._bucket.blob(f"{owner_key(user_id)}/{ref}")
+    def _blob(self, user_id: str, session_id: str, ref: str) -> object:
+        return self._bucket.blob(prefix(user_id, session_id) + ref)
 
-    def put(self, user_id: str, data: bytes) -> str:
+    def put(self, user_id: str, session_id: str, data: bytes) -> str:
         from google.api_core.exceptions import PreconditionFailed
 
         ref = reference(data)
-        blob = self._blob(user_id, ref)
+        blob = self._blob(user_id, session_id, ref)
         if blob.exists():  # type: ignore[attr-defined]  # a metadata read, not a second upload
             return ref
         try:
@@ -120,21 +154,40 @@ class GCSAttachmentStore:
             pass
         return ref
 
-    def get(self, user_id: str, ref: str) -> bytes | None:
+    def get(self, user_id: str, session_id: str, ref: str) -> bytes | None:
         from google.api_core.exceptions import NotFound
 
         if not valid_reference(ref):
             return None
         try:
-            return self._blob(user_id, ref).download_as_bytes()  # type: ignore[attr-defined,no-any-return]
+            blob = self._blob(user_id, session_id, ref)
+            return blob.download_as_bytes()  # type: ignore[attr-defined,no-any-return]
         except NotFound:
             return None
 
-    async def aput(self, user_id: str, data: bytes) -> str:
-        return await asyncio.to_thread(self.put, user_id, data)
+    def delete_conversation(self, user_id: str, session_id: str) -> int:
+        """Lists the conversation's prefix and deletes each object (a prefix delete is not one call in
+        the JSON API). An object already gone is not an error: two deletes may race."""
+        from google.api_core.exceptions import NotFound
 
-    async def aget(self, user_id: str, ref: str) -> bytes | None:
-        return await asyncio.to_thread(self.get, user_id, ref)
+        count = 0
+        blobs = self._client.list_blobs(self._bucket, prefix=prefix(user_id, session_id))  # type: ignore[attr-defined]
+        for blob in blobs:
+            try:
+                blob.delete()
+                count += 1
+            except NotFound:
+                pass
+        return count
+
+    async def aput(self, user_id: str, session_id: str, data: bytes) -> str:
+        return await asyncio.to_thread(self.put, user_id, session_id, data)
+
+    async def aget(self, user_id: str, session_id: str, ref: str) -> bytes | None:
+        return await asyncio.to_thread(self.get, user_id, session_id, ref)
+
+    async def adelete_conversation(self, user_id: str, session_id: str) -> int:
+        return await asyncio.to_thread(self.delete_conversation, user_id, session_id)
 
 
 def make_attachment_store(settings: Settings) -> AttachmentStore:
@@ -166,8 +219,11 @@ class _LazyGCS:
             self._store = GCSAttachmentStore(self._args[0], project=self._args[1])
         return self._store
 
-    async def aput(self, user_id: str, data: bytes) -> str:
-        return await asyncio.to_thread(lambda: self._get().put(user_id, data))
+    async def aput(self, user_id: str, session_id: str, data: bytes) -> str:
+        return await asyncio.to_thread(lambda: self._get().put(user_id, session_id, data))
 
-    async def aget(self, user_id: str, ref: str) -> bytes | None:
-        return await asyncio.to_thread(lambda: self._get().get(user_id, ref))
+    async def aget(self, user_id: str, session_id: str, ref: str) -> bytes | None:
+        return await asyncio.to_thread(lambda: self._get().get(user_id, session_id, ref))
+
+    async def adelete_conversation(self, user_id: str, session_id: str) -> int:
+        return await asyncio.to_thread(lambda: self._get().delete_conversation(user_id, session_id))
