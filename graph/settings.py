@@ -161,7 +161,7 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How long a lockout lasts; failures are forgotten after as long."
     )
     max_request_bytes: int = Field(
-        default=1_048_576,
+        default=7_340_032,  # 7 MiB: one 5 MB attachment (6,666,668 bytes of base64) and the text fit
         ge=1024,
         description="Largest request body, every route; larger ones get 413 before they are read.",
     )

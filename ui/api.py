@@ -6,7 +6,12 @@ with the page: the same `ChatService.turn` (graph, memory, ownership), the same 
 header, or HTTP Basic with the configured users, or the single local user), the same limits.
 
 Request: `{"message": "...", "model": "auto", "session_id": "...", "temperature": 0.2, "max_tokens": 256,
-"top_p": 0.9, "system_prompt": "..."}` (only `message` is required; no `session_id` starts a conversation).
+"top_p": 0.9, "system_prompt": "...", "attachments": [{"data": "<base64>", "name": "shot.png"}]}` (only
+`message` is required, and it may be empty when there are attachments; no `session_id` starts a
+conversation). An attachment is an image (PNG, JPEG, GIF, WebP) or a PDF, base64 in JSON (what an SSE
+client sends without multipart); its type is sniffed from the bytes (`mime_type`, if sent, is ignored),
+and it is checked here as the graph does (`graph.validation`): a bad one is refused with 400 saying why,
+before any model is called. The whole body is bounded by `HYBRID_CHAT_MAX_REQUEST_BYTES` (413).
 Response: `text/event-stream`; `event: delta` with `{"text": "<the new piece>"}` as tokens come, then one
 `event: done` with `{"kind": "answer"|"backend_error"|"failed", "text", "session_id", "meta"}`.
 """
@@ -26,9 +31,11 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
+from langchain_core.messages import BaseMessage, HumanMessage
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
+from graph.validation import InvalidInput
 from ui.auth import Identity
 from ui.chat import ChatService, Delta, Done, turn_params
 from ui.limits import Busy, LimitExceeded, RateLimiter, StreamSlot, check_message
@@ -38,8 +45,17 @@ from ui.throttle import REFUSAL
 log = logging.getLogger(__name__)
 
 
+class AttachmentIn(BaseModel):
+    """One file of `POST /api/chat`: its bytes in base64; the bytes decide its type, not the name."""
+
+    data: str
+    name: str | None = Field(default=None, max_length=200)
+    mime_type: str | None = Field(default=None, max_length=100)  # accepted, not trusted
+
+
 class ChatRequest(BaseModel):
-    message: str
+    message: str = ""
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=64)
     model: str | None = None
     session_id: str | None = Field(default=None, max_length=200)
     temperature: float | None = None
@@ -55,6 +71,24 @@ async def read_body(request: Request) -> ChatRequest:
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
         raise HTTPException(400, f"Invalid request body: check {', '.join(fields)[:200]}.") from None
+
+
+def _with_attachments(text: str, files: list[AttachmentIn], service: ChatService) -> HumanMessage:
+    """The user's message with its files as LangChain standard blocks, each checked from its bytes
+    (`graph.nodes.check_attachments`, the graph's own check: type, size, count, decoding, pixels, PDF
+    pages); `InvalidInput` says why not. Runs in a thread: decoding an image is CPU work."""
+    from graph.nodes import check_attachments  # the graph's modules load with the first attachment
+
+    blocks: list[dict[str, Any]] = [
+        {"type": "image", "base64": f.data, **({"filename": f.name} if f.name else {})} for f in files
+    ]
+    probe = HumanMessage(content=blocks)
+    infos = check_attachments([probe], service.settings)
+    for block, info in zip(blocks, infos, strict=True):
+        block["type"] = "file" if info.kind == "pdf" else "image"
+        block["mime_type"] = info.mime_type
+    content: list[str | dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    return HumanMessage(content=[*content, *blocks])
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -169,7 +203,10 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
             raise HTTPException(503, "The server is restarting: send your message again in a few seconds.")
         body = await read_body(request)
         try:
-            text = check_message(body.message, service.settings.max_message_chars)
+            if body.attachments and not body.message.strip():
+                text = ""
+            else:
+                text = check_message(body.message, service.settings.max_message_chars)
             params = turn_params(
                 service.settings,
                 body.model,
@@ -181,6 +218,12 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
             )
         except LimitExceeded as exc:
             raise HTTPException(400, str(exc)) from None
+        question: str | list[BaseMessage] = text
+        if body.attachments:
+            try:
+                question = [await asyncio.to_thread(_with_attachments, text, body.attachments, service)]
+            except InvalidInput as exc:
+                raise HTTPException(400, f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
         try:
             limiter.acquire(user)
         except LimitExceeded as exc:
@@ -195,7 +238,7 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
 
         async def events() -> AsyncIterator[bytes]:
             sent = 0
-            async for event in service.turn(user, session_id, text, params, slot=slot):
+            async for event in service.turn(user, session_id, question, params, slot=slot):
                 if isinstance(event, Delta):
                     yield _sse("delta", {"text": event.text[sent:]})
                     sent = len(event.text)
