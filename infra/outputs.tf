@@ -23,6 +23,11 @@ output "firestore_database" {
   value       = google_firestore_database.chat.name
 }
 
+output "attachments_bucket" {
+  description = "Cloud Storage bucket for chat attachments (HYBRID_CHAT_ATTACHMENTS_BUCKET)."
+  value       = google_storage_bucket.attachments.name
+}
+
 output "chat_workload_principal" {
   description = "IAM principal of the chat Pods (Kubernetes service account via Workload Identity Federation)."
   value       = local.chat_ksa_principal

@@ -183,3 +183,14 @@ variable "iap_static_ip_name" {
     error_message = "iap_static_ip_name must be a Compute Engine resource name."
   }
 }
+
+variable "history_ttl_days" {
+  description = "Days after which attachments are deleted by the bucket's lifecycle rule; set HYBRID_CHAT_HISTORY_TTL_DAYS (deploy/base/kustomization.yaml) to the same number. 0 = never (files go when their conversation is deleted)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.history_ttl_days >= 0 && floor(var.history_ttl_days) == var.history_ttl_days
+    error_message = "history_ttl_days must be a whole number of days, 0 or more."
+  }
+}

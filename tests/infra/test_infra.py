@@ -50,6 +50,8 @@ EXPECTED_SKIPS = {
         # Decisions, reasons written inline:
         "CKV_GCP_65",  # Google Groups for RBAC: needs a Workspace/Cloud Identity group
         "CKV_GCP_84",  # Artifact Registry CMEK
+        "CKV_GCP_62",  # attachments bucket access logs: a second bucket to operate; the app logs each turn
+        "CKV_GCP_78",  # attachments bucket versioning: a deleted conversation's files must be gone
     },
     "kubernetes": {
         "CKV_K8S_43",  # image digest: skaffold adds it for the chat image; vLLM pinned by release tag
@@ -69,6 +71,7 @@ TF_FILES = (
     "cloudbuild.tf",
     "monitoring.tf",
     "iap.tf",
+    "storage.tf",
     "outputs.tf",
 )
 
@@ -411,11 +414,16 @@ def test_chat_ksa_gets_only_vertex_ai_user_and_datastore_user_through_workload_i
 ) -> None:
     principal = "${local.chat_ksa_principal}"
     granted = {
-        _val(body, "role")
+        (rtype, _val(body, "role"))
         for rtype, _, body in tf.resources
         if rtype.endswith(("_iam_member", "_iam_binding")) and principal in str(body)
     }
-    assert granted == {"roles/aiplatform.user", "roles/datastore.user"}
+    assert granted == {
+        ("google_project_iam_member", "roles/aiplatform.user"),
+        ("google_project_iam_member", "roles/datastore.user"),
+        # Attachments (issue 15): a custom role, on the attachments bucket only.
+        ("google_storage_bucket_iam_member", "${google_project_iam_custom_role.chat_attachments.id}"),
+    }
     expr = _val(tf.locals, "chat_ksa_principal")
     for piece in (
         "principal://iam.googleapis.com/projects/${data.google_project.this.number}",
@@ -427,11 +435,46 @@ def test_chat_ksa_gets_only_vertex_ai_user_and_datastore_user_through_workload_i
     assert _val(tf.variables["ksa_name"], "default") == "gradio-chat-ksa"
 
 
+def _one(tf: Terraform, rtype: str, name: str) -> dict[str, Any]:
+    return next(body for t, n, body in tf.resources if (t, n) == (rtype, name))
+
+
+def test_attachments_bucket_is_private_expires_with_the_history_and_the_app_may_only_touch_objects(
+    tf: Terraform,
+) -> None:
+    bucket = _one(tf, "google_storage_bucket", "attachments")
+    assert _val(bucket, "uniform_bucket_level_access") is True
+    assert _val(bucket, "public_access_prevention") == "enforced"
+    assert _val(bucket, "location") == "${var.region}"
+    assert _val(bucket, "name") == "${var.project_id}-chat-attachments"  # the ConfigMap's name (deploy/)
+    assert "versioning" not in bucket  # a deleted conversation's files are gone, not kept as versions
+    [ttl] = bucket["dynamic"][0]["lifecycle_rule"]["for_each"]
+    assert "var.history_ttl_days" in ttl
+    rule = bucket["dynamic"][0]["lifecycle_rule"]["content"][0]
+    assert _val(rule["action"][0], "type") == "Delete"
+    assert _val(rule["condition"][0], "age") == "${lifecycle_rule.value}"
+    role = _one(tf, "google_project_iam_custom_role", "chat_attachments")
+    assert sorted(_val(role, "permissions")) == [
+        "storage.objects.create",
+        "storage.objects.delete",
+        "storage.objects.get",
+        "storage.objects.list",
+    ]
+    grant = _one(tf, "google_storage_bucket_iam_member", "chat_attachments")
+    assert _val(grant, "bucket") == "${google_storage_bucket.attachments.name}"
+    assert _val(grant, "member") == "${local.chat_ksa_principal}"
+    assert _val(tf.variables["history_ttl_days"], "default") == 0
+
+
 def test_no_token_creator_impersonation_or_basic_roles_anywhere(tf: Terraform) -> None:
     code = json.dumps([tf.resources, tf.data, tf.locals])  # parsed code: comments may name them, code may not
     for forbidden in ("serviceAccountTokenCreator", "serviceAccountUser", "roles/owner", "roles/editor"):
         assert forbidden not in code
-    roles = {_val(body, "role") for rtype, _, body in tf.resources if "_iam_" in rtype}
+    roles = {
+        _val(body, "role")
+        for rtype, _, body in tf.resources
+        if rtype.endswith(("_iam_member", "_iam_binding"))
+    }
     assert roles <= {
         "roles/aiplatform.user",
         "roles/datastore.user",
@@ -442,6 +485,7 @@ def test_no_token_creator_impersonation_or_basic_roles_anywhere(tf: Terraform) -
         "roles/logging.logWriter",
         "roles/storage.objectAdmin",
         "roles/monitoring.viewer",
+        "${google_project_iam_custom_role.chat_attachments.id}",  # objects create/get/list/delete
     }, roles
 
 
@@ -580,6 +624,8 @@ def test_chat_configmap_points_at_gemma_service_and_the_firestore_database(
     assert config["HYBRID_CHAT_PORT"] == "7860"
     assert config["HYBRID_CHAT_GEMINI_PROJECT"]
     assert config["HYBRID_CHAT_GEMINI_LOCATION"]
+    # Attachments go to the bucket infra/storage.tf creates, named after the same project.
+    assert config["HYBRID_CHAT_ATTACHMENTS_BUCKET"] == config["HYBRID_CHAT_GEMINI_PROJECT"] + "-chat-attachments"
     assert "HYBRID_CHAT_TRUST_IAP" not in config, "only the IAP overlay may trust the IAP header"
     # The app's context budget follows vLLM's --max-model-len.
     gemma = _container(docs, "gemma-server")
