@@ -625,7 +625,8 @@ def test_chat_configmap_points_at_gemma_service_and_the_firestore_database(
     assert config["HYBRID_CHAT_GEMINI_PROJECT"]
     assert config["HYBRID_CHAT_GEMINI_LOCATION"]
     # Attachments go to the bucket infra/storage.tf creates, named after the same project.
-    assert config["HYBRID_CHAT_ATTACHMENTS_BUCKET"] == config["HYBRID_CHAT_GEMINI_PROJECT"] + "-chat-attachments"
+    bucket = config["HYBRID_CHAT_GEMINI_PROJECT"] + "-chat-attachments"
+    assert config["HYBRID_CHAT_ATTACHMENTS_BUCKET"] == bucket
     assert "HYBRID_CHAT_TRUST_IAP" not in config, "only the IAP overlay may trust the IAP header"
     # The app's context budget follows vLLM's --max-model-len.
     gemma = _container(docs, "gemma-server")
