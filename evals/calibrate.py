@@ -8,7 +8,8 @@ with nothing to grade. The label of a case: Gemma's score >= Gemini's.
 
 Fit (scikit-learn): TF-IDF of the last user message (tokenised as `graph.policies.learned` reads it)
 plus the conversation's length, logistic regression; C chosen by grouped, stratified k-fold
-cross-validation (log loss). Cases are split once, by case, into a training part and a held-out part:
+cross-validation (log loss); the router is the mean of the folds' models (see `calibrate`).
+Cases are split once, by case, into a training part and a held-out part:
 the threshold is chosen on the out-of-fold predictions of the training part (each predicted by a model
 that did not see it), and every figure of the report is measured on the held-out part, which took part
 in neither the fit nor the choice of threshold.
@@ -176,17 +177,6 @@ def design(vectorizer: Any, texts: Sequence[str], tokens: Sequence[int], *, fit:
     return hstack([tfidf, length]).tocsr()
 
 
-def _fit(
-    texts: Sequence[str], tokens: Sequence[int], y: Sequence[int], c: float, seed: int
-) -> tuple[Any, Any]:
-    from sklearn.linear_model import LogisticRegression
-
-    vec = make_vectorizer()
-    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-    clf.fit(design(vec, texts, tokens, fit=True), y)
-    return vec, clf
-
-
 def routed_quality(p: Sequence[float], gemma: Sequence[float], gemini: Sequence[float], t: float) -> float:
     """Mean score when Gemma answers where p >= t and Gemini elsewhere."""
     return sum(g if pi >= t else m for pi, g, m in zip(p, gemma, gemini, strict=True)) / len(p)
@@ -225,7 +215,8 @@ class Calibration:
     c: float
     cv_log_loss: dict[float, float] = field(default_factory=dict)
     vectorizer: Any = None  # the fitted scikit-learn objects the file was written from
-    classifier: Any = None
+    classifier: Any = None  # the averaged model (the router file's coefficients)
+    fold_classifiers: list[Any] = field(default_factory=list)  # each fitted by scikit-learn on one fold
 
 
 def split(pairs: Sequence[Pair], test_size: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -273,46 +264,48 @@ def calibrate(
             train, y, [q.key for q in train]
         )
     )
-    texts, tokens = [q.text for q in train], [q.prompt_tokens for q in train]
+    if any(len({y[i] for i in fit_idx}) < 2 for fit_idx, _ in cv):
+        raise CalibrationError("too few cases of one kind to cross-validate: add cases or runs")
+    # TF-IDF is fitted once on the training texts (no labels: nothing leaks into the folds but the idf).
+    vec = make_vectorizer()
+    x = design(vec, [q.text for q in train], [q.prompt_tokens for q in train], fit=True)
 
-    def oof(c: float) -> list[float]:
-        out = [0.0] * len(train)
+    def fold_models(c: float) -> tuple[list[Any], list[float]]:
+        """One model per fold, and each training case predicted by the model that did not see it."""
+        from sklearn.linear_model import LogisticRegression
+
+        models, out = [], [0.0] * len(train)
         for fit_idx, val_idx in cv:
-            if len({y[i] for i in fit_idx}) < 2:
-                for i in val_idx:
-                    out[i] = sum(y[j] for j in fit_idx) / len(fit_idx)
-                continue
-            vec, clf = _fit(
-                [texts[i] for i in fit_idx], [tokens[i] for i in fit_idx], [y[i] for i in fit_idx], c, seed
-            )
-            probs = clf.predict_proba(design(vec, [texts[i] for i in val_idx], [tokens[i] for i in val_idx]))[
-                :, 1
-            ]
-            for i, pi in zip(val_idx, probs, strict=True):
+            clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+            clf.fit(x[fit_idx], [y[i] for i in fit_idx])
+            for i, pi in zip(val_idx, clf.predict_proba(x[val_idx])[:, 1], strict=True):
                 out[i] = float(pi)
-        return out
+            models.append(clf)
+        return models, out
 
     scores: dict[float, float] = {}
-    preds: dict[float, list[float]] = {}
+    fitted: dict[float, tuple[list[Any], list[float]]] = {}
     for c in C_GRID:
-        preds[c] = oof(c)
-        scores[c] = float(log_loss(y, preds[c], labels=[0, 1]))
+        fitted[c] = fold_models(c)
+        scores[c] = float(log_loss(y, fitted[c][1], labels=[0, 1]))
     best = min(C_GRID, key=lambda c: (scores[c], c))
-    p_oof = preds[best]
+    folds_fitted, p_oof = fitted[best]
     threshold = choose_threshold(p_oof, [q.gemma for q in train], [q.gemini for q in train], target)
-
-    vec, clf = _fit(texts, tokens, y, best, seed)
-    p_test = [
-        float(x)
-        for x in clf.predict_proba(design(vec, [q.text for q in test], [q.prompt_tokens for q in test]))[:, 1]
-    ]
-    coef = [float(x) for x in clf.coef_[0]]
+    # The router is the folds' models averaged (their logits: still one logistic regression). Not a refit
+    # on all training cases: the threshold was chosen on these models' predictions for cases they did not
+    # see, and a refit model is more confident than they are, so the same threshold would route another
+    # share of new turns to Gemini.
+    coef = [float(v) for v in sum(m.coef_[0] for m in folds_fitted) / len(folds_fitted)]
+    intercept = float(sum(m.intercept_[0] for m in folds_fitted) / len(folds_fitted))
+    clf = averaged_classifier(folds_fitted, coef, intercept)
+    x_test = design(vec, [q.text for q in test], [q.prompt_tokens for q in test])
+    p_test = [float(v) for v in clf.predict_proba(x_test)[:, 1]]
     model = RouterModel(
         vocabulary={t: int(i) for t, i in vec.vocabulary_.items()},
-        idf=tuple(float(x) for x in vec.idf_),
+        idf=tuple(float(v) for v in vec.idf_),
         coef=tuple(coef[:-1]),
         length_coef=coef[-1],
-        intercept=float(clf.intercept_[0]),
+        intercept=intercept,
         threshold=threshold,
         target={"kind": target.kind, "value": target.value},
         metadata={
@@ -322,13 +315,28 @@ def calibrate(
             "train_cases": len(train),
             "held_out_cases": len(test),
             "label": "P(Gemma's score >= Gemini's score)",
+            "model": f"mean of the {k} cross-validation folds' logistic regressions",
             "C": best,
             "cv_folds": k,
             "cv_log_loss": {str(c): round(v, 4) for c, v in scores.items()},
             "seed": seed,
         },
     )
-    return Calibration(model, train, test, p_test, p_oof, best, scores, vec, clf)
+    return Calibration(model, train, test, p_test, p_oof, best, scores, vec, clf, folds_fitted)
+
+
+def averaged_classifier(models: Sequence[Any], coef: Sequence[float], intercept: float) -> Any:
+    """A scikit-learn LogisticRegression holding the averaged coefficients (its public fitted attributes),
+    so that `predict_proba` scores the held-out cases exactly as the router file will."""
+    import numpy as np
+    from sklearn.base import clone
+
+    clf = clone(models[0])
+    clf.coef_ = np.array([coef])
+    clf.intercept_ = np.array([intercept])
+    clf.classes_ = models[0].classes_
+    clf.n_features_in_ = models[0].n_features_in_
+    return clf
 
 
 def write_router(model: RouterModel, path: Path) -> None:

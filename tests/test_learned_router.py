@@ -178,8 +178,8 @@ def test_a_cap_on_gemini_turns_holds_on_held_out_cases(run_dir: tuple[Path, floa
 
 
 def test_pure_python_inference_equals_sklearn_predict_proba(run_dir: tuple[Path, float]) -> None:
+    """Each fold's model as scikit-learn fitted it, and the averaged one the router file holds."""
     cal = calibrate(load_pairs([run_dir[0]]), Target("keep_quality", 0.95))
-    model = parse_router(json.loads(json.dumps(cal.model.to_json())))  # through the file format
     texts = [q.text for q in cal.test] + [
         "",
         "ÉTÉ à Paris? Über-naïve test",
@@ -187,9 +187,17 @@ def test_pure_python_inference_equals_sklearn_predict_proba(run_dir: tuple[Path,
         "prove prove prove",
     ]
     tokens = [q.prompt_tokens for q in cal.test] + [0, 12, 10_000, 3]
-    expected = cal.classifier.predict_proba(design(cal.vectorizer, texts, tokens))[:, 1]
-    got = [model.probability(t, n) for t, n in zip(texts, tokens, strict=True)]
-    assert got == pytest.approx(list(expected), abs=1e-12)
+    x = design(cal.vectorizer, texts, tokens)
+    assert len(cal.fold_classifiers) == 5
+    for clf in (*cal.fold_classifiers, cal.classifier):
+        coef = [float(v) for v in clf.coef_[0]]
+        fitted = replace(
+            cal.model, coef=tuple(coef[:-1]), length_coef=coef[-1], intercept=float(clf.intercept_[0])
+        )
+        model = parse_router(json.loads(json.dumps(fitted.to_json())))  # through the file format
+        got = [model.probability(t, n) for t, n in zip(texts, tokens, strict=True)]
+        assert got == pytest.approx(list(clf.predict_proba(x)[:, 1]), abs=1e-12)
+    assert cal.model.coef == tuple(float(v) for v in cal.classifier.coef_[0][:-1])
 
 
 def test_the_stand_ins_give_nothing_to_learn_and_calibrate_says_so(
