@@ -43,6 +43,7 @@ from ui.chat import (
     model_choices,
     reference,
     row_decoration,
+    rows_from_messages,
     turn_params,
     user_row,
 )
@@ -570,3 +571,25 @@ def test_sigterm_lets_a_running_answer_finish(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_stored_attachment_reference_becomes_a_chip_in_the_decorations() -> None:
+    """The graph stores a reference block (name, type, size; the bytes in its attachment store): the page
+    shows those facts under the message, and the message's text stays its own."""
+    from langchain_core.messages import HumanMessage
+
+    ref = {"ref": "ab" * 32, "size": 1_234_567, "name": "scan <1>.pdf"}
+    block = {"type": "file", "mime_type": "application/pdf", "extras": {"hybrid_chat_attachment": ref}}
+    image = {"type": "image", "mime_type": "image/png", "extras": {"hybrid_chat_attachment": {"size": 136}}}
+    message = HumanMessage(content=[{"type": "text", "text": "Read"}, block, image], id="h1")
+    [row] = rows_from_messages([message])
+    assert row["text"] == "Read"
+    assert row_decoration(row) == {
+        "typed": "Read",
+        "files": [
+            {"name": "scan <1>.pdf", "mime": "application/pdf", "size": "1.2 MB"},
+            {"name": "image", "mime": "image/png", "size": "136 bytes"},
+        ],
+    }
+    assert "scan &lt;1&gt;.pdf" in decorations([row], "s1")  # data in an attribute, never markup
+    assert "files" not in row_decoration(user_row("plain", "h2"))

@@ -28,6 +28,7 @@ from typing import Any, TypedDict
 from langchain_core.messages import BaseMessage
 from prometheus_client import Counter, Gauge, Histogram
 
+from graph.attachments.blocks import REF_KEY, is_reference
 from graph.client import MODELS as CLIENT_MODELS
 from graph.client import ChatClient, Delta
 from graph.client import Done as ClientDone
@@ -217,8 +218,35 @@ def answer_row(
     return {"role": "assistant", "id": row_id, "text": text, "meta": meta, "kind": kind, "turn": turn}
 
 
-def user_row(text: str, row_id: str | None) -> dict[str, Any]:
-    return {"role": "user", "id": row_id, "text": text}
+def user_row(text: str, row_id: str | None, files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"role": "user", "id": row_id, "text": text}
+    if files:
+        row["files"] = files
+    return row
+
+
+def human_size(size: Any) -> str:
+    """Bytes in words a person reads at a glance: 136 bytes, 12.4 KB, 1.0 MB."""
+    n = int(size or 0)
+    if n < 1000:
+        return f"{n} bytes"
+    return f"{n / 1000:.1f} KB" if n < 1_000_000 else f"{n / 1_000_000:.1f} MB"
+
+
+def attachment_facts(content: Any) -> list[dict[str, Any]]:
+    """The attachments a stored message refers to (the graph keeps the bytes in its attachment store and
+    a reference block in the message): name, type and size, what the page shows as a chip."""
+    if not isinstance(content, list):
+        return []
+    out = []
+    for block in content:
+        if not is_reference(block):
+            continue
+        ref = block["extras"][REF_KEY]
+        mime = str(block.get("mime_type") or "")
+        name = str(ref.get("name") or ("image" if block.get("type") == "image" else "file"))
+        out.append({"name": name, "mime": mime, "size": human_size(ref.get("size"))})
+    return out
 
 
 def needs_reference(row: dict[str, Any]) -> bool:
@@ -230,7 +258,7 @@ def needs_reference(row: dict[str, Any]) -> bool:
 def row_decoration(row: dict[str, Any]) -> dict[str, Any]:
     """What ui/page.js draws for one row: a user's text as typed; an answer's footer, badge and look."""
     if row["role"] == "user":
-        return {"typed": row["text"]}
+        return {"typed": row["text"], **({"files": row["files"]} if row.get("files") else {})}
     meta = row.get("meta") or {}
     kind = row.get("kind", "answer")
     ref = reference(row.get("ref_id") or row.get("id") or row.get("turn")) if needs_reference(row) else None
@@ -276,7 +304,7 @@ def rows_from_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
     for m in messages:
         text = message_text(m)
         if m.type == "human":
-            rows.append(user_row(text, m.id))
+            rows.append(user_row(text, m.id, attachment_facts(m.content)))
         elif m.type == "ai":
             meta = dict(m.response_metadata.get(META_KEY) or {})
             rows.append(answer_row(text, meta, row_id=m.id, turn=m.id))

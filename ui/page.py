@@ -64,7 +64,7 @@ DECORATE = """() => {
   const typed = (el, row) => {
     const md = el.querySelector('.message-content > .md');
     let t = el.querySelector('.hc-typed');
-    if (!row || !md) { t?.remove(); return; }
+    if (!row || !md) { t?.remove(); el.querySelector('.hc-files')?.remove(); return; }
     if (!t || t.previousElementSibling !== md) {
       t?.remove();
       t = document.createElement('div');
@@ -72,6 +72,27 @@ DECORATE = """() => {
       md.after(t);
     }
     if (t.textContent !== row.typed) t.textContent = row.typed;
+    files(el, t, row.files || []);
+  };
+  // The message's attachments as chips (name, type, size): the stored message keeps a reference to
+  // each file, not its bytes, so a reload shows them from the decorations.
+  const files = (el, after, list) => {
+    let box = el.querySelector('.hc-files');
+    const key = JSON.stringify(list);
+    if (!list.length) { box?.remove(); return; }
+    if (box && box.dataset.key === key && box.previousElementSibling === after) return;
+    box?.remove();
+    box = document.createElement('div');
+    box.className = 'hc-files';
+    box.dataset.key = key;
+    for (const f of list) {
+      const chip = document.createElement('span');
+      chip.className = 'hc-file';
+      chip.title = f.name;
+      chip.textContent = `${f.name} · ${f.mime} · ${f.size}`;
+      box.append(chip);
+    }
+    after.after(box);
   };
   const footer = (el, row) => {
     let f = el.querySelector(':scope > .hc-foot');

@@ -68,6 +68,9 @@ CSS = """
   border: 1px solid #F4B4AE !important; }
 .hc-typed { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; }
 #hc-chatbot .message-content > .md:has(+ .hc-typed) { display: none; }
+.hc-files { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
+.hc-file { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 2px 8px;
+  font-size: 0.85em; max-width: 100%; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 #hc-decor { display: none !important; }
 /* One meaning per icon: "New conversation" starts a new chat, the trash icon would only duplicate it. */
 #hc-chatbot button[aria-label="Clear"] { display: none; }
