@@ -84,7 +84,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         type=_csv,
         default=list(MODELS),
         metavar="M[,M...]",
-        help="gemma, gemini, auto (default: all three)",
+        help="gemma, gemini, auto, learned (with HYBRID_CHAT_ROUTER_FILE) (default: the first three)",
     )
     run.add_argument("--concurrency", type=int, default=2, help="cases in flight (default 2)")
     run.add_argument(

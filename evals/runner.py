@@ -32,7 +32,8 @@ from evals.results import RESULTS, ResultWriter, key_of, latest, read_results
 
 log = logging.getLogger(__name__)
 
-MODELS = ("gemma", "gemini", "auto")
+MODELS = ("gemma", "gemini", "auto")  # the default set; `learned` too when a router file is set
+ROUTED = (*MODELS, "learned")
 RUN_FILE = "run.json"
 
 # USD per 1M tokens (input, output). Gemini 2.5 Flash: Vertex AI list price for text (checked
@@ -64,9 +65,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        bad = [m for m in self.models if m not in MODELS]
+        bad = [m for m in self.models if m not in ROUTED]
         if bad:
-            raise ValueError(f"unknown model(s) {', '.join(bad)}: choose from {', '.join(MODELS)}")
+            raise ValueError(f"unknown model(s) {', '.join(bad)}: choose from {', '.join(ROUTED)}")
         if not self.models:
             raise ValueError("no model given")
         if self.concurrency < 1:
@@ -313,6 +314,11 @@ async def run_eval(
 
         client = ChatClient.from_settings(settings, store=store, backends=backends, router=router)
     settings = client.settings
+    if missing := [m for m in config.models if m not in client.models]:
+        raise ValueError(
+            f"model(s) {', '.join(missing)} not offered here: `learned` needs HYBRID_CHAT_ROUTER_FILE "
+            "(a router file from `hybrid-chat eval calibrate`)"
+        )
     out = config.out_dir
     out.mkdir(parents=True, exist_ok=True)
     _check_run_file(config, out / RUN_FILE)

@@ -416,6 +416,17 @@ def test_cli_rejects_a_bad_dataset_with_exit_2(tmp_path: Path, capsys: pytest.Ca
     assert f"{bad}:1 (case 'x'): messages: Field required" in capsys.readouterr().err
 
 
+def test_cli_runs_learned_only_where_a_router_file_offers_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HYBRID_CHAT_ROUTER_FILE", raising=False)
+    monkeypatch.setenv("HYBRID_CHAT_SQLITE_PATH", str(tmp_path / "c.db"))
+    out = tmp_path / "o"
+    assert eval_main(["run", "--model", "learned", "--out", str(out), "--no-progress"]) == 2
+    assert "`learned` needs HYBRID_CHAT_ROUTER_FILE" in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()  # refused before any case ran
+
+
 # --- the smoke set on the real local backends ----------------------------------------------------
 def _table_rows(markdown: str, heading: str) -> list[list[str]]:
     section = markdown.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
