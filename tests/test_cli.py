@@ -14,8 +14,9 @@ pytestmark = pytest.mark.integration
 EXE = str(Path(sys.executable).with_name("hybrid-chat"))
 
 
-def run(*args: str, db: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(*args: str, db: Path, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_CHAT_")}
+    env.update(extra)
     env.update(
         HYBRID_CHAT_SQLITE_PATH=str(db),
         HYBRID_CHAT_TEMPERATURE="0",
@@ -39,6 +40,16 @@ def test_a_bad_model_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     r = run("ask", "hi", "--model", "gpt-4", db=tmp_path / "c.db")
     assert r.returncode == 2
     assert "invalid choice: 'gpt-4'" in r.stderr and "gemma" in r.stderr
+
+
+def test_a_broken_router_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "router.json"
+    bad.write_text('{"format": "hybrid-chat-router", "version": 1}', encoding="utf-8")
+    r = run("ask", "hi", "--model", "learned", db=tmp_path / "c.db", HYBRID_CHAT_ROUTER_FILE=str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hybrid-chat: {bad}: missing "), r.stderr
+    assert "threshold" in lines[0]  # says which fields are missing
 
 
 def test_history_survives_a_restart(tmp_path: Path) -> None:

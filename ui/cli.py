@@ -13,7 +13,7 @@ import uuid
 import warnings
 from typing import Any
 
-MODELS = ("gemma", "gemini", "auto")
+MODELS = ("gemma", "gemini", "auto", "learned")  # learned: with HYBRID_CHAT_ROUTER_FILE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,9 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*ChatVertexAI.*")
+    from graph.policies.learned import RouterFileError
     from graph.settings import get_settings
 
     settings = get_settings()
+    try:
+        return _run(args, settings)
+    except RouterFileError as exc:  # a broken router file: one line saying which and why, no traceback
+        print(f"hybrid-chat: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Any) -> int:
     # The terminal commands print answers: only problems go to stderr there. `serve` logs at the setting.
     level = settings.log_level if args.command == "serve" else "ERROR"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
