@@ -423,7 +423,8 @@ class ChatHandlers:
         that conversation opened."""
         user = self.user_of(request)
         st = Session(user=user)
-        wanted = str(request.query_params.get("c") or "").strip()[:200] if request is not None else ""
+        query = getattr(request, "query_params", None) if request is not None else None  # none in a unit test
+        wanted = str((query or {}).get("c") or "").strip()[:200]
         shown: Any = gr.skip()
         title: Any = gr.skip()
         if wanted:
@@ -586,15 +587,15 @@ class ChatHandlers:
         session_id: str = "",
         temperature: float | None = None,
         max_tokens: int | None = None,
-        top_p: float | None = None,
-        system_prompt: str | None = None,
         request: gr.Request = None,
     ) -> AsyncIterator[str]:
         """Send one message and stream the answer as text. Empty `session_id`: a new conversation
-        (`/turn` says which). The answer text accumulates: each streamed value is the whole answer so far."""
+        (`/turn` says which). The answer text accumulates: each streamed value is the whole answer so far.
+        Its five inputs stay as they were (a raw `/gradio_api/call/chat` sends every one); `/turn` takes
+        `top_p` and `system_prompt` too."""
         user = self.user_of(request)
         sid, text, params = self.api_turn_args(
-            user, message, model, session_id, (temperature, top_p, max_tokens, system_prompt)
+            user, message, model, session_id, (temperature, None, max_tokens, None)
         )
         async for event in self.service.turn(user, sid, text, params):
             if isinstance(event, Done) and event.kind == "failed":
