@@ -786,6 +786,14 @@ async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
     done: dict[str, Any] = {"history": {}, "refused": None}
     if state.get("stateless"):
         return done
+    # A task of its own, shielded: a Stop (a cancel) that lands after the answer's last token, while
+    # the answer is being saved, must not lose it; the save finishes in the background.
+    save = asyncio.ensure_future(_save_turn(state, to_save, services))
+    services.turns.keep(save)
+    return {**done, **await asyncio.shield(save)}
+
+
+async def _save_turn(state: State, to_save: list[BaseMessage], services: Services) -> dict[str, Any]:
     history = services.store.history(state["session_id"], state["user_id"])
     try:
         humans = [m for m in to_save if m.type == "human"]
@@ -796,8 +804,8 @@ async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
     except MemoryUnavailable as exc:
         metrics.MEMORY_ERRORS.labels("save_turn").inc()
         log.error("saving the turn failed: %s", type(exc).__name__)
-        return {**done, "error": "the turn could not be saved: the conversation store is unreachable"}
-    return done
+        return {"error": "the turn could not be saved: the conversation store is unreachable"}
+    return {}
 
 
 def last_answer(messages: Sequence[BaseMessage]) -> AIMessage | None:
