@@ -44,11 +44,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graph.memory.keys import KeyStore, looks_like_key
 from graph.settings import Settings
 from ui.security import gradio_app_kwargs
+from ui.signin import SignInPage
 from ui.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ IAP_JWT_HEADER = "x-goog-iap-jwt-assertion"
 IAP_EMAIL_HEADER = "x-goog-authenticated-user-email"
 IAP_ISSUER = "https://cloud.google.com/iap"
 
+SIGN_IN = "Sign in to hybrid-chat."
 NO_AUDIENCE = "sign-in is not configured yet: HYBRID_CHAT_IAP_AUDIENCE is not set"
 NO_AUDIENCE_HELP = (
     "HYBRID_CHAT_TRUST_IAP is on but HYBRID_CHAT_IAP_AUDIENCE is not set, so IAP's signed header cannot be "
@@ -266,11 +269,10 @@ class Identity:
         if self.mode == "iap":
             return {"auth_dependency": self.iap_user, "app_kwargs": gradio_app_kwargs(None)}
         if self.mode == "password":
-            return {
-                "auth": self.users,
-                "auth_message": "Sign in to hybrid-chat.",
-                "app_kwargs": gradio_app_kwargs(self.throttle),
-            }
+            app_kwargs = gradio_app_kwargs(self.throttle)
+            # Our form in place of Gradio's (ui/signin.py); outermost, so its sign-ins are throttled too.
+            app_kwargs["middleware"] = [Middleware(SignInPage, message=SIGN_IN), *app_kwargs["middleware"]]
+            return {"auth": self.users, "auth_message": SIGN_IN, "app_kwargs": app_kwargs}
         return {}
 
     def user_of(self, request: Any) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from types import SimpleNamespace
 from typing import Any
@@ -67,11 +66,12 @@ async def test_every_response_carries_the_security_headers(chat_server: dict[str
 @pytest.mark.timeout(60)
 async def test_nothing_describes_the_api_before_sign_in(chat_server: dict[str, Any]) -> None:
     async with httpx.AsyncClient(base_url=chat_server["url"], timeout=30) as anon:
-        page = (await anon.get("/")).text
-        assert '"auth_required":true' in page  # the login page
-        info = re.search(r"window\.gradio_api_info = (.*?);</script>", page, re.DOTALL)
-        assert info is not None
-        assert json.loads(info.group(1)) == {"named_endpoints": {}, "unnamed_endpoints": {}}
+        chat = await anon.get("/")
+        assert chat.status_code == 303 and chat.headers["location"] == "signin"  # to the sign-in form
+        assert "gradio_api_info" not in chat.text and "named_endpoints" not in chat.text
+        page = (await anon.get("/signin")).text
+        assert 'name="password"' in page
+        assert "gradio_api_info" not in page and "gradio_config" not in page
         assert "/conversations" not in page and "parameter_name" not in page
         for path in ("/openapi.json", "/docs", "/redoc"):
             r = await anon.get(path)
@@ -153,9 +153,9 @@ async def test_the_page_works_under_its_csp_in_chromium(chat_server: dict[str, A
             response = await page.goto(chat_server["url"] + "/")
             assert response is not None
             assert "frame-ancestors 'none'" in (await response.all_headers())["content-security-policy"]
-            await page.get_by_label(re.compile("username", re.I)).fill("smoke")
-            await page.get_by_label(re.compile("password", re.I)).fill(SERVER_PASSWORD)
-            await page.get_by_role("button", name=re.compile("login", re.I)).click()
+            await page.get_by_label("User name").fill("smoke")  # the sign-in form, under the same CSP
+            await page.get_by_label("Password").fill(SERVER_PASSWORD)
+            await page.get_by_role("button", name="Sign in").click()
             box = page.locator("#hc-input textarea")
             await box.wait_for(timeout=30_000)
             await box.fill("Hello under a CSP")

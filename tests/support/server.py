@@ -45,7 +45,8 @@ def running_server(
             if time.perf_counter() - start > timeout:
                 raise TimeoutError(f"hybrid-chat serve did not answer within {timeout} s; see {log.name}")
             try:
-                if httpx.get(url + wait_for, timeout=1).status_code == 200:
+                # Followed: with sign-in on, the chat page sends a visitor to the sign-in form.
+                if httpx.get(url + wait_for, timeout=1, follow_redirects=True).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
