@@ -594,3 +594,117 @@ def test_a_stored_attachment_reference_becomes_a_chip_in_the_decorations() -> No
     }
     assert "scan &lt;1&gt;.pdf" in decorations([row], "s1")  # data in an attribute, never markup
     assert "files" not in row_decoration(user_row("plain", "h2"))
+
+
+# --- attachments from the page (issue 15) --------------------------------------------------------
+def _png(width: int = 8, height: int = 6) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), "blue").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_the_message_box_value_splits_into_text_and_files() -> None:
+    from ui.handlers import split_input
+
+    box = {"text": "look", "files": [{"path": "/cache/1/a.png", "meta": {}}, "/cache/2/b.pdf"]}
+    assert split_input(box) == ("look", ["/cache/1/a.png", "/cache/2/b.pdf"])
+    assert split_input({"text": None, "files": None}) == ("", [])
+    assert split_input("plain text") == ("plain text", [])  # a caller of the plain box's shape
+    assert split_input(None) == ("", [])
+
+
+def test_uploads_are_checked_from_their_bytes_and_discarded_once_sent(tmp_path: Path) -> None:
+    from ui.handlers import discard_uploads, read_uploads
+
+    settings = local_settings(tmp_path)
+    shot, zipped = tmp_path / "shot.gif", tmp_path / "holiday.png"
+    shot.write_bytes(_png())  # a PNG named .gif: the bytes decide
+    zipped.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    (upload,) = read_uploads([str(shot)], settings)
+    assert (upload.name, upload.mime, upload.data) == ("shot.gif", "image/png", _png())
+    assert upload.block()["type"] == "image" and upload.block()["mime_type"] == "image/png"
+    assert upload.facts() == {"name": "shot.gif", "mime": "image/png", "size": f"{len(_png())} bytes"}
+    with pytest.raises(LimitExceeded, match=r"^The attachment 'holiday\.png' .*ZIP archive"):
+        read_uploads([str(shot), str(zipped)], settings)
+    assert shot.exists() and zipped.exists()  # a refused message keeps its files in the box
+    with pytest.raises(LimitExceeded, match="attach it again"):
+        read_uploads([str(tmp_path / "gone.png")], settings)
+    five = [str(shot)] * 5
+    with pytest.raises(LimitExceeded, match="4"):  # HYBRID_CHAT_ATTACHMENT_MAX_COUNT
+        read_uploads(five, settings)
+    discard_uploads([str(shot), str(tmp_path / "never-there.png")])
+    assert not shot.exists()
+
+
+def test_upload_owners_know_each_path_by_any_spelling(tmp_path: Path) -> None:
+    from ui.security import UploadOwners, _event_files
+
+    owners = UploadOwners(limit=2)
+    a = tmp_path / "h1" / "a.png"
+    owners.add(str(a), "alice")
+    owners.add(str(a), "bob")  # the same file uploaded by both: Gradio gives it one path
+    assert owners.allows(str(tmp_path / "h1" / ".." / "h1" / "a.png"), "alice")
+    assert owners.allows(str(a), "bob") and not owners.allows(str(a), "eve")
+    assert not owners.allows(str(tmp_path / "h1" / "b.png"), "alice")
+    owners.add(str(tmp_path / "b"), "alice")
+    owners.add(str(tmp_path / "c"), "alice")  # over the limit: the oldest is forgotten (refused)
+    assert not owners.allows(str(a), "alice")
+    data = [{"text": "x", "files": [{"path": "/p/1", "meta": {}}, {"path": 3}]}, None, "gemma"]
+    assert _event_files(data) == ["/p/1", ""]
+
+
+async def test_a_message_of_files_only_goes_as_content_blocks_and_resends_with_them(
+    tmp_path: Path,
+) -> None:
+    import gradio as gr
+    from langchain_core.messages import HumanMessage
+
+    from tests.fakes import ScriptedBackends
+    from tests.hardening.conftest import ScriptedModel, echo
+    from ui.handlers import ChatHandlers
+
+    settings = local_settings(tmp_path)
+    model = ScriptedModel(reply=echo)
+    client = ChatClient.from_settings(
+        settings,
+        store=SQLiteConversationStore(settings.sqlite_path),
+        backends=ScriptedBackends(settings, {"gemma": model, "gemini": model}),
+    )
+    sent: list[Any] = []
+    service = ChatService(client)
+    turn = service.turn
+
+    def recording(user: str, sid: str, text: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(text)
+        return turn(user, sid, text, *args, **kwargs)
+
+    service.turn = recording  # type: ignore[method-assign]
+    h = ChatHandlers(service, Identity(settings), RateLimiter(0))
+    request = gr.Request(username=None, session_hash="t1")
+    upload = tmp_path / "only.png"
+    upload.write_bytes(_png())
+    gen = ("gemini", 0.0, 0.9, 16, "")
+    outs = [o async for o in h.send({"text": "  ", "files": [str(upload)]}, None, *gen, request=request)]
+    st = next(o[2] for o in outs if not isinstance(o[2], dict) and hasattr(o[2], "rows"))
+    (question,) = sent[0]
+    assert isinstance(question, HumanMessage)
+    assert [b["type"] for b in question.content] == ["image"]  # no empty text block
+    assert question.content[0]["base64"] and question.content[0]["filename"] == "only.png"
+    assert st.rows[0]["files"] == [{"name": "only.png", "mime": "image/png", "size": f"{len(_png())} bytes"}]
+    assert not upload.exists()  # Gradio's copy is gone once sent
+    # Regenerate resends the question with its file (this page still holds it) ...
+    first_answer = gr.RetryData(None, {"index": 1, "value": ""})
+    async for _ in h.regenerate(st, *gen, first_answer, request=request):
+        pass
+    assert isinstance(sent[1][0], HumanMessage) and sent[1][0].content[0]["filename"] == "only.png"
+    # ... an earlier question's files are not kept: refused in words rather than resent without them.
+    async for _ in h.send("and text now", st, *gen, request=request):
+        pass
+    with pytest.warns(UserWarning, match="attach them again"):
+        async for _ in h.regenerate(st, *gen, first_answer, request=request):
+            pass
+    assert len(sent) == 3

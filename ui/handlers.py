@@ -14,6 +14,7 @@ Programmatic users call `chat` (message, model, session_id: streams the answer a
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import html
 import logging
@@ -21,9 +22,11 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from langchain_core.messages import HumanMessage
 
 from graph.memory.codec import validate_title
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
@@ -39,6 +42,7 @@ from ui.chat import (
     chatbot_value,
     decorations,
     friendly_error,
+    human_size,
     rows_from_messages,
     turn_params,
     turn_result,
@@ -100,6 +104,66 @@ def plain_title(title: str) -> str:
     return out.strip() or str(title).strip()
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file attached in the page: its name, its bytes and the type its bytes show (the graph's check)."""
+
+    name: str
+    data: bytes
+    mime: str
+
+    def block(self) -> dict[str, Any]:
+        """A LangChain standard content block, what every way in sends the graph."""
+        kind = "file" if self.mime == "application/pdf" else "image"
+        b64 = base64.b64encode(self.data).decode()
+        return {"type": kind, "base64": b64, "mime_type": self.mime, "filename": self.name}
+
+    def facts(self) -> dict[str, str]:
+        """What the chip under the message shows (as for a stored message: ui.chat.attachment_facts)."""
+        return {"name": self.name, "mime": self.mime, "size": human_size(len(self.data))}
+
+
+def split_input(value: Any) -> tuple[str, list[str]]:
+    """The multimodal box's value -> (text, uploaded file paths); a plain string is text alone."""
+    if isinstance(value, dict):
+        files = [str(f.get("path") if isinstance(f, dict) else f) for f in value.get("files") or []]
+        return str(value.get("text") or ""), [f for f in files if f]
+    return (value if isinstance(value, str) else ""), []
+
+
+def read_uploads(paths: list[str], settings: Any) -> list[Upload]:
+    """Each upload's bytes, checked as the graph checks them (type from the bytes, size, count,
+    decoding, pixels, PDF pages): `LimitExceeded` in the graph's words otherwise. Gradio's copies are
+    left in place (a refused message keeps its files in the box): `discard_uploads` once sent. Runs in
+    a thread: reading and decoding are blocking work."""
+    from graph.nodes import check_attachments  # the graph's modules load with the first attachment
+    from graph.validation import InvalidInput
+
+    found: list[tuple[str, bytes]] = []
+    for p in paths:
+        path = Path(p)
+        try:
+            found.append((path.name, path.read_bytes()))
+        except OSError:
+            raise LimitExceeded(
+                f"{path.name} is no longer on the server (it was sent, or kept too long): attach it again."
+            ) from None
+    probe = [{"type": "image", "base64": base64.b64encode(d).decode(), "filename": n} for n, d in found]
+    try:
+        infos = check_attachments([HumanMessage(content=probe)], settings)  # type: ignore[list-item]
+    except InvalidInput as exc:
+        raise LimitExceeded(f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
+    return [Upload(n, d, info.mime_type) for (n, d), info in zip(found, infos, strict=True)]
+
+
+def discard_uploads(paths: list[str]) -> None:
+    """Delete Gradio's copies of sent files: the message holds them now (the graph keeps them in its
+    attachment store), and nobody can fetch them from Gradio's cache afterwards."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            Path(p).unlink()
+
+
 def _index(index: Any) -> int:
     """Gradio's message index (an int, or [i, j] for grouped messages) -> int."""
     if isinstance(index, list | tuple):
@@ -140,19 +204,38 @@ class ChatHandlers:
 
     # --- the streamed turn, shared by send / regenerate / edit -------------------------------
     async def run_turn(
-        self, user: str, st: Session, text: str, params: TurnParams, slot: StreamSlot
+        self,
+        user: str,
+        st: Session,
+        text: str,
+        params: TurnParams,
+        slot: StreamSlot,
+        *,
+        files: list[Upload] | None = None,
     ) -> AsyncIterator[tuple]:
         st.sid = st.sid or uuid.uuid4().hex
         human_id = str(uuid.uuid4())
         key, ended = (user, st.sid), asyncio.Event()
         self.running[key] = ended
         rows = st.rows
-        rows.append(user_row(text, human_id))
+        for row in rows:  # only the last question keeps its files' bytes (for regenerate, retry, edit)
+            row.pop("uploads", None)
+        rows.append(user_row(text, human_id, [f.facts() for f in files or []]))
+        if files:
+            rows[-1]["uploads"] = files
         st.busy, st.live, st.stopped = True, "", False
         answer: dict[str, Any] | None = None
+        # A message with files goes as LangChain standard content blocks, as on every way in.
+        sent: Any = text
+        if files:
+            typed = [{"type": "text", "text": text}] if text else []
+            sent = [HumanMessage(content=[*typed, *[f.block() for f in files]])]
         try:
-            yield self.shown(st), self.textbox_busy(), st, gr.skip(), self.decor(st)
-            turn = self.service.turn(user, st.sid, text, params, human_id=human_id, slot=slot)
+            box = self.textbox_busy()
+            if files:  # the attached files leave the box with the message
+                box = gr.update(value={"text": "", "files": []}, submit_btn=False, stop_btn=True)
+            yield self.shown(st), box, st, gr.skip(), self.decor(st)
+            turn = self.service.turn(user, st.sid, sent, params, human_id=human_id, slot=slot)
             async with contextlib.aclosing(turn):
                 async for event in turn:
                     if st.stopped:
@@ -196,12 +279,18 @@ class ChatHandlers:
         while their text stays in the input box."""
         return await self.service.stream_slot()
 
-    def check_turn(self, user: str, text: str, params_in: tuple) -> tuple[str, TurnParams]:
-        """Limits first (length, parameters, rate): a refused message stays in the input box."""
+    def check_turn(
+        self, user: str, text: str, params_in: tuple, *, files: bool = False
+    ) -> tuple[str, TurnParams]:
+        """Limits first (length, parameters, rate): a refused message stays in the input box. With
+        `files` the text may be empty (a message of attachments only, as `/api/chat` takes)."""
         if self.service.draining:
             raise LimitExceeded("The server is restarting: send your message again in a few seconds.")
         try:
-            text = check_message(text, self.settings.max_message_chars)
+            if files and not (text if isinstance(text, str) else "").strip():
+                text = ""
+            else:
+                text = check_message(text, self.settings.max_message_chars)
             params = turn_params(self.settings, *params_in, models=self.service.client.models)
         except LimitExceeded:
             UI_REJECTED.labels("message").inc()
@@ -213,15 +302,16 @@ class ChatHandlers:
             raise
         return text, params
 
-    def refused(self, st: Session, exc: Exception, restore: str | None = None) -> tuple:
-        """A turn refused before it started; `restore`: the text to put back in the input box."""
+    def refused(self, st: Session, exc: Exception, restore: Any = None) -> tuple:
+        """A turn refused before it started; `restore`: what to put back in the input box (the text, or
+        the box's text and files)."""
         gr.Warning(str(exc), title="Message not sent")
         box = gr.update(value=restore) if restore is not None else gr.skip()
         return gr.skip(), box, st, gr.skip(), gr.skip()
 
     async def send(
         self,
-        text: str,
+        text: Any,
         st: Any,
         model: str,
         temperature: float,
@@ -232,28 +322,44 @@ class ChatHandlers:
     ) -> AsyncIterator[tuple]:
         user = self.user_of(request)
         st = _session(st, user)
-        typed = text if isinstance(text, str) else ""
+        typed, paths = split_input(text)
+        restore = {"text": typed, "files": paths} if paths else typed
         if st.busy:  # another tab of this session, or Enter pressed twice at once
             yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."))
             return
         try:
-            text, params = self.check_turn(user, text, (model, temperature, top_p, max_tokens, system))
+            params_in = (model, temperature, top_p, max_tokens, system)
+            text, params = self.check_turn(user, typed, params_in, files=bool(paths))
+            # A bad file is refused here, in the graph's words, with the message and its files kept.
+            files = await asyncio.to_thread(read_uploads, paths, self.settings) if paths else []
             slot = await self.take_slot()
         except LimitExceeded as exc:
-            yield self.refused(st, exc, typed)
+            yield self.refused(st, exc, restore)
             return
-        async for out in self.run_turn(user, st, text, params, slot):
+        await asyncio.to_thread(discard_uploads, paths)
+        async for out in self.run_turn(user, st, text, params, slot, files=files):
             yield out
 
     async def resend_from(
         self, user: str, st: Session, j: int, text: str, params_in: tuple
     ) -> AsyncIterator[tuple]:
-        """Regenerate / edit-and-resend: forget the stored turn(s) from row j on, then send `text`."""
+        """Regenerate / edit-and-resend: forget the stored turn(s) from row j on, then send `text`, with
+        the question's files when this page still holds them (the last question sent from it)."""
         if st.busy:
             yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."))
             return
+        files: list[Upload] = list(st.rows[j].get("uploads") or []) if 0 <= j < len(st.rows) else []
+        if not files and 0 <= j < len(st.rows) and st.rows[j].get("files"):
+            yield self.refused(
+                st,
+                LimitExceeded(
+                    "This message's attachments are not kept on this page: attach them again in a new "
+                    "message (only the last message sent from this page can be resent with its files)."
+                ),
+            )
+            return
         try:
-            text, params = self.check_turn(user, text, params_in)
+            text, params = self.check_turn(user, text, params_in, files=bool(files))
             slot = await self.take_slot()
         except LimitExceeded as exc:
             yield self.refused(st, exc)
@@ -267,7 +373,7 @@ class ChatHandlers:
                     yield self.refused(st, LimitExceeded(friendly_error(exc)))
                     return
             del st.rows[j:]
-            async for out in self.run_turn(user, st, text, params, slot):
+            async for out in self.run_turn(user, st, text, params, slot, files=files):
                 yield out
         finally:
             slot.release()

@@ -154,6 +154,7 @@ STARTERS = [
 # Turns are not limited by Gradio's queue: the one stream limit (`ChatService.streams`, shared with
 # `/api/chat`) holds them, waiting a bounded time and then saying the server is busy.
 TURN_CONCURRENCY = None
+PASTED_TEXT_STAYS_TEXT = 1_000_000_000
 
 
 def build_page(h: ChatHandlers) -> gr.Blocks:
@@ -219,7 +220,11 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             min_height=260,
             autoscroll=True,
         )
-        textbox = gr.Textbox(
+        # Gradio's multimodal box: attach by its button, by paste or by drag-and-drop, with thumbnails
+        # before sending (each file is checked from its bytes when the message is sent: ui.handlers).
+        # Pasted text stays text however long (Gradio would turn more than 1,000 characters into a
+        # file): the message's length limit refuses it in words.
+        textbox = gr.MultimodalTextbox(
             placeholder="Message hybrid-chat",
             label="Message",
             show_label=False,
@@ -229,6 +234,10 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             max_lines=8,
             autofocus=True,
             elem_id="hc-input",
+            file_types=["image", ".pdf"],
+            file_count="multiple",
+            sources=["upload"],
+            max_plain_text_length=PASTED_TEXT_STAYS_TEXT,
         )
         with gr.Accordion("Generation settings", open=False, elem_id="hc-settings"):
             with gr.Row():

@@ -24,8 +24,16 @@ keeps the API description out of the login page (Gradio embeds `window.gradio_ap
 endpoint with its parameters, in the page it serves before sign-in); Gradio's `/openapi.json`, `/docs`
 and `/redoc` are turned off.
 
-Uploads: the page takes no files, so `/gradio_api/upload` (and its progress route) is refused with 404
-for everyone, before Gradio writes a byte to its temporary directory.
+Uploads: the message box takes images and PDFs (issue 15). `/gradio_api/upload` is Gradio's, behind its
+own sign-in check (`login_check`), its per-file cap (`max_file_size`, set to the graph's
+`attachment_max_bytes` in ui/server.py: a larger file is refused with 413 before it is kept) and the app's
+body limit. Gradio keeps each upload in its cache and serves it to any signed-in user who presents its
+path (`/gradio_api/file=<path>`), and takes any cached path as an event's input: `SignInGuard` remembers
+which user uploaded each path (`UploadOwners`, from Gradio's answer to the upload) and answers 404 to
+anyone else, for `/gradio_api/file=` and for a file named in an event's data (a `path` there that is not
+one of the caller's uploads, a URL included, is refused before Gradio reads it). The page's handler reads
+each upload when the message is sent and deletes Gradio's copy at once (ui.handlers.read_uploads); the
+graph checks type, size and count from the bytes.
 
 Tabs: Gradio keys a tab (its state, its event stream, cancelling its events) on the `session_hash` the
 browser chose. With sign-in on, `SignInGuard` binds each hash to the first signed-in user who presents
@@ -39,6 +47,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import re
 from collections import OrderedDict
 from typing import Any
@@ -140,11 +149,6 @@ class SameSiteGuard:
             )
             await response(scope, receive, send)
             return
-        if _UPLOADS.match(scope["path"]):
-            await JSONResponse({"detail": "This app takes no uploads."}, status_code=404)(
-                scope, receive, send
-            )
-            return
         if scope["path"].rstrip("/") == "/logout":
             if scope["method"] != "POST":
                 await JSONResponse({"detail": "Sign out with POST."}, status_code=405)(scope, receive, send)
@@ -213,12 +217,52 @@ async def _form_user(scope: Scope, body: bytes) -> str:
         return ""
 
 
-_UPLOADS = re.compile(r"^(/gradio_api)?/upload(_progress)?/?$")
 # Gradio's routes that act on a tab, found by its session_hash: in a JSON body, the query, or the path.
 _TAB_BODY = re.compile(r"^/gradio_api/(queue/join|cancel|call/[^/]+)/?$")
 _TAB_QUERY = re.compile(r"^/gradio_api/queue/data/?$")
 _TAB_PATH = re.compile(r"^/gradio_api/heartbeat/([^/]+)/?$")
 MAX_TABS = 100_000  # tab owners remembered (the least recently seen are forgotten first)
+_UPLOAD = re.compile(r"^/gradio_api/upload/?$")
+_FILE = re.compile(r"^/gradio_api/file[=/](.+)$")  # Gradio's file route and its deprecated form
+MAX_UPLOADS = 100_000  # uploaded paths remembered (the oldest are forgotten first: then nobody gets them)
+
+
+def _real(path: str) -> str:
+    """A path as the file system resolves it (`..`, doubled slashes, symlinks), so that two spellings
+    of one file are one key."""
+    return os.path.realpath(path)
+
+
+class UploadOwners:
+    """Which signed-in users uploaded each file in Gradio's cache (Gradio names an upload by its
+    content's hash and its name, so two users sending the same file share a path: both own it)."""
+
+    def __init__(self, limit: int = MAX_UPLOADS) -> None:
+        self.limit = limit
+        self._owners: OrderedDict[str, set[str]] = OrderedDict()
+
+    def add(self, path: str, user: str) -> None:
+        key = _real(path)
+        self._owners.setdefault(key, set()).add(user)
+        self._owners.move_to_end(key)
+        while len(self._owners) > self.limit:
+            self._owners.popitem(last=False)
+
+    def allows(self, path: str, user: str) -> bool:
+        return user in self._owners.get(_real(path), ())
+
+
+def _event_files(value: Any, depth: int = 0) -> list[str]:
+    """Every `path` of a file object (Gradio's FileData: `{"path": ..., "meta": {"_type": ...}}`) in an
+    event's data; a non-string path is returned as "" (refused)."""
+    if depth > 8:
+        return []
+    if isinstance(value, dict):
+        found = [value["path"] if isinstance(value["path"], str) else ""] if "path" in value else []
+        return found + [p for v in value.values() for p in _event_files(v, depth + 1)]
+    if isinstance(value, list):
+        return [p for v in value for p in _event_files(v, depth + 1)]
+    return []
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -279,6 +323,7 @@ class SignInGuard:
         self.app = app
         self.throttle = throttle
         self.tab_owners: OrderedDict[str, str] = OrderedDict()
+        self.uploads = UploadOwners()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -288,6 +333,17 @@ class SignInGuard:
             await self._login(scope, receive, send, self.throttle)
             return
         path = scope["path"]
+        if scope["method"] == "POST" and _UPLOAD.match(path):
+            await self._upload(scope, receive, send)
+            return
+        if (found := _FILE.match(path)) is not None:
+            user = await signed_in_user(scope)
+            if user is not None and not self.uploads.allows(found.group(1), user):
+                log.warning("refused a cached file that %r did not upload", user)
+                await _not_found(scope, receive, send)
+                return
+            await self.app(scope, receive, send)  # not signed in: Gradio's own 401
+            return
         if _TAB_BODY.match(path) or _TAB_QUERY.match(path) or _TAB_PATH.match(path):
             await self._tab(scope, receive, send)
             return
@@ -312,10 +368,18 @@ class SignInGuard:
                 return
             receive = _replay(body, receive)
             try:
-                value = json.loads(body).get("session_hash")
+                parsed = json.loads(body)
+                value = parsed.get("session_hash")
+                files = _event_files(parsed.get("data"))
             except (ValueError, AttributeError):  # not a JSON object: Gradio refuses it itself
-                value = None
+                value, files = None, []
             session_hash = value if isinstance(value, str) else None
+            if files:  # an event naming files: only the caller's own uploads
+                user = await signed_in_user(scope)
+                if user is None or not all(self.uploads.allows(f, user) for f in files):
+                    log.warning("refused an event naming a file that %r did not upload", user)
+                    await _not_found(scope, receive, send)
+                    return
         cancel = path.rstrip("/").endswith("/cancel")
         if session_hash is None and not cancel:
             await self.app(scope, receive, send)  # no tab named (e.g. a /call without one): Gradio's own
@@ -336,6 +400,33 @@ class SignInGuard:
         if session_hash:
             self.tab_owners.move_to_end(session_hash)
         await self.app(scope, receive, send)
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's upload, its answer (the cached paths, JSON) noted as the caller's before it is sent:
+        the page fetches a thumbnail as soon as it has the path."""
+        user = await signed_in_user(scope)
+        if user is None:
+            await self.app(scope, receive, send)  # Gradio's own 401
+            return
+        status, chunks = 0, []
+
+        async def note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status == 200:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    try:
+                        paths = json.loads(b"".join(chunks))
+                    except ValueError:
+                        paths = []
+                    for p in paths if isinstance(paths, list) else []:
+                        if isinstance(p, str):
+                            self.uploads.add(p, user)
+            await send(message)
+
+        await self.app(scope, receive, note)
 
     async def _login(self, scope: Scope, receive: Receive, send: Send, throttle: LoginThrottle) -> None:
         # The form is small and the body already bounded by the app's max_body_size: read it, take the
@@ -367,6 +458,11 @@ class SignInGuard:
                 throttle.succeeded(user, address)
             else:
                 throttle.failed(user, address)
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    # One answer whether the path is another user's upload or nothing at all: a stranger learns nothing.
+    await JSONResponse({"detail": "File not found."}, status_code=404)(scope, receive, send)
 
 
 def _without_api_info(send: Send) -> Send:

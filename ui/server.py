@@ -174,6 +174,8 @@ def create_app(
         footer_links=["api"],
         run_history=False,
         ssr_mode=False,
+        # Gradio refuses a larger upload (413, and the page says so) before it keeps it: the graph's cap.
+        max_file_size=settings.attachment_max_bytes,
         **identity.gradio_kwargs(),
     )
     gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "stop_event"))

@@ -25,7 +25,7 @@ import httpx
 from playwright.sync_api import expect, sync_playwright
 
 from tests.browser.conftest import CHROMIUM_ARGS
-from tests.browser.test_chat_ui import INPUT, WATCH
+from tests.browser.test_chat_ui import INPUT, SEND, STOP, WATCH
 from tests.support.server import free_port
 
 QUESTIONS = ["What is the capital of France?", "And the capital of Germany?", "And of Italy?", "Thanks!"]
@@ -92,12 +92,12 @@ def main() -> int:
             before = bots.count()
             page.locator(INPUT).fill("Count from 1 to 300, one number per line.")
             page.locator(INPUT).press("Enter")
-            stop = page.locator("#hc-input").get_by_test_id("stop-button")
+            stop = page.locator(STOP)
             expect(stop).to_be_visible(timeout=30_000)
             expect(bots.nth(before)).not_to_have_text("", timeout=60_000)
             stopping = time.perf_counter()
             stop.click()
-            expect(page.locator("#hc-input").get_by_test_id("submit-button")).to_be_visible()
+            expect(page.locator(SEND)).to_be_visible()
             out["stop_to_usable_send_ms"] = round((time.perf_counter() - stopping) * 1000)
         finally:
             proc.terminate()

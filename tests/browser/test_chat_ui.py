@@ -23,6 +23,9 @@ pytestmark = [
 ]
 
 INPUT = "#hc-input textarea"
+# The message box's Send and Stop (Gradio's multimodal box gives Stop no data-testid, only this class).
+SEND = "#hc-input button.submit-button"
+STOP = "#hc-input button.stop-button"
 
 # Records, from just before Send, every change of the last answer: (ms since Send, text length, final?).
 WATCH = """(n0) => {
@@ -62,7 +65,8 @@ def wait_answer(page: Any, before: int) -> Any:
     """Wait until the answer after `before` is final (meta line shown) and the input is usable again."""
     answer = bots(page).nth(before)
     expect(answer.locator(".hc-meta")).to_be_visible()
-    expect(page.locator("#hc-input").get_by_test_id("stop-button")).to_be_hidden()
+    expect(page.locator(STOP)).to_be_hidden()  # found while answers stream: test_stop_cancels_...
+    expect(page.locator(SEND)).to_be_visible()  # and Send back in its place
     expect(page.locator(INPUT)).to_be_enabled()
     return answer
 
@@ -221,7 +225,7 @@ def test_stop_cancels_the_backend_request(page: Any, local_backends: Backends) -
     page.get_by_label("number input for Max tokens").fill("400")
     page.get_by_label("number input for Max tokens").press("Enter")
     before = send(page, "Count from 1 to 300, one number per line.")
-    stop = page.locator("#hc-input").get_by_test_id("stop-button")
+    stop = page.locator(STOP)
     expect(stop).to_be_visible()
     expect(bots(page).nth(before)).not_to_have_text("")  # streaming has started
     stop.click()

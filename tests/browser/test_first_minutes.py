@@ -18,7 +18,7 @@ from graph.backends import Backends
 from graph.client import ChatClient
 from tests.browser.appserver import SwitchableBackends, serve_app
 from tests.browser.conftest import MEASUREMENTS
-from tests.browser.test_chat_ui import INPUT, bots, send, wait_answer
+from tests.browser.test_chat_ui import INPUT, SEND, STOP, bots, send, wait_answer
 from tests.conftest import local_settings
 
 pytestmark = [
@@ -98,7 +98,7 @@ def test_input_stays_usable_while_an_answer_streams(page: Any) -> None:
     set_max_tokens(page, 2000)  # long enough to still stream while we type
     box = page.locator(INPUT)
     send(page, "Count from 1 to 1000, one number per line.")
-    stop = page.locator("#hc-input").get_by_test_id("stop-button")
+    stop = page.locator(STOP)
     expect(stop).to_be_visible()
     expect(box).to_be_enabled()
     box.press_sequentially("and the next question")  # typed while the answer streams
@@ -111,7 +111,7 @@ def test_input_stays_usable_while_an_answer_streams(page: Any) -> None:
 
     started = time.perf_counter()
     stop.click()
-    expect(page.locator("#hc-input").get_by_test_id("submit-button")).to_be_visible()
+    expect(page.locator(SEND)).to_be_visible()
     expect(box).to_be_enabled()
     stop_ms = round((time.perf_counter() - started) * 1000)
     MEASUREMENTS.setdefault("stop_to_usable_input_ms", []).append(stop_ms)
@@ -131,7 +131,7 @@ def test_a_refused_switch_leaves_the_sidebar_alone(page: Any) -> None:
     set_max_tokens(page, 400)
     count = "Count from 1 to 200, one number per line."
     send(page, count)
-    stop = page.locator("#hc-input").get_by_test_id("stop-button")
+    stop = page.locator(STOP)
     expect(stop).to_be_visible()
     expect(bots(page).first).not_to_have_text("")
     other = page.get_by_role("radio", name="Remember the word apple.")
@@ -230,7 +230,7 @@ def test_an_empty_chat_offers_starters_and_hides_what_needs_a_conversation(page:
 def test_a_reload_during_an_answer_keeps_what_streamed_and_offers_to_continue(page: Any) -> None:
     set_max_tokens(page, 300)
     send(page, "Count from 1 to 150, one number per line.")
-    expect(page.locator("#hc-input").get_by_test_id("stop-button")).to_be_visible()
+    expect(page.locator(STOP)).to_be_visible()
     expect(bots(page).first).to_contain_text("3")
     streamed = bots(page).first.locator(".message-content").inner_text()
     page.reload()  # the address reopens the conversation with what had streamed

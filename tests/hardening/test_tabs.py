@@ -2,9 +2,11 @@
 
 Gradio keys a tab on the `session_hash` its browser chose. Another signed-in user presenting that hash
 must not get the tab's on-screen chat (from a handler or from the tab's event stream), nor stop its
-answer through `/gradio_api/cancel`, which a stranger must not reach at all. The page takes no uploads:
-`/gradio_api/upload` is refused and nothing lands in Gradio's temporary directory.
-"""
+answer through `/gradio_api/cancel`, which a stranger must not reach at all. Uploads (the message box's
+attachments, issue 15) need sign-in: without it `/gradio_api/upload` is refused and nothing lands in
+Gradio's temporary directory; a file over the attachment limit is refused before it is kept; a file one
+user uploaded is neither served to another (`/gradio_api/file=`) nor taken from another's message, and
+Gradio's copy is gone once its message is sent"""
 
 from __future__ import annotations
 
@@ -29,11 +31,11 @@ def _files(root: Path) -> set[Path]:
 
 
 @pytest.mark.integration
-async def test_uploads_are_refused_and_nothing_is_written(chat_server: dict[str, Any]) -> None:
+async def test_uploads_need_sign_in_and_nothing_is_written(chat_server: dict[str, Any]) -> None:
     tmp = chat_server["gradio_tmp"]
     before = _files(tmp)
     payload = b"UPLOAD-MARKER-" + b"u" * 200_000
-    client = await login(chat_server["url"], "uploader")
+    client = httpx.AsyncClient(base_url=chat_server["url"], timeout=30)
     try:
         for path in (
             "/gradio_api/upload",
@@ -42,14 +44,83 @@ async def test_uploads_are_refused_and_nothing_is_written(chat_server: dict[str,
             "/upload",
         ):
             r = await client.post(path, files=[("files", ("notes.txt", payload, "text/plain"))])
-            assert r.status_code in (403, 404, 405), (path, r.status_code, r.text[:200])
+            # 307: Gradio's redirect of the trailing slash to the route that then refuses.
+            assert r.status_code in (307, 401, 403, 404, 405), (path, r.status_code, r.text[:200])
             assert "notes.txt" not in r.text
         r = await client.get("/gradio_api/upload_progress", params={"upload_id": "abc"})
-        assert r.status_code in (403, 404, 405)
+        assert r.status_code in (401, 403, 404, 405)
     finally:
         await client.aclose()
     new = _files(tmp) - before
     assert not [p for p in new if b"UPLOAD-MARKER" in p.read_bytes()], new
+
+
+UPLOAD_PNG = (  # a real 1x1 PNG
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90wS"
+    b"\xde\x00\x00\x00\x0cIDATx\x9cc\xf8\xcf\xc0\x00\x00\x03\x01\x01\x00\xc9\xfe\x92\xef\x00\x00"
+    b"\x00\x00IEND\xaeB`\x82"
+)
+
+
+def _on_disk(path: str) -> bytes | None:
+    """The file's bytes in Gradio's cache, None once it is gone."""
+    return Path(path).read_bytes() if Path(path).exists() else None
+
+
+def _file_data(path: str, name: str) -> dict[str, Any]:
+    """A file in an event's data, as the page's box sends it (Gradio's FileData)."""
+    return {"path": path, "orig_name": name, "meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.mark.integration
+async def test_an_upload_is_its_uploaders_alone_capped_and_gone_once_sent(
+    chat_server: dict[str, Any],
+) -> None:
+    url, tmp = chat_server["url"], chat_server["gradio_tmp"]
+    owner, other = await login(url, "uploader"), await login(url, "mallory")
+    try:
+        r = await owner.post("/gradio_api/upload", files=[("files", ("shot.png", UPLOAD_PNG, "image/png"))])
+        assert r.status_code == 200, r.text
+        (path,) = r.json()
+        assert _on_disk(path) == UPLOAD_PNG and Path(path).is_relative_to(tmp)
+        mine = await owner.get(f"/gradio_api/file={path}")
+        assert mine.status_code == 200 and mine.content == UPLOAD_PNG  # the box's thumbnail
+        # Another signed-in user who learns the path gets what a missing file gets, by either route.
+        for route in (f"/gradio_api/file={path}", f"/gradio_api/file/{path}"):
+            theirs = await other.get(route)
+            assert theirs.status_code == 404, (route, theirs.status_code)
+            assert UPLOAD_PNG not in theirs.content
+        # ... nor can they send it as their own message's attachment (Gradio would read it for them).
+        intruder = await Page.open(other)
+        assert (await intruder.join(intruder.load, [])).status_code == 200
+        assert (await intruder.read())[0] == 200
+        r = await intruder.send("what is this?", files=[_file_data(path, "shot.png")])
+        assert r.status_code == 404, r.text
+        r = await intruder.send("fetch this", files=[_file_data("http://169.254.169.254/", "x.png")])
+        assert r.status_code == 404, r.text  # a URL is nobody's upload either
+        assert _on_disk(path) == UPLOAD_PNG  # the owner's file is untouched
+
+        # Over the attachment limit (5 MB): refused by Gradio, saying why, and nothing kept.
+        big = b"BIG-MARKER" + b"\x00" * 5_000_000
+        r = await owner.post("/gradio_api/upload", files=[("files", ("big.png", big, "image/png"))])
+        assert r.status_code == 413, r.status_code
+        assert "maximum allowed size" in r.text
+        assert not [p for p in _files(tmp) if p.stat().st_size > 5_000_000]
+
+        # The owner sends it: answered, and Gradio's copy is deleted (the graph keeps the file now).
+        tab = await Page.open(owner)
+        assert (await tab.join(tab.load, [])).status_code == 200
+        assert (await tab.read())[0] == 200
+        r = await tab.send("what is this?", files=[_file_data(path, "shot.png")])
+        assert r.status_code == 200, r.text
+        status, text = await tab.read()
+        assert status == 200 and "shot.png" in text, text[-500:]  # the chip's name, in the decorations
+        assert _on_disk(path) is None
+        gone = await owner.get(f"/gradio_api/file={path}")
+        assert gone.status_code in (403, 404) and UPLOAD_PNG not in gone.content  # Gradio's "no such file"
+    finally:
+        await owner.aclose()
+        await other.aclose()
 
 
 # --- two users, one session_hash ---------------------------------------------------------------
@@ -104,9 +175,12 @@ class Page:
                             break
         return 200, text
 
-    async def send(self, text: str, max_tokens: int = 4) -> httpx.Response:
+    async def send(
+        self, text: str, max_tokens: int = 4, files: list[dict[str, Any]] | None = None
+    ) -> httpx.Response:
+        box = {"text": text, "files": files or []}  # the message box's value: its text and attachments
         return await self.join(
-            self.send_fn, [text, None, "gemma", 0, 0.95, max_tokens, "Be brief."], trigger=self.textbox
+            self.send_fn, [box, None, "gemma", 0, 0.95, max_tokens, "Be brief."], trigger=self.textbox
         )
 
 
