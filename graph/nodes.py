@@ -31,6 +31,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.utils import count_tokens_approximately, trim_messages
 from langchain_core.runnables import RunnableConfig
+from langgraph.graph.message import add_messages
 from langgraph.runtime import Runtime
 
 from graph import metrics
@@ -659,7 +660,19 @@ async def _astream_into(
 async def call_model(state: State, config: RunnableConfig, *, services: Services) -> dict[str, Any]:
     """Stream the answer from the routed backend: a retry, then the fallback, before the first token;
     after it, a failure keeps the partial answer (two models' text is never spliced). Cancelled (Stop,
-    a cancelled run, a closed connection): the question and what streamed are saved, marked stopped."""
+    a cancelled run, a closed connection): the question and what streamed are saved, marked stopped.
+
+    The finished turn's save starts here, as the answer ends, and `save_turn` awaits it: a Stop that
+    lands between the two nodes cancels the run before `save_turn` starts, and would lose the answer."""
+    update = await _answer(state, config, services)
+    humans = [m for m in new_messages(state) if m.type == "human"]
+    if not state.get("stateless") and humans:
+        after: Any = {**state, **update, "messages": add_messages(state["messages"], update["messages"])}
+        services.turns.start_save(str(humans[-1].id), _save_turn(after, _to_save(after), services))
+    return update
+
+
+async def _answer(state: State, config: RunnableConfig, services: Services) -> dict[str, Any]:
     params = _params(state["options"])
     prompts: dict[BackendName, list[BaseMessage]] = {}
     loaded = await resolved_history(state, services) if not state.get("stateless") else None
@@ -786,10 +799,13 @@ async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
     done: dict[str, Any] = {"history": {}, "refused": None}
     if state.get("stateless"):
         return done
-    # A task of its own, shielded: a Stop (a cancel) that lands after the answer's last token, while
-    # the answer is being saved, must not lose it; the save finishes in the background.
-    save = asyncio.ensure_future(_save_turn(state, to_save, services))
-    services.turns.keep(save)
+    # Started by call_model as the answer ended (a run resumed at this node starts it here). Shielded:
+    # a Stop that lands while the answer is being saved must not lose it; the save finishes regardless.
+    humans = [m for m in to_save if m.type == "human"]
+    save = services.turns.take_save(str(humans[-1].id)) if humans else None
+    if save is None:
+        save = asyncio.ensure_future(_save_turn(state, to_save, services))
+        services.turns.keep(save)
     return {**done, **await asyncio.shield(save)}
 
 

@@ -1,5 +1,5 @@
-"""Turns in flight in this process: the question's save started by `prepare`, and the stopped turns'
-background saves.
+"""Turns in flight in this process: the question's save started by `prepare`, the answer's save started
+by `call_model` as the answer ends, and the stopped turns' background saves.
 
 `prepare` saves the turn's question at once, in the background (the model is asked meanwhile: a crash
 mid-answer keeps the question, and the first token does not wait for the write); `save_turn` awaits that
@@ -24,6 +24,7 @@ class Turns:
     def __init__(self) -> None:
         self._open: OrderedDict[str, asyncio.Task[Any]] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
+        self._saves: OrderedDict[str, asyncio.Task[Any]] = OrderedDict()
 
     def begin(self, key: str, question_saved: Awaitable[Any]) -> None:
         """The turn `key` starts; `question_saved` saves its question (run as a task at once)."""
@@ -42,6 +43,18 @@ class Turns:
         with contextlib.suppress(Exception):
             await task
         return True
+
+    def start_save(self, key: str, turn_saved: Awaitable[Any]) -> None:
+        """The turn `key`'s answer is complete: its save starts now (a task, kept until done), before
+        the run reaches `save_turn`, which takes it (`take_save`) and awaits it."""
+        task = asyncio.ensure_future(turn_saved)
+        self.keep(task)
+        self._saves[key] = task
+        while len(self._saves) > MAX_TURNS:
+            self._saves.popitem(last=False)
+
+    def take_save(self, key: str) -> asyncio.Task[Any] | None:
+        return self._saves.pop(key, None)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Holds a background save until it is done (the loop keeps only weak references)."""

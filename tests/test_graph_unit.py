@@ -227,3 +227,15 @@ def test_a_backend_refusing_our_credentials_is_routed_around_without_asking_it()
     out = g.invoke(*ask("hi", session="b", model="gemma"))  # chosen explicitly: straight to the fallback
     assert out["backend"] == "gemini" and out["messages"][-1].content == "Again"
     assert "gemma" not in backends.calls
+
+
+async def test_a_stop_as_the_answer_ends_still_saves_it() -> None:
+    """Stop (the run's stream closed) between the answer's end and its save: the answer is kept."""
+    g, store, _ = make({"gemma": fake_model("Kept."), "gemini": fake_model("x")})
+    stream = g.astream(*ask("Keep this", model="gemma"), stream_mode="updates")
+    async for update in stream:
+        if "call_model" in update:  # the answer is complete: the user presses Stop now
+            await stream.aclose()
+            break
+    await SERVICES[id(store)].turns.settle()
+    assert [m.content for m in store.rows["s1"]] == ["Keep this", "Kept."]
