@@ -506,6 +506,11 @@ def _error_answer(
 ) -> AIMessage:
     log.warning("no backend answered (last: %s, %s): %s", backend, _kind(exc), str(exc)[:300])
     text = f"{label} is unavailable right now. Your message is saved; try again or pick another model."
+    return _note(text, backend, routed, reason, _kind(exc))
+
+
+def _note(text: str, backend: BackendName, routed: BackendName, reason: str, error: str) -> AIMessage:
+    """An error note in the chat's place of an answer (not part of the chat: never saved as one)."""
     return AIMessage(
         content=text,
         id=f"err-{uuid.uuid4().hex}",
@@ -515,7 +520,7 @@ def _error_answer(
                 "requested_backend": routed,
                 "fallback": backend != routed,
                 "route_reason": reason,
-                "error": _kind(exc),
+                "error": error,
                 "finish_reason": "error",
             }
         },
@@ -547,20 +552,7 @@ def _rejected_answer(backend: BackendName, routed: BackendName, label: str, reas
         f"{label} did not accept the attachment: it cannot read this kind of file, or the file is not "
         "valid. Your message is saved; send it to another model, or without the attachment."
     )
-    return AIMessage(
-        content=text,
-        id=f"err-{uuid.uuid4().hex}",
-        response_metadata={
-            META: {
-                "backend": backend,
-                "requested_backend": routed,
-                "fallback": backend != routed,
-                "route_reason": reason,
-                "error": "rejected_input",
-                "finish_reason": "error",
-            }
-        },
-    )
+    return _note(text, backend, routed, reason, "rejected_input")
 
 
 def _has_files(prompt: Sequence[BaseMessage]) -> bool:

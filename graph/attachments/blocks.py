@@ -119,6 +119,14 @@ def model_block(data: bytes, info: AttachmentInfo) -> dict[str, Any]:
     }
 
 
+def _sniffed(raw: RawAttachment) -> AttachmentInfo:
+    """What the bytes are (sniffed; the declared type only where sniffing finds nothing)."""
+    from graph.validation import sniff  # graph.validation imports this module
+
+    mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
+    return AttachmentInfo("pdf" if mime == "application/pdf" else "image", mime, len(raw.data))
+
+
 def placeholder(info: AttachmentInfo, name: str | None = None) -> dict[str, str]:
     """A text block standing in for an attachment the model does not get again (over the budget)."""
     label = f"{name}: " if name else ""
@@ -130,17 +138,13 @@ def to_model_content(content: Any) -> Any:
     MIME type, one shape for both model classes. Input is checked before (`graph.validation`)."""
     if not isinstance(content, list) or not any(is_file_block(b) for b in content):
         return content
-    from graph.validation import sniff
-
     out: list[Any] = []
     for i, block in enumerate(content):
         if not is_file_block(block) or is_reference(block):
             out.append(block)
             continue
         raw = _one(i, block)
-        mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
-        kind = "pdf" if mime == "application/pdf" else "image"
-        out.append(model_block(raw.data, AttachmentInfo(kind, mime, len(raw.data))))
+        out.append(model_block(raw.data, _sniffed(raw)))
     return out
 
 
@@ -164,8 +168,6 @@ def fit_content(
     read them gets a line saying what was there)."""
     if not isinstance(content, list) or not any(is_file_block(b) for b in content):
         return content, 0, 0
-    from graph.validation import sniff
-
     out: list[Any] = []
     kept = used = 0
     for i in range(len(content) - 1, -1, -1):  # newest attachment of the message first
@@ -177,8 +179,7 @@ def fit_content(
             out.append(block)
             continue
         raw = _one(i, block)
-        mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
-        info = AttachmentInfo("pdf" if mime == "application/pdf" else "image", mime, len(raw.data))
+        info = _sniffed(raw)
         if info.kind in kinds and kept < budget and (max_bytes is None or used + info.size <= max_bytes):
             out.append(model_block(raw.data, info))
             kept, used = kept + 1, used + info.size
@@ -201,15 +202,13 @@ async def to_stored(content: Any, user_id: str, session_id: str, store: Attachme
     reference with what a reader needs without the bytes (type, size, name, dimensions)."""
     if not isinstance(content, list) or not any(is_file_block(b) and not is_reference(b) for b in content):
         return content
-    from graph.validation import sniff
-
     out: list[Any] = []
     for i, block in enumerate(content):
         if not is_file_block(block) or is_reference(block):
             out.append(block)
             continue
         raw = _one(i, block)
-        mime = sniff(raw.data) or raw.declared_mime or "application/octet-stream"
+        mime = _sniffed(raw).mime_type
         ref = await store.aput(user_id, session_id, raw.data)
         facts: dict[str, Any] = {"ref": ref, "size": len(raw.data)}
         if raw.name:
