@@ -500,7 +500,7 @@ def test_gradio_api_turn_says_which_conversation_and_who_answered(
         names = {n: [p["parameter_name"] for p in api[n]["parameters"]] for n in ("/chat", "/turn")}
         five = ["message", "model", "session_id", "temperature", "max_tokens"]
         assert names["/chat"] == five  # unchanged: a raw /gradio_api/call/chat sends every input
-        assert names["/turn"] == [*five, "top_p", "system_prompt"]
+        assert names["/turn"] == [*five, "top_p", "system_prompt", "files"]
         first = client.predict(
             "What is the capital of France?",
             "gemma",
@@ -521,6 +521,23 @@ def test_gradio_api_turn_says_which_conversation_and_who_answered(
         assert len(client.predict(first["session_id"], api_name="/conversation")) == 4
         text = client.predict("What is the capital of France?", "gemma", max_tokens=24, api_name="/chat")
         assert isinstance(text, str) and "Paris" in text  # /chat still streams text, with its five inputs
+
+        # Files through gradio_client's handle_file (uploaded by the client, checked from their bytes).
+        from gradio_client import handle_file
+
+        image = tmp_path / "shot.png"
+        image.write_bytes(_png(12, 10))
+        seen = client.predict("What is this?", "auto", files=[handle_file(str(image))], api_name="/turn")
+        assert seen["backend"] == "gemini" and "Gemma stand-in cannot see images" in seen["route_reason"]
+        assert f"image/png 12x10, {len(_png(12, 10))} bytes" in seen["text"]  # the model got these bytes
+        only = client.predict("", "gemini", files=[handle_file(str(image))], api_name="/turn")
+        assert only["kind"] == "answer" and "image/png 12x10" in only["text"]  # files alone are a message
+        stored = client.predict(seen["session_id"], api_name="/conversation")
+        assert stored[0]["content"] == "What is this?"
+        zipped = tmp_path / "holiday.png"
+        zipped.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+        with pytest.raises(Exception, match="ZIP archive"):
+            client.predict("Look", "gemini", files=[handle_file(str(zipped))], api_name="/turn")
 
 
 @pytest.mark.integration

@@ -7,8 +7,12 @@ on screen with their stored ids) is a `Session` kept on the server (`gr.State`).
 never block the event loop; the work behind them is `ChatService`'s (ui/chat.py), over the one
 `ChatClient`.
 
-Programmatic users call `chat` (message, model, session_id: streams the answer as text),
-`conversations` and `conversation` through Gradio's API.
+Programmatic users call `chat` (message, model, session_id: streams the answer as text), `turn` (the
+same with the answer's facts, and files), `conversations` and `conversation` through Gradio's API.
+
+Files (the message box's attachments, `turn`'s `files`) arrive as paths in Gradio's upload cache (each
+one its uploader's alone: ui.security.UploadOwners); they are read and checked with the graph's own
+check before the turn, sent as LangChain standard content blocks, and Gradio's copies are deleted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio import FileData
 from langchain_core.messages import HumanMessage
 
 from graph.memory.codec import validate_title
@@ -156,12 +161,27 @@ def read_uploads(paths: list[str], settings: Any) -> list[Upload]:
     return [Upload(n, d, info.mime_type) for (n, d), info in zip(found, infos, strict=True)]
 
 
+def question(text: str, files: list[Upload] | None) -> str | list[HumanMessage]:
+    """What `ChatService.turn` sends: the text alone, or one message of the text (if any) and each file
+    as a LangChain standard content block, as on every way in."""
+    if not files:
+        return text
+    typed: list[str | dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    return [HumanMessage(content=[*typed, *[f.block() for f in files]])]
+
+
 def discard_uploads(paths: list[str]) -> None:
     """Delete Gradio's copies of sent files: the message holds them now (the graph keeps them in its
     attachment store), and nobody can fetch them from Gradio's cache afterwards."""
     for p in paths:
         with contextlib.suppress(OSError):
             Path(p).unlink()
+
+
+def _file_path(f: Any) -> str:
+    """A file of Gradio's API (FileData, or its dict) -> its path in Gradio's cache."""
+    path = f.get("path") if isinstance(f, dict) else getattr(f, "path", None)
+    return path if isinstance(path, str) else ""
 
 
 def _index(index: Any) -> int:
@@ -225,16 +245,10 @@ class ChatHandlers:
             rows[-1]["uploads"] = files
         st.busy, st.live, st.stopped = True, "", False
         answer: dict[str, Any] | None = None
-        # A message with files goes as LangChain standard content blocks, as on every way in.
-        sent: Any = text
-        if files:
-            typed = [{"type": "text", "text": text}] if text else []
-            sent = [HumanMessage(content=[*typed, *[f.block() for f in files]])]
+        sent = question(text, files)
         try:
-            box = self.textbox_busy()
-            if files:  # the attached files leave the box with the message
-                box = gr.update(value={"text": "", "files": []}, submit_btn=False, stop_btn=True)
-            yield self.shown(st), box, st, gr.skip(), self.decor(st)
+            # The box's text and files were taken in the browser already (ui.page.TAKE_INPUT).
+            yield self.shown(st), self.textbox_busy(), st, gr.skip(), self.decor(st)
             turn = self.service.turn(user, st.sid, sent, params, human_id=human_id, slot=slot)
             async with contextlib.aclosing(turn):
                 async for event in turn:
@@ -677,10 +691,12 @@ class ChatHandlers:
         model: str,
         session_id: str,
         params_in: tuple,
+        *,
+        files: bool = False,
     ) -> tuple[str, str, TurnParams]:
         """(conversation id, text, parameters) for Gradio's API, or `gr.Error` with the limit's words."""
         try:
-            text, params = self.check_turn(user, message, (model or None, *params_in))
+            text, params = self.check_turn(user, message, (model or None, *params_in), files=files)
         except LimitExceeded as exc:
             raise gr.Error(str(exc)) from None
         sid = session_id.strip() if isinstance(session_id, str) and session_id.strip() else uuid.uuid4().hex
@@ -717,15 +733,30 @@ class ChatHandlers:
         max_tokens: int | None = None,
         top_p: float | None = None,
         system_prompt: str | None = None,
+        files: list[FileData] | None = None,
         request: gr.Request = None,
     ) -> AsyncIterator[TurnResult]:
         """Like `/chat`, but each streamed value is a `TurnResult`: the conversation's id (a new one when
-        `session_id` is empty), the answer so far, and at the end (`done`) who answered and why."""
+        `session_id` is empty), the answer so far, and at the end (`done`) who answered and why. `files`:
+        images and PDFs (gradio_client's `handle_file`; Gradio uploads them first), checked as the page's;
+        with files the message may be empty."""
         user = self.user_of(request)
+        paths = [p for p in (_file_path(f) for f in files or []) if p]
         sid, text, params = self.api_turn_args(
-            user, message, model, session_id, (temperature, top_p, max_tokens, system_prompt)
+            user,
+            message,
+            model,
+            session_id,
+            (temperature, top_p, max_tokens, system_prompt),
+            files=bool(paths),
         )
-        async for event in self.service.turn(user, sid, text, params):
+        try:
+            uploads = await asyncio.to_thread(read_uploads, paths, self.settings) if paths else []
+        except LimitExceeded as exc:
+            raise gr.Error(str(exc)) from None
+        finally:
+            await asyncio.to_thread(discard_uploads, paths)  # an API call's files are not kept for a retry
+        async for event in self.service.turn(user, sid, question(text, uploads), params):
             if isinstance(event, Done) and event.kind == "failed":
                 raise gr.Error(event.text)
             yield turn_result(sid, event)

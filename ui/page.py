@@ -29,10 +29,14 @@ FOCUS_INPUT = """() => {
 # emptied it later would erase what was typed meanwhile (and an extra round trip would delay the
 # answer). The text still goes to `send`, which puts it back if a limit refuses it. While an answer
 # streams, Enter does nothing (Gradio runs one `submit` at a time) and the text stays: only Send waits.
+# Attached files leave the box the same way (a copy of the values goes to `send`, then each file's
+# Remove button is clicked), so the first reply need not set the box's value either.
 TAKE_INPUT = """(...args) => {
+  const out = structuredClone(args);
   const box = document.querySelector('#hc-input textarea');
   if (box) { box.value = ''; box.dispatchEvent(new Event('input', {bubbles: true})); }
-  return args;
+  document.querySelectorAll('#hc-input button[aria-label="Remove file"]').forEach((b) => b.click());
+  return out;
 }"""
 # What the page draws beside Gradio's chat, from the hidden `#hc-decor` element (ui.chat.decorations):
 # under each answer its footer (who answered, route, timings, a fallback badge, an error's reference),
