@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Protocol
 
@@ -70,7 +71,30 @@ class AttachmentStore(Protocol):
         ...
 
 
-class LocalAttachmentStore:
+class ThreadedStore(ABC):
+    """A store whose I/O is blocking (files, google-cloud-storage's sync client): the async API runs each
+    call in a thread, written once here."""
+
+    @abstractmethod
+    def put(self, user_id: str, session_id: str, data: bytes) -> str: ...
+
+    @abstractmethod
+    def get(self, user_id: str, session_id: str, ref: str) -> bytes | None: ...
+
+    @abstractmethod
+    def delete_conversation(self, user_id: str, session_id: str) -> int: ...
+
+    async def aput(self, user_id: str, session_id: str, data: bytes) -> str:
+        return await asyncio.to_thread(self.put, user_id, session_id, data)
+
+    async def aget(self, user_id: str, session_id: str, ref: str) -> bytes | None:
+        return await asyncio.to_thread(self.get, user_id, session_id, ref)
+
+    async def adelete_conversation(self, user_id: str, session_id: str) -> int:
+        return await asyncio.to_thread(self.delete_conversation, user_id, session_id)
+
+
+class LocalAttachmentStore(ThreadedStore):
     """A directory: `<root>/<owner_key(user)>/<conversation_key(session)>/<sha256>`, written atomically
     (temp file, rename)."""
 
@@ -115,17 +139,8 @@ class LocalAttachmentStore:
         shutil.rmtree(folder)  # temp files of a write under way go too (its rename then fails)
         return count
 
-    async def aput(self, user_id: str, session_id: str, data: bytes) -> str:
-        return await asyncio.to_thread(self.put, user_id, session_id, data)
 
-    async def aget(self, user_id: str, session_id: str, ref: str) -> bytes | None:
-        return await asyncio.to_thread(self.get, user_id, session_id, ref)
-
-    async def adelete_conversation(self, user_id: str, session_id: str) -> int:
-        return await asyncio.to_thread(self.delete_conversation, user_id, session_id)
-
-
-class GCSAttachmentStore:
+class GCSAttachmentStore(ThreadedStore):
     """A Cloud Storage bucket (the cluster's): objects `<owner_key(user)>/<conversation_key>/<sha256>`.
     Uploads are create-only (`if_generation_match=0`): a repeated or retried upload of a file is a no-op
     and an object is never overwritten. The client is google-cloud-storage's (sync): calls run in a thread."""
@@ -180,15 +195,6 @@ class GCSAttachmentStore:
                 pass
         return count
 
-    async def aput(self, user_id: str, session_id: str, data: bytes) -> str:
-        return await asyncio.to_thread(self.put, user_id, session_id, data)
-
-    async def aget(self, user_id: str, session_id: str, ref: str) -> bytes | None:
-        return await asyncio.to_thread(self.get, user_id, session_id, ref)
-
-    async def adelete_conversation(self, user_id: str, session_id: str) -> int:
-        return await asyncio.to_thread(self.delete_conversation, user_id, session_id)
-
 
 def make_attachment_store(settings: Settings) -> AttachmentStore:
     """A Cloud Storage bucket when `attachments_bucket` is set; else the embedded default, a directory
@@ -206,7 +212,7 @@ def make_attachment_store(settings: Settings) -> AttachmentStore:
     return LocalAttachmentStore(root)
 
 
-class _LazyGCS:
+class _LazyGCS(ThreadedStore):
     """`GCSAttachmentStore` built on first use (the client needs credentials; building the graph must
     not)."""
 
@@ -219,11 +225,11 @@ class _LazyGCS:
             self._store = GCSAttachmentStore(self._args[0], project=self._args[1])
         return self._store
 
-    async def aput(self, user_id: str, session_id: str, data: bytes) -> str:
-        return await asyncio.to_thread(lambda: self._get().put(user_id, session_id, data))
+    def put(self, user_id: str, session_id: str, data: bytes) -> str:
+        return self._get().put(user_id, session_id, data)
 
-    async def aget(self, user_id: str, session_id: str, ref: str) -> bytes | None:
-        return await asyncio.to_thread(lambda: self._get().get(user_id, session_id, ref))
+    def get(self, user_id: str, session_id: str, ref: str) -> bytes | None:
+        return self._get().get(user_id, session_id, ref)
 
-    async def adelete_conversation(self, user_id: str, session_id: str) -> int:
-        return await asyncio.to_thread(lambda: self._get().delete_conversation(user_id, session_id))
+    def delete_conversation(self, user_id: str, session_id: str) -> int:
+        return self._get().delete_conversation(user_id, session_id)
