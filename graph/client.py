@@ -4,10 +4,11 @@ It owns the compiled graph and its services, and is the one place that turns the
 deltas and a final `Done` whose `answer` has typed fields (who was asked, who answered, fallback,
 interrupted, finish reason, timings, tokens): no caller parses prose to learn what happened.
 Conversations are listed, paged, renamed, deleted and truncated (regenerate, edit) through it, always
-for one user: a conversation of another user raises `AccessDenied`.
+for one user: conversation ids are scoped to their owner, so another user's conversation of the same id
+is not theirs to find (`ConversationNotFound`, as for an id nobody uses).
 
-`stream_turn` never raises for a failed turn: a refused message, a store outage or a conversation of
-another user becomes a `Done(kind="failed")` with the reason in `error`. Leaving its iteration early
+`stream_turn` never raises for a failed turn: a refused message, a store outage or a conversation the
+store refuses becomes a `Done(kind="failed")` with the reason in `error`. Leaving its iteration early
 (Stop, a closed tab, a client gone) cancels the graph and with it the backend's request; the graph then
 saves the question and what streamed, marked stopped.
 """
@@ -198,7 +199,8 @@ class ChatClient:
 
     # --- conversations -----------------------------------------------------------------------
     async def check_owner(self, user: str, session_id: str) -> None:
-        """`AccessDenied` unless `session_id` is `user`'s (`ConversationNotFound` if it does not exist)."""
+        """`ConversationNotFound` unless `user` has a conversation `session_id` (`AccessDenied`: an unowned
+        Firestore session the settings do not open to them)."""
         await self.store.aget_conversation(str(session_id), user)
 
     async def pages(self, user: str, session_id: str) -> AsyncIterator[list[BaseMessage]]:

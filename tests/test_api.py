@@ -78,11 +78,14 @@ async def test_password_mode_needs_http_basic_and_keeps_users_apart(
     )
     assert status == 200
     sid = events[-1][1]["session_id"]
-    # Bob cannot continue or read Alice's conversation through the API.
+    # Bob cannot continue or read Alice's conversation through the API: ids are scoped to their owner,
+    # so the same id is bob's own conversation, which starts empty.
     status, events, text = await post_chat(
-        app, {"message": "show me", "session_id": sid}, auth=("bob", "builder")
+        app, {"message": "show me", "session_id": sid, "max_tokens": 4}, auth=("bob", "builder")
     )
-    assert events[-1][1]["kind"] == "failed" and "not available" in events[-1][1]["text"]
+    assert status == 200 and events[-1][1]["kind"] == "answer" and events[-1][1]["session_id"] == sid
     assert "secret plan" not in text
     stored = await app.state.chat.messages("alice", sid)
     assert [m.content for m in stored if m.type == "human"] == ["Alice's secret plan"]
+    bobs = await app.state.chat.messages("bob", sid)
+    assert [m.content for m in bobs if m.type == "human"] == ["show me"]

@@ -74,10 +74,11 @@ async def test_a_conversation_with_an_image_resumes_on_firestore(
     )
     assert out["error"] is None and said in out["messages"][-1].text
 
+    from graph.memory.firestore import document_id
+
     raw = firestore.Client(project=emulator.project, database=DATABASE)
-    docs = [
-        d.to_dict() for d in raw.collection(COLLECTION).document("fs-img").collection("messages").stream()
-    ]
+    session = raw.collection(COLLECTION).document(document_id("fs-img", "local"))  # the local user's
+    docs = [d.to_dict() for d in session.collection("messages").stream()]
     question = next(d for d in docs if d["role"] == "human")
     size = len(json.dumps(question, default=str).encode())
     assert size < 2_000, f"the question's document is {size:,} bytes"

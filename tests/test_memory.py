@@ -34,6 +34,7 @@ from graph.memory import (
     ConversationNotFound,
     ConversationStore,
     MemoryUnavailable,
+    Page,
 )
 from tests.support.firestore_emulator import FirestoreEmulator, firestore_emulator, free_port
 
@@ -65,8 +66,8 @@ class Clock:
 class Backend:
     kind: str
     make: Callable[..., ConversationStore]
-    raw_session: Callable[[str], dict[str, Any] | None]
-    raw_messages: Callable[[str], list[dict[str, Any]]]
+    raw_session: Callable[..., dict[str, Any] | None]  # (session id, owner="alice"; None: unowned)
+    raw_messages: Callable[..., list[dict[str, Any]]]
     outage: Callable[[], contextlib.AbstractContextManager[None]]
     outage_kwargs: dict[str, Any]
     clock: Clock = field(default_factory=Clock)
@@ -88,17 +89,18 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
         kw.setdefault("clock", backend.clock)
         return SQLiteConversationStore(path, **kw)
 
-    def raw_session(sid: str) -> dict[str, Any] | None:
+    def raw_session(sid: str, user: str = "alice") -> dict[str, Any] | None:
         with contextlib.closing(sqlite3.connect(path)) as c:
             c.row_factory = sqlite3.Row
-            row = c.execute("SELECT * FROM sessions WHERE session_id = ?", (sid,)).fetchone()
-            return dict(row) if row else None
+            row = c.execute("SELECT * FROM sessions WHERE user_id = ? AND session_id = ?", (user, sid))
+            found = row.fetchone()
+            return dict(found) if found else None
 
-    def raw_messages(sid: str) -> list[dict[str, Any]]:
+    def raw_messages(sid: str, user: str = "alice") -> list[dict[str, Any]]:
         with contextlib.closing(sqlite3.connect(path)) as c:
             c.row_factory = sqlite3.Row
-            rows = c.execute("SELECT * FROM messages WHERE session_id = ? ORDER BY seq", (sid,))
-            return [dict(r) for r in rows]
+            q = "SELECT * FROM messages WHERE user_id = ? AND session_id = ? ORDER BY seq"
+            return [dict(r) for r in c.execute(q, (user, sid))]
 
     @contextlib.contextmanager
     def outage() -> Iterator[None]:
@@ -118,7 +120,7 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
 def _firestore_backend(emu: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch) -> Backend:
     from google.cloud import firestore
 
-    from graph.memory.firestore import FirestoreConversationStore
+    from graph.memory.firestore import FirestoreConversationStore, document_id
 
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emu.host)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", emu.project)
@@ -130,12 +132,12 @@ def _firestore_backend(emu: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch) 
         kw.setdefault("timeout", 5.0)
         return FirestoreConversationStore(project=emu.project, database=DATABASE, collection=COLLECTION, **kw)
 
-    def raw_session(sid: str) -> dict[str, Any] | None:
-        snap = raw.collection(COLLECTION).document(sid).get()
+    def raw_session(sid: str, user: str | None = "alice") -> dict[str, Any] | None:
+        snap = raw.collection(COLLECTION).document(document_id(sid, user)).get()
         return snap.to_dict() if snap.exists else None
 
-    def raw_messages(sid: str) -> list[dict[str, Any]]:
-        col = raw.collection(COLLECTION).document(sid).collection("messages")
+    def raw_messages(sid: str, user: str | None = "alice") -> list[dict[str, Any]]:
+        col = raw.collection(COLLECTION).document(document_id(sid, user)).collection("messages")
         return [s.to_dict() for s in col.order_by("seq").stream()]
 
     @contextlib.contextmanager
@@ -436,27 +438,126 @@ async def test_retrying_a_save_with_the_same_message_ids_does_not_duplicate(
     assert anonymous.id is None  # the caller's message is not changed
 
 
-async def test_another_user_is_refused_everything_and_never_sees_the_conversation(
+async def test_two_users_with_the_same_id_have_two_conversations_and_neither_sees_the_other(
     store: ConversationStore,
 ) -> None:
-    await store.history("s1", "alice").aadd_messages(turn("secret"))
-    bob = store.history("s1", "bob")
-    for call in (
-        bob.aget_window(10),
-        bob.aget_page(),
-        bob.aget_messages(),
-        bob.aadd_messages([HumanMessage("mine now")]),
-        store.aget_conversation("s1", "bob"),
-        store.arename("s1", "bob", "hijacked"),
-        store.adelete("s1", "bob"),
-    ):
-        with pytest.raises(AccessDenied):
-            await call
-    with pytest.raises(AccessDenied):
-        _ = bob.messages
-    assert (await store.alist_conversations("bob")).conversations == []
+    """Ids are scoped to their owner: bob's "s1" is not alice's "s1". What bob learns about "s1" is the same
+    before and after alice uses it (an empty conversation, the same "not found"), nothing bob does with
+    "s1" reaches alice's, and when bob writes to "s1" he starts his own."""
+
+    async def what_bob_sees() -> tuple[Any, ...]:
+        bob = store.history("s1", "bob")
+        with pytest.raises(ConversationNotFound) as missing:
+            await store.aget_conversation("s1", "bob")
+        with pytest.raises(ConversationNotFound) as rename:
+            await store.arename("s1", "bob", "hijacked")
+        return (
+            await bob.aget_window(10),
+            await bob.aget_page(),
+            await bob.aget_messages(),
+            bob.messages,
+            await bob.atruncate("q-secret"),
+            (type(missing.value), str(missing.value)),
+            (type(rename.value), str(rename.value)),
+            (await store.alist_conversations("bob")).conversations,
+        )
+
+    before = await what_bob_sees()
+    await store.history("s1", "alice").aadd_messages(turn("secret", ids=True), model="gemma")
+    assert await what_bob_sees() == before == ([], Page([], None), [], [], 0, *before[5:7], [])
+    await store.adelete("s1", "bob")  # a no-op: bob has no "s1"
     alice = await store.aget_conversation("s1", "alice")
     assert (alice.title, alice.message_count) == ("question secret", 2)
+
+    # Bob's own "s1": a second conversation of the same id, each user sees only theirs.
+    await store.history("s1", "bob").aadd_messages([HumanMessage("bob's question")], model="gemini")
+    await store.arename("s1", "bob", "Bob's")
+    assert texts(await store.history("s1", "bob").aget_messages()) == ["bob's question"]
+    assert await store.history("s1", "alice").aget_messages() == turn("secret", ids=True)
+    mine = await store.aget_conversation("s1", "bob")
+    assert (mine.user_id, mine.title, mine.message_count, mine.last_model) == ("bob", "Bob's", 1, "gemini")
+    alice = await store.aget_conversation("s1", "alice")
+    assert (alice.user_id, alice.title, alice.message_count, alice.last_model) == (
+        "alice",
+        "question secret",
+        2,
+        "gemma",
+    )
+    assert [(c.session_id, c.title) for c in (await store.alist_conversations("bob")).conversations] == [
+        ("s1", "Bob's")
+    ]
+    assert [c.session_id for c in (await store.alist_conversations("alice")).conversations] == ["s1"]
+    # Truncating, clearing and deleting bob's "s1" leave alice's alone.
+    assert await store.history("s1", "bob").atruncate("a-secret") == 0  # alice's message id: not in bob's
+    await store.history("s1", "bob").aclear()
+    assert (await store.alist_conversations("bob")).conversations == []
+    assert await store.history("s1", "alice").aget_messages() == turn("secret", ids=True)
+    await store.history("s1", "bob").aadd_messages([HumanMessage("again")])
+    await store.adelete("s1", "bob")
+    assert await store.history("s1", "alice").aget_messages() == turn("secret", ids=True)
+
+
+async def test_an_id_used_first_by_someone_else_still_works_for_its_owner(store: ConversationStore) -> None:
+    """A predictable id ("project-x") taken first by bob does not stop alice from using it: no squatting."""
+    await store.history("project-x", "bob").aadd_messages([HumanMessage("squatting")])
+    alice = store.history("project-x", "alice")
+    assert await alice.aget_window(10) == []
+    await alice.aadd_messages(turn("plan"))
+    await alice.aadd_messages(turn("more"))
+    assert texts(await alice.aget_messages()) == [
+        "question plan",
+        "answer plan",
+        "question more",
+        "answer more",
+    ]
+    assert texts(await store.history("project-x", "bob").aget_messages()) == ["squatting"]
+    assert (await store.aget_conversation("project-x", "alice")).title == "question plan"
+
+
+def test_an_sqlite_database_of_the_old_schema_opens_with_its_conversations(tmp_path: Path) -> None:
+    """`tests/fixtures/memory/sqlite-v1.sql` is the dump of a file written by the store before ids were
+    scoped (schema 1, keyed by session id alone; see the README beside it), restored here into a file:
+    opening it migrates it, and every conversation is still there for its owner, titles, models and
+    message ids included."""
+    from graph.memory.sqlite import SQLiteConversationStore
+
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        c.executescript((ROOT / "tests/fixtures/memory/sqlite-v1.sql").read_text())
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+    store = SQLiteConversationStore(path)
+    try:
+        plans = store.history("plans", "alice")
+        assert texts(plans.messages) == ["Alice's plans for Monday", "Here they are", "And Tuesday?", "Rest"]
+        assert [m.id for m in plans.messages] == ["q1", "a1", "q2", "a2"]
+        assert plans.messages[1].response_metadata[META_KEY] == {"backend": "gemma"}
+        listed = asyncio.run(store.alist_conversations("alice")).conversations
+        assert [(c.session_id, c.title, c.message_count) for c in listed] == [
+            ("notes", "a note", 1),
+            ("plans", "Week plans", 4),
+        ]
+        conv = asyncio.run(store.aget_conversation("plans", "alice"))
+        assert (conv.user_id, conv.last_model) == ("alice", "gemini")
+        assert texts(store.history("project-x", "bob").messages) == ["Bob's project", "ok"]
+        assert store.history("plans", "bob").messages == []  # still alice's only
+        # The migrated store goes on: appends continue the sequence, retries stay no-ops, cuts work.
+        plans.add_messages([HumanMessage("And Wednesday?", id="q3")])
+        plans.add_messages([HumanMessage("And Wednesday?", id="q3")])
+        assert [m.id for m in plans.messages] == ["q1", "a1", "q2", "a2", "q3"]
+        assert plans.truncate("q2") == 3
+        store.history("plans", "bob").add_messages([HumanMessage("bob's plans")])
+        assert texts(plans.messages) == ["Alice's plans for Monday", "Here they are"]
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+        pk = [r[1] for r in sorted(c.execute("PRAGMA table_info(sessions)"), key=lambda r: r[5]) if r[5]]
+        assert pk == ["user_id", "session_id"]
+    reopened = SQLiteConversationStore(path)  # a second open is a no-op
+    try:
+        assert len(reopened.history("plans", "alice").messages) == 2
+    finally:
+        reopened.close()
 
 
 async def test_the_list_is_newest_first_paged_and_only_mine(store: ConversationStore) -> None:
@@ -553,8 +654,8 @@ async def test_truncate_cuts_from_a_message_on_and_keeps_the_conversation(
     assert await api.truncate(h, "q-1") == 0  # already cut: a retried truncate is a no-op
     assert await api.truncate(h, "never-stored") == 0
     assert await api.truncate(store.history("missing", "alice"), "q-0") == 0
-    with pytest.raises(AccessDenied):
-        await api.truncate(store.history("s1", "bob"), "q-0")
+    assert await api.truncate(store.history("s1", "bob"), "q-0") == 0  # bob's "s1" is not alice's
+    assert len(await api.messages(h)) == 2
 
     await api.add(h, turn("1", ids=True))  # the edited question may keep its id
     await api.add(h, turn("2", ids=True))
@@ -684,7 +785,7 @@ async def test_firestore_reads_a_legacy_document_and_migrates_it_on_the_next_wri
     assert (await store.aget_conversation("old", "alice")).title == "first question"
 
     await h.aadd_messages(turn("after migration"), model="gemma")
-    doc = b.raw_session("old")
+    doc = b.raw_session("old", None)  # claimed in place: it stays at its bare id
     assert doc is not None and "messages" not in doc
     assert (doc["user_id"], doc["message_count"], doc["next_seq"], doc["title"]) == (
         "alice",
@@ -692,7 +793,7 @@ async def test_firestore_reads_a_legacy_document_and_migrates_it_on_the_next_wri
         5,
         "first question",
     )
-    assert [m["seq"] for m in b.raw_messages("old")] == [0, 1, 2, 3, 4]
+    assert [m["seq"] for m in b.raw_messages("old", None)] == [0, 1, 2, 3, 4]
     expected = [
         "first question",
         "first answer",
@@ -705,15 +806,16 @@ async def test_firestore_reads_a_legacy_document_and_migrates_it_on_the_next_wri
 
     raw.collection(COLLECTION).document("old3").set({"messages": items})
     assert await h.__class__("old3", user_id="alice", store=store).atruncate("legacy-000001") == 2
-    assert b.raw_session("old3")["message_count"] == 1  # type: ignore[index]  # migrated, then cut
-    assert [m["content"] for m in b.raw_messages("old3")] == ["first question"]
+    assert b.raw_session("old3", None)["message_count"] == 1  # type: ignore[index]  # migrated, then cut
+    assert [m["content"] for m in b.raw_messages("old3", None)] == ["first question"]
 
     anyone = b.make(legacy_owner="*")  # trusted single-tenant mode: the first writer claims it
     raw.collection(COLLECTION).document("old2").set({"messages": items[:1]})
     await anyone.history("old2", "carol").aadd_messages([AIMessage("claimed")])
-    with pytest.raises(AccessDenied):
-        await anyone.history("old2", "dave").aget_window(10)
-    assert b.raw_session("old2")["user_id"] == "carol"  # type: ignore[index]
+    assert await anyone.history("old2", "dave").aget_window(10) == []  # carol's now: not dave's to see
+    await anyone.history("old2", "dave").aadd_messages([HumanMessage("dave's own")])
+    assert b.raw_session("old2", None)["user_id"] == "carol"  # type: ignore[index]
+    assert texts(await anyone.history("old2", "carol").aget_messages()) == ["first question", "claimed"]
 
 
 @pytest.mark.integration
@@ -728,20 +830,77 @@ async def test_firestore_history_without_an_owner_is_the_packages_drop_in(
     anon = FirestoreChatMessageHistory("shared", user_id=None, store=store)
     await anon.aadd_messages([HumanMessage("hello")])
     assert await anon.aget_messages() == [HumanMessage("hello")]
-    assert b.raw_session("shared")["user_id"] is None  # type: ignore[index]
+    assert b.raw_session("shared", None)["user_id"] is None  # type: ignore[index]
     with pytest.raises(AccessDenied):
         await store.history("shared", "alice").aget_messages()  # default: nobody may open it
     await store.history("mine", "alice").aadd_messages([HumanMessage("private")])
-    with pytest.raises(AccessDenied):
-        await FirestoreChatMessageHistory("mine", user_id=None, store=store).aget_messages()
+    assert await FirestoreChatMessageHistory("mine", user_id=None, store=store).aget_messages() == []
+    assert texts(await store.history("mine", "alice").aget_messages()) == ["private"]  # at its scoped id
 
     claims = b.make(legacy_owner="*")
     await claims.history("shared", "alice").aadd_messages([AIMessage("hi")])  # the first writer claims
-    assert b.raw_session("shared")["user_id"] == "alice"  # type: ignore[index]
+    assert b.raw_session("shared", None)["user_id"] == "alice"  # type: ignore[index]
     with pytest.raises(AccessDenied):
         await anon.aget_messages()
     for s in (store, claims):
         await s.aclose()
+
+
+@pytest.mark.integration
+async def test_firestore_conversations_saved_before_ids_were_scoped_keep_working(
+    emulator: FirestoreEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before ids were scoped, a user's conversation was the document `{session_id}` with its `user_id`.
+    Such documents keep working for their owner where they are; to anyone else they are not there."""
+    b = _firestore_backend(emulator, monkeypatch)
+    from google.cloud import firestore
+
+    from graph.memory.firestore import FirestoreChatMessageHistory, document_id
+
+    store = b.make()
+    raw = firestore.Client(project=emulator.project, database=DATABASE)
+    for sid, owner in (("kept", "alice"), ("bobs", "bob")):
+        # The old layout is the drop-in's plus the owner (the old code wrote exactly these fields).
+        await FirestoreChatMessageHistory(sid, user_id=None, store=store).aadd_messages(turn(sid, ids=True))
+        raw.collection(COLLECTION).document(sid).update({"user_id": owner})
+    alice = store.history("kept", "alice")
+    assert await alice.aget_messages() == turn("kept", ids=True)
+    assert await alice.aget_window(1) == turn("kept", ids=True)[1:]
+    assert (await alice.aget_page(limit=1)).messages == turn("kept", ids=True)[1:]
+    assert [c.session_id for c in (await store.alist_conversations("alice")).conversations] == ["kept"]
+    await alice.aadd_messages(turn("more", ids=True))
+    await store.arename("kept", "alice", "Kept")
+    assert b.raw_session("kept", "alice") is None  # appended where it was, not copied
+    assert (b.raw_session("kept", None) or {})["message_count"] == 4
+    assert await alice.atruncate("q-more") == 2
+    assert (await store.aget_conversation("kept", "alice")).title == "Kept"
+
+    # Someone else's old-layout conversation is not there for them, and their own takes its id.
+    bob_kept = store.history("kept", "bob")
+    assert await bob_kept.aget_messages() == []
+    with pytest.raises(ConversationNotFound):
+        await store.aget_conversation("kept", "bob")
+    await bob_kept.aadd_messages([HumanMessage("bob's kept")])
+    assert texts(await bob_kept.aget_messages()) == ["bob's kept"]
+    assert await alice.aget_messages() == turn("kept", ids=True)
+    assert await store.history("bobs", "alice").aget_messages() == []
+    assert await store.history("bobs", "bob").aget_messages() == turn("bobs", ids=True)
+    # A crafted id naming bob's scoped document is not bob's conversation either.
+    crafted = document_id("kept", "bob")
+    assert await store.history(crafted, "alice").aget_messages() == []
+    await store.history(crafted, "alice").aadd_messages([HumanMessage("alice's odd id")])
+    assert texts(await bob_kept.aget_messages()) == ["bob's kept"]
+    listed = {c.session_id for c in (await store.alist_conversations("alice")).conversations}
+    assert listed == {"kept", crafted}
+
+    # Deleting the old-layout conversation removes it; the next turn of that id starts a scoped one.
+    await store.adelete("kept", "alice")
+    assert b.raw_session("kept", None) is None and b.raw_messages("kept", None) == []
+    await alice.aadd_messages([HumanMessage("fresh")])
+    assert texts(await alice.aget_messages()) == ["fresh"]
+    assert (b.raw_session("kept", "alice") or {})["session_id"] == "kept"
+    assert texts(await bob_kept.aget_messages()) == ["bob's kept"]
+    await store.aclose()
 
 
 async def test_a_5_mb_conversation_saves_and_loads(store: ConversationStore) -> None:

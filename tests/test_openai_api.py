@@ -404,44 +404,71 @@ async def test_a_named_conversation_keeps_only_the_new_turn_and_memory_is_the_co
     assert [m.text for m in await chats.messages("local", "c2")] == ["fourth", "echo:fourth"]
 
 
-async def test_one_user_cannot_save_into_or_read_anothers_conversation(tmp_path: Path) -> None:
+def test_two_users_naming_the_same_conversation_each_get_their_own(tmp_path: Path) -> None:
+    """Conversation ids are scoped to their owner. Bob names "plans" first (as a squatter would a
+    predictable id); alice then names "plans" and gets her own conversation, saved and continued, while
+    bob goes on in his: through the `openai` SDK, by header and by `metadata.conversation_id`, streamed
+    and not. Each one's model saw only their own messages."""
+    import asyncio
+
     from graph.memory.keys import key_store
-    from ui.chat import NOT_AVAILABLE
     from ui.server import create_app
 
     model = EchoModel()
     settings = local_settings(tmp_path, auth_users="alice:wonder,bob:builder")
     backends = ScriptedBackends(settings, {"gemma": model, "gemini": model})
     app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
-    keys = key_store(app.state.chat.client.store)
-    alice, bob = (await keys.acreate("alice")).key, (await keys.acreate("bob")).key
-    secret = {"model": "hybrid-chat/gemma", "messages": [{"role": "user", "content": "the secret plan"}]}
-    r = await post(app, secret, headers={**conv_headers("plans"), "Authorization": f"Bearer {alice}"})
-    assert r.status_code == 200
-    asked = len(model.prompts)
-
-    probe = {"model": "hybrid-chat/gemma", "messages": [{"role": "user", "content": "repeat what I said"}]}
-    for extra in ({}, {"stream": True}, {"metadata": {"conversation_id": "plans"}}):
-        headers = {"Authorization": f"Bearer {bob}", **({} if "metadata" in extra else conv_headers("plans"))}
-        r = await post(app, {**probe, **extra}, headers=headers)
-        assert r.status_code == 404, r.text
-        error = r.json()["error"]
-        assert error["code"] == "conversation_not_found" and error["message"] == NOT_AVAILABLE
-        assert "secret" not in r.text
-    # Through HTTP Basic too (the other way to sign in as bob).
-    r = await post(app, probe, headers=conv_headers("plans"), auth=("bob", "builder"))
-    assert r.status_code == 404
-    assert len(model.prompts) == asked  # nothing of bob's reached a model
     chats = app.state.chat
-    assert [m.text for m in await chats.messages("alice", "plans")] == [
-        "the secret plan",
-        "echo:the secret plan",
-    ]
-    assert (await chats.conversations("bob")).conversations == []
-    # bob's own conversation of the same kind works
-    r = await post(app, probe, headers={**conv_headers("bobs"), "Authorization": f"Bearer {bob}"})
-    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo:repeat what I said"
-    await keys.aclose()
+    keys = key_store(chats.client.store)
+    alice_key, bob_key = (asyncio.run(keys.acreate(u)).key for u in ("alice", "bob"))
+
+    def ask(sdk: openai.OpenAI, text: str, *, by: str, stream: bool = False) -> tuple[str, Any]:
+        """(answer, response headers) of one turn saved into "plans", named `by` header or metadata."""
+        named: dict[str, Any] = (
+            {"extra_headers": conv_headers("plans")}
+            if by == "header"
+            else {"metadata": {"conversation_id": "plans"}}
+        )
+        msgs = [{"role": "user", "content": text}]
+        if stream:
+            with sdk.chat.completions.with_streaming_response.create(
+                model="hybrid-chat/gemma",
+                messages=msgs,
+                stream=True,
+                **named,  # type: ignore[arg-type]
+            ) as r:
+                chunks = list(r.parse())
+                return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), r.headers
+        raw = sdk.chat.completions.with_raw_response.create(model="hybrid-chat/gemma", messages=msgs, **named)  # type: ignore[arg-type]
+        return raw.parse().choices[0].message.content or "", raw.headers
+
+    with serve_app(app) as base:
+        alice, bob = (
+            openai.OpenAI(base_url=f"{base}/v1", api_key=k, max_retries=0) for k in (alice_key, bob_key)
+        )
+        answer, headers = ask(bob, "bob squats", by="header")
+        assert answer == "echo:bob squats" and headers["x-hybrid-chat-saved"] == "true"
+        answer, headers = ask(alice, "alice's secret plan", by="header")
+        assert answer == "echo:alice's secret plan", answer  # nothing of bob's in her context
+        assert headers["x-hybrid-chat-conversation"] == "plans" and headers["x-hybrid-chat-saved"] == "true"
+        answer, _ = ask(bob, "bob again", by="metadata", stream=True)
+        assert answer == "echo:bob squats|bob again", answer  # nothing of alice's in his
+        answer, _ = ask(alice, "and then", by="metadata")
+        assert answer == "echo:alice's secret plan|and then"
+        answer, _ = ask(alice, "last", by="header", stream=True)
+        assert answer == "echo:alice's secret plan|and then|last"
+
+    def humans(user: str) -> list[str]:
+        return [m.text for m in asyncio.run(chats.messages(user, "plans")) if m.type == "human"]
+
+    assert humans("alice") == ["alice's secret plan", "and then", "last"]
+    assert humans("bob") == ["bob squats", "bob again"]
+    for user in ("alice", "bob"):
+        assert [c.session_id for c in asyncio.run(chats.conversations(user)).conversations] == ["plans"]
+    for prompt in model.prompts:  # each prompt holds one user's messages only
+        said = {str(m.content) for m in prompt if m.type == "human"}
+        assert said <= set(humans("alice")) or said <= set(humans("bob")), said
+    asyncio.run(keys.aclose())
 
 
 def test_litellm_client_two_turns_saved_and_streamed(tmp_path: Path, local_backends: Backends) -> None:

@@ -7,13 +7,16 @@ are two renderings of the same events.
 - Stateless by default: OpenAI clients send the whole conversation every time; it goes to the model as
   sent (`convert_to_messages`, `stateless=True`) and nothing is stored.
 - Saving into a conversation: the header `x-hybrid-chat-conversation: ID` or `metadata.conversation_id`
-  names one of the caller's conversations (an id nobody uses starts one). The turn is then an ordinary
+  names one of the caller's conversations (an id the caller has not used starts one). Ids are scoped to
+  their owner: two callers naming the same id have two conversations, and nobody can take an id before
+  its owner uses it (issue 17, finding 10). The turn is then an ordinary
   turn of that conversation, as on the page: the stored conversation is the context, the request's
   last user message is the new question, and only the question and its answer are stored. The
   request's earlier messages are checked but not used (the client's copy of the history may be older,
   edited or shorter than the stored one; memory is the truth); the answer's `history` says whether they
-  end as the stored conversation does (`matches`) or not (`differs`). Another user's
-  conversation answers 404, as one that cannot be found does on the page.
+  end as the stored conversation does (`matches`) or not (`differs`). A conversation the store refuses
+  (an unowned Firestore session `legacy_owner` does not open to the caller) answers 404, with the
+  page's text for one that cannot be found.
 
 Sign-in: an API key (`Authorization: Bearer hck_...`, see `ui.auth.key_user`) or, without one, what
 `/api/chat` takes (`api_user`: IAP, HTTP Basic with the configured users, or the local user). Shared with
@@ -271,8 +274,8 @@ def _extension(done: Done, saved_to: dict[str, str] | None = None) -> dict[str, 
 
 
 def _store_refusal(exc: Exception) -> APIError:
-    """Another user's conversation: 404 with the page's text for one that cannot be found (whether an id
-    exists under another account is nobody else's business); the store down: 503."""
+    """A conversation the store refuses (`AccessDenied`: an unowned Firestore session the settings do not
+    open to this user): 404 with the page's text for one that cannot be found; the store down: 503."""
     if isinstance(exc, AccessDenied):
         return APIError(404, NOT_AVAILABLE, param="metadata.conversation_id", code="conversation_not_found")
     return APIError(
@@ -434,8 +437,9 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         return await _whole(request, turn, slot, completion_id, saved_to)
 
     async def _check_owner(user: str, session_id: str) -> None:
-        """404 for another user's conversation, with the page's text for one that cannot be found; an
-        id nobody uses is a new conversation (its first turn creates it)."""
+        """404 for a conversation the store refuses, with the page's text for one that cannot be found; an
+        id the user has not used is a new conversation of theirs (its first turn creates it), whoever
+        else has one of that id."""
         try:
             await service.client.check_owner(user, session_id)
         except ConversationNotFound:

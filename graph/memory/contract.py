@@ -39,11 +39,15 @@ class MemoryUnavailable(MemoryError_):
 
 
 class ConversationNotFound(MemoryError_, LookupError):
-    """No conversation with that id exists."""
+    """The user has no conversation with that id (another user's of the same id is not theirs)."""
 
 
 class AccessDenied(MemoryError_, PermissionError):
-    """The conversation belongs to another user. Raised instead of returning anything of it."""
+    """A conversation the caller may not open, raised instead of returning anything of it. Conversation
+    ids are scoped to their owner, so another user's conversation is never met (it is "not found"):
+    this is raised only by Firestore for a session without an owner (the drop-in's, or written by the
+    `langchain-google-firestore` package) that `legacy_owner` does not open to this user, and to a
+    drop-in history (`user_id=None`) opening a user's session."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,11 @@ class StoreStats:
 class ChatHistory(BaseChatMessageHistory, abc.ABC):
     """One conversation's messages, owned by one user.
 
-    Construction never touches the network. Every read and write checks ownership: a conversation
-    created by user A raises `AccessDenied` for user B. A conversation that does not exist yet reads
-    as empty and is created (owned by `user_id`) by its first write.
+    Construction never touches the network. A conversation is named by its owner and its id together:
+    `history("s1", "alice")` and `history("s1", "bob")` are two conversations, and neither user can read,
+    change or claim the other's, nor learn that it exists. So a client-chosen id cannot be taken by
+    someone else before its owner uses it. A conversation that does not exist yet reads as empty and is
+    created (owned by `user_id`) by its first write.
 
     A message's `id` is its idempotency key: adding a message whose id is already stored is a no-op, so a
     retried save never duplicates (the graph's messages always carry ids). If a stored message has the
@@ -143,7 +149,7 @@ class ChatHistory(BaseChatMessageHistory, abc.ABC):
         What regenerate and edit need: the conversation, its title, owner and creation time stay; the
         message count follows. Messages appended concurrently after the call started are kept.
         An id that is not stored (never saved, or already truncated) deletes nothing and returns 0, so
-        a retried truncate is a no-op, like a retried delete. `AccessDenied` if someone else's.
+        a retried truncate is a no-op, like a retried delete.
         """
 
     @abc.abstractmethod
@@ -192,7 +198,7 @@ class ConversationStore(abc.ABC):
 
     @abc.abstractmethod
     async def aget_conversation(self, session_id: str, user_id: str) -> Conversation:
-        """The header; `ConversationNotFound` if absent, `AccessDenied` if owned by someone else."""
+        """The header; `ConversationNotFound` if the user has none of that id (whoever else has one)."""
 
     @abc.abstractmethod
     async def arename(self, session_id: str, user_id: str, title: str) -> None:

@@ -11,12 +11,23 @@ messages read back as written) and reads, then migrates, what the package wrote
 
 Layout (database `chat-app-db`, collection `chat_sessions` by default)::
 
-    chat_sessions/{session_id}                    user_id, title, created_at, updated_at, last_model,
-                                                  message_count, next_seq, expire_at (TTL on),
-                                                  messages_expire_min (TTL on), schema
-    chat_sessions/{session_id}/messages/{key}     message_id (the key), seq, role, content, created_at,
-                                                  backend, route_reason, latency_ms, ttft_ms, model,
-                                                  input_tokens, output_tokens, message (JSON), expire_at
+    chat_sessions/{doc}                    session_id, user_id, title, created_at, updated_at,
+                                           last_model, message_count, next_seq, expire_at (TTL on),
+                                           messages_expire_min (TTL on), schema
+    chat_sessions/{doc}/messages/{key}     message_id (the key), seq, role, content, created_at,
+                                           backend, route_reason, latency_ms, ttft_ms, model,
+                                           input_tokens, output_tokens, message (JSON), expire_at
+
+`{doc}` is `document_id(session_id, user_id)`: `<hash of the owner>:<session_id>` for a user's
+conversation, so ids are scoped to their owner: two users may each use the same client-chosen id (two
+documents), nobody can claim an id before its owner uses it, and another user's id is not there to
+find ("not yours" is "not found": the same reads, in the same time). An unowned session (`user_id`
+None, the package's drop-in use) keeps the package's layout, `{doc}` = `session_id`, without the
+`session_id` field. Conversations that users created before ids were scoped also live at
+`{doc}` = `session_id` (with their `user_id`): when a user's document is missing, the store reads the
+one at the bare id and uses it if it is theirs (or unowned, see Owners), so they keep working where they
+are; a new conversation is created at the scoped id. That fallback costs one more read (one round
+trip) on opening a conversation that is new or of the old layout, never on one at its scoped id.
 
 No document grows with the conversation. The key is the message id (hashed when it is not a valid
 document id; a fresh key for a message without an id), which makes saves idempotent.
@@ -41,11 +52,13 @@ document id; a fresh key for a message without an id), which makes saves idempot
   away (tracked as `messages_expire_min` on the header), an append pushes every message's `expire_at`
   to the header's. Cost: one pass over the conversation per half TTL of activity.
 - Owners. A session document without `user_id` is unowned: written by the package, or by a history
-  built without `user_id` (the drop-in use). A history without `user_id` opens unowned sessions only.
-  A history with a `user_id` opens an unowned session only if `legacy_owner` allows it (session ids may
-  be guessable): None (default) nobody (`AccessDenied`, the data stays untouched); `"<user id>"` that
-  user (the old app had a single user); `"*"` anyone, and the first to write or rename claims it.
-  Unowned sessions are not listed (there is no user to list them for).
+  built without `user_id` (the drop-in use). A history without `user_id` opens unowned sessions only
+  (`AccessDenied` for an owned one). A history with a `user_id` whose scoped document does not exist
+  opens an unowned session of that id only if `legacy_owner` allows it (session ids may be guessable):
+  None (default) nobody (`AccessDenied`, the data stays untouched); `"<user id>"` that user (the old
+  app had a single user); `"*"` anyone, and the first to write or rename claims it (in place, at the
+  bare id). Unowned sessions are not listed (there is no user to list them for). Only the package's
+  drop-in (or an operator) writes unowned sessions, never a user of the app.
 - Errors: gRPC/network failures (unavailable, deadline, retry exhausted, auth transport) become
   `MemoryUnavailable`. Every operation is bounded by `timeout` seconds, also when the server hangs.
   A timed-out append may or may not have committed; retrying it with the same messages is safe when
@@ -129,6 +142,23 @@ def _doc_id(key: str) -> str:
     return key if simple else "h-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
+def document_id(session_id: str, user_id: str | None) -> str:
+    """The document of `user_id`'s conversation `session_id`: `<sha256(user_id)[:32]>:<session_id>`, or
+    `session_id` itself for an unowned session (the package's layout). The owner is hashed because a
+    user id may hold any character (`/` is not allowed in a document id); the session id stays readable
+    for whoever browses the collection. Changing this rule would orphan every stored conversation."""
+    if user_id is None:
+        return session_id
+    return f"{hashlib.sha256(user_id.encode('utf-8')).hexdigest()[:32]}:{session_id}"
+
+
+class _Elsewhere(Exception):
+    """Inside an append: the user's conversation is the old-layout document `ref`, not the scoped one."""
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+
 def _is_contention(exc: BaseException) -> bool:
     """Transaction lost to a concurrent writer (retry it), as opposed to a real failure."""
     if isinstance(exc, gexc.Aborted | gexc.AlreadyExists):
@@ -162,6 +192,7 @@ class _Header:
     legacy: list[BaseMessage] | None = None
     create_time: datetime | None = None
     update_time: datetime | None = None
+    ref: Any = None  # the document (when it does not exist: where the conversation would be created)
 
 
 @dataclass
@@ -172,6 +203,7 @@ class _Plan:
     update: dict[str, Any] | None = None  # fields to `update`
     creates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     refresh_expiry: bool = False
+    ref: Any = None  # the session document written
 
 
 class FirestoreConversationStore(ConversationStore):
@@ -260,8 +292,8 @@ class FirestoreConversationStore(ConversationStore):
         )
         return {"retry": retry, "timeout": self.timeout}
 
-    def _lock(self, session_id: str) -> asyncio.Lock:
-        key = (id(asyncio.get_running_loop()), session_id)
+    def _lock(self, path: str) -> asyncio.Lock:
+        key = (id(asyncio.get_running_loop()), path)
         lock = self._alocks.get(key)
         if lock is None:
             lock = asyncio.Lock()
@@ -292,11 +324,11 @@ class FirestoreConversationStore(ConversationStore):
                 raise
             raise mapped from exc
 
-    async def _transaction(self, session_id: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Run `fn(tx)` in a transaction, queued behind this loop's other writers of the session,
-        retried (with jitter) when it loses to a concurrent writer."""
+    async def _transaction(self, path: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `fn(tx)` in a transaction, queued behind this loop's other writers of the session document
+        `path`, retried (with jitter) when it loses to a concurrent writer."""
         run = async_transactional(fn)
-        async with self._lock(session_id):
+        async with self._lock(path):
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.max_attempts),
                 wait=wait_random_exponential(multiplier=0.05, max=2.0),
@@ -311,10 +343,11 @@ class FirestoreConversationStore(ConversationStore):
         self.stats.extra[what] = self.stats.extra.get(what, 0) + 1
 
     # --- documents -> records ------------------------------------------------------------------
-    def _header(self, snap: Any, user_id: str | None) -> _Header:
+    def _header(self, snap: Any, user_id: str | None, ref: Any = None) -> _Header:
         """Ownership check of a session document (snapshot, maybe missing); parses a legacy array."""
+        ref = ref if ref is not None else getattr(snap, "reference", None)
         if snap is None or not snap.exists:
-            return _Header(exists=False)
+            return _Header(exists=False, ref=ref)
         data = snap.to_dict() or {}
         owner = data.get("user_id")
         if owner is None:
@@ -323,13 +356,13 @@ class FirestoreConversationStore(ConversationStore):
         elif owner != user_id:
             raise AccessDenied("conversation belongs to another user")
         if data.get("deleting"):
-            return _Header(exists=False)
+            return _Header(exists=False, ref=ref)
         legacy = None
         if isinstance(data.get("messages"), list):
             from graph.memory.firestore_legacy import legacy_messages
 
             legacy = legacy_messages(data)
-        return _Header(True, data, legacy, snap.create_time, snap.update_time)
+        return _Header(True, data, legacy, snap.create_time, snap.update_time, ref)
 
     def _conversation(self, session_id: str, user_id: str | None, head: _Header) -> Conversation:
         d = head.data
@@ -353,13 +386,38 @@ class FirestoreConversationStore(ConversationStore):
         self.stats.docs_read += 1
         return deserialize_message(data["message"], data.get("content") or "")
 
-    def _sess(self, session_id: str) -> Any:
-        return self.async_client.collection(self.collection).document(session_id)
+    def _sess(self, session_id: str, user_id: str | None) -> Any:
+        """The scoped document of `user_id`'s conversation (`document_id`)."""
+        return self.async_client.collection(self.collection).document(document_id(session_id, user_id))
+
+    async def _locate(self, session_id: str, user_id: str | None) -> tuple[Any, Any]:
+        """(document, snapshot) of `user_id`'s conversation: the scoped document if it exists, else the
+        old-layout document at the bare id if it may be theirs (`_theirs`), else the scoped one (missing).
+        Another user's conversation and no conversation cost the same two reads."""
+        ref = self._sess(session_id, user_id)
+        snap = await ref.get(**self._rpc())
+        self.stats.docs_read += 1
+        if snap.exists or user_id is None:
+            return ref, snap
+        bare = self._sess(session_id, None)
+        old = await bare.get(**self._rpc())
+        self.stats.docs_read += 1
+        return (bare, old) if _theirs(old, user_id) else (ref, snap)
 
     async def _aheader(self, session_id: str, user_id: str | None) -> _Header:
-        snap = await self._sess(session_id).get(**self._rpc())
-        self.stats.docs_read += 1
-        return self._header(snap, user_id)
+        ref, snap = await self._locate(session_id, user_id)
+        return self._header(snap, user_id, ref)
+
+    async def _read(
+        self, session_id: str, user_id: str | None, query: Callable[[Any], Any]
+    ) -> tuple[_Header, list[dict[str, Any]]]:
+        """The header and the messages `query(document)` selects, in one round trip for a conversation at
+        its scoped document (both read at once); a second query for an old-layout one."""
+        guess = self._sess(session_id, user_id)
+        head, docs = await asyncio.gather(self._aheader(session_id, user_id), self._query(query(guess)))
+        if head.exists and head.legacy is None and head.ref.path != guess.path:
+            docs = await self._query(query(head.ref))
+        return head, docs
 
     async def _query(self, query: Any) -> list[dict[str, Any]]:
         return [s.to_dict() async for s in query.stream(**self._rpc())]
@@ -372,10 +430,12 @@ class FirestoreConversationStore(ConversationStore):
         msgs: list[BaseMessage],
         user_id: str | None,
         model: str | None,
+        session_id: str | None = None,
     ) -> _Plan:
+        """`session_id`: set on a document created at a scoped id (not on the bare-id layouts)."""
         now = self.clock()
         expire = self._expire(now)
-        plan = _Plan()
+        plan = _Plan(ref=head.ref)
         legacy = head.legacy or []
         for m in legacy:
             stored.setdefault(str(m.id), (m.type, message_text(m)))
@@ -427,6 +487,7 @@ class FirestoreConversationStore(ConversationStore):
                 "created_at": data.get("created_at") or head.create_time or now,
                 "last_model": data.get("last_model"),
                 "schema": SCHEMA,
+                **({"session_id": session_id} if session_id is not None else {}),
                 **fields,
             }
         return plan
@@ -434,7 +495,29 @@ class FirestoreConversationStore(ConversationStore):
     async def _append(
         self, session_id: str, user_id: str | None, msgs: list[BaseMessage], model: str | None
     ) -> _Plan:
-        sess = self._sess(session_id)
+        """One transaction on the scoped document, which also reads the bare-id one when the scoped one
+        does not exist (the user may have an old-layout conversation there); if they do, a second
+        transaction appends to that one."""
+        scoped = self._sess(session_id, user_id)
+        bare = self._sess(session_id, None) if user_id is not None else None
+        try:
+            return await self._append_at(scoped, bare, session_id, user_id, msgs, model)
+        except _Elsewhere as moved:
+            return await self._append_at(moved.ref, None, session_id, user_id, msgs, model, old=True)
+
+    async def _append_at(
+        self,
+        sess: Any,
+        bare: Any,
+        session_id: str,
+        user_id: str | None,
+        msgs: list[BaseMessage],
+        model: str | None,
+        *,
+        old: bool = False,
+    ) -> _Plan:
+        """Append to the session document `sess` (`bare`: the old-layout document to check first when
+        `sess` does not exist; `old`: `sess` is that document, which must still exist)."""
         refs = [sess] + [sess.collection(MESSAGES).document(_doc_id(i)) for i in stored_ids(msgs)]
 
         async def run(tx: Any) -> _Plan:
@@ -442,11 +525,17 @@ class FirestoreConversationStore(ConversationStore):
             gen = self.async_client.get_all(refs, transaction=tx, **self._rpc())
             snaps = {s.reference.path: s async for s in gen}
             s0 = snaps.get(sess.path)
-            head = self._header(s0, user_id)
-            if not head.exists and s0 is not None and s0.exists:
+            if bare is not None and not (s0 is not None and s0.exists):
+                # A new conversation, or one of the old layout: read the bare id only then (one more
+                # round trip on a conversation's first append, none on the next ones).
+                if _theirs(await bare.get(transaction=tx, **self._rpc()), user_id):
+                    raise _Elsewhere(bare)
+            head = self._header(s0, user_id, sess)
+            if not head.exists and ((s0 is not None and s0.exists) or old):
                 raise ConversationNotFound(f"conversation {session_id!r} is being deleted")
             stored = _stored(s for s in snaps.values() if s.exists and s.reference.path != sess.path)
-            plan = self._plan(head, stored, msgs, user_id, model)
+            scoped = user_id is not None and not old
+            plan = self._plan(head, stored, msgs, user_id, model, session_id if scoped else None)
             if plan.header is not None:
                 tx.set(sess, plan.header)  # replaces the document: drops a legacy `messages` array
             elif plan.update is not None:
@@ -455,12 +544,11 @@ class FirestoreConversationStore(ConversationStore):
                 tx.create(sess.collection(MESSAGES).document(doc_id), doc)
             return plan
 
-        return await self._transaction(session_id, run)
+        return await self._transaction(sess.path, run)
 
-    async def _refresh_expiry(self, session_id: str) -> None:
+    async def _refresh_expiry(self, sess: Any) -> None:
         """Set every message's `expire_at` to the header's (see the module docstring), page by page."""
         target = self._expire(self.clock())
-        sess = self._sess(session_id)
         last: int | None = None
         while True:
             q = sess.collection(MESSAGES).order_by("seq").select(["seq", "expire_at"])
@@ -490,7 +578,7 @@ class FirestoreConversationStore(ConversationStore):
                     original.id = m.id  # a collision got a fresh id: a retry must reuse it
         if plan.refresh_expiry:
             try:
-                await self._refresh_expiry(session_id)
+                await self._refresh_expiry(plan.ref)
             except Exception:  # the turn is saved; the next append retries the refresh
                 log.warning("expire_at refresh of %s failed", session_id, exc_info=True)
 
@@ -499,13 +587,15 @@ class FirestoreConversationStore(ConversationStore):
         self, session_id: str, user_id: str | None, max_messages: int | None
     ) -> list[BaseMessage]:
         if max_messages is not None and max_messages <= 0:
-            await self._aheader(session_id, user_id)  # still refuses another user's conversation
+            await self._aheader(session_id, user_id)  # still refuses an unowned conversation
             return []
-        q = self._sess(session_id).collection(MESSAGES).order_by("seq", direction=DESC)
-        if max_messages is not None:
-            q = q.limit(max_messages)
+
+        def newest(sess: Any) -> Any:
+            q = sess.collection(MESSAGES).order_by("seq", direction=DESC)
+            return q.limit(max_messages) if max_messages is not None else q
+
         # Header and newest messages in parallel: one round trip; the messages are dropped if denied.
-        head, docs = await asyncio.gather(self._aheader(session_id, user_id), self._query(q))
+        head, docs = await self._read(session_id, user_id, newest)
         if not head.exists:
             return []
         if head.legacy is not None:
@@ -515,10 +605,14 @@ class FirestoreConversationStore(ConversationStore):
     async def _page(self, session_id: str, user_id: str | None, before: int | None, limit: int) -> Page:
         if limit <= 0:
             raise ValueError("limit must be positive")
-        q = self._sess(session_id).collection(MESSAGES).order_by("seq", direction=DESC)
-        if before is not None:
-            q = q.where(filter=firestore.FieldFilter("seq", "<", before))
-        head, docs = await asyncio.gather(self._aheader(session_id, user_id), self._query(q.limit(limit + 1)))
+
+        def page(sess: Any) -> Any:
+            q = sess.collection(MESSAGES).order_by("seq", direction=DESC)
+            if before is not None:
+                q = q.where(filter=firestore.FieldFilter("seq", "<", before))
+            return q.limit(limit + 1)
+
+        head, docs = await self._read(session_id, user_id, page)
         if not head.exists:
             return Page([], None)
         if head.legacy is not None:
@@ -530,8 +624,9 @@ class FirestoreConversationStore(ConversationStore):
         return Page([self._to_message(d) for d in reversed(docs)], docs[-1]["seq"] if more and docs else None)
 
     async def _all(self, session_id: str, user_id: str | None) -> list[BaseMessage]:
-        q = self._sess(session_id).collection(MESSAGES).order_by("seq")
-        head, docs = await asyncio.gather(self._aheader(session_id, user_id), self._query(q))
+        head, docs = await self._read(
+            session_id, user_id, lambda sess: sess.collection(MESSAGES).order_by("seq")
+        )
         if not head.exists:
             return []
         if head.legacy is not None:
@@ -545,7 +640,7 @@ class FirestoreConversationStore(ConversationStore):
             return 0
         if head.legacy is not None:
             await self._append(session_id, user_id, [], None)  # migrate first: one layout to cut
-        sess = self._sess(session_id)
+        sess = head.ref
         col = sess.collection(MESSAGES)
         target = await col.document(_doc_id(from_message_id)).get(**self._rpc())
         if not target.exists or target.get("message_id") != from_message_id:
@@ -586,13 +681,13 @@ class FirestoreConversationStore(ConversationStore):
             return len(snaps)
 
         total = 0
-        while n := await self._transaction(session_id, run):
+        while n := await self._transaction(sess.path, run):
             total += n
             self._count("truncate_batches")
         return total
 
     async def _delete(self, session_id: str, user_id: str | None) -> None:
-        sess = self._sess(session_id)
+        sess, _ = await self._locate(session_id, user_id)
 
         async def mark(tx: Any) -> bool:
             """Flag the header (owner checked) so no append lands during deletion."""
@@ -603,7 +698,7 @@ class FirestoreConversationStore(ConversationStore):
             tx.update(sess, {"deleting": True})
             return True
 
-        if not await self._transaction(session_id, mark):
+        if not await self._transaction(sess.path, mark):
             return
         col = sess.collection(MESSAGES)
         while True:
@@ -619,7 +714,7 @@ class FirestoreConversationStore(ConversationStore):
 
     async def _rename(self, session_id: str, user_id: str | None, title: str) -> None:
         title = validate_title(title)
-        sess = self._sess(session_id)
+        sess, _ = await self._locate(session_id, user_id)
 
         async def run(tx: Any) -> None:
             head = self._header(await sess.get(transaction=tx, **self._rpc()), user_id)
@@ -630,7 +725,7 @@ class FirestoreConversationStore(ConversationStore):
                 update["user_id"] = user_id  # renaming an unowned conversation claims it
             tx.update(sess, update)
 
-        await self._transaction(session_id, run)
+        await self._transaction(sess.path, run)
 
     async def _get_conversation(self, session_id: str, user_id: str) -> Conversation:
         head = await self._aheader(session_id, user_id)
@@ -655,9 +750,9 @@ class FirestoreConversationStore(ConversationStore):
         more = len(snaps) > limit
         snaps = snaps[:limit]
         convs = [
-            self._conversation(s.id, user_id, _Header(True, s.to_dict()))
+            self._conversation(d.get("session_id") or s.id, user_id, _Header(True, d))
             for s in snaps
-            if not (s.to_dict() or {}).get("deleting")
+            if not (d := s.to_dict() or {}).get("deleting")
         ]
         last = snaps[-1] if snaps else None
         nxt = encode_cursor(last.get("updated_at"), last.id) if more and last is not None else None
@@ -802,6 +897,16 @@ def _stored(snaps: Iterable[Any]) -> dict[str, tuple[str, str]]:
         d = s.to_dict() or {}
         out[str(d.get("message_id", s.id))] = (str(d.get("role", "")), str(d.get("content", "")))
     return out
+
+
+def _theirs(snap: Any, user_id: str | None) -> bool:
+    """Whether a document at a bare session id may be `user_id`'s conversation: one of the old layout
+    (no `session_id` field: a scoped document found by a crafted id is never another's) that is theirs,
+    or unowned (`legacy_owner` decides then, in `_header`)."""
+    if snap is None or not snap.exists:
+        return False
+    data = snap.to_dict() or {}
+    return "session_id" not in data and data.get("user_id") in (None, user_id)
 
 
 def _expiry_updates(snaps: Iterable[Any], target: datetime | None) -> list[tuple[Any, dict[str, Any]]]:

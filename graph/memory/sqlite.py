@@ -4,9 +4,15 @@ Why it looks like this:
 - WAL journal + `synchronous=NORMAL`: readers never block the writer, and a commit costs no fsync (a
   checkpoint does). A crash of the app or the machine never corrupts the file; a power cut may lose the
   last commits. Pass `synchronous="FULL"` to trade ~1 ms per append for power-cut durability.
-- One row per message, keyed `(session_id, seq)` in a WITHOUT ROWID table (a conversation is one
-  contiguous B-tree range: reading the last N messages is a range scan whatever the length), plus a
-  unique `(session_id, message_id)` that makes retried saves no-ops.
+- A conversation is keyed by its owner and its id, `(user_id, session_id)`: ids are scoped to their
+  owner, so two users may each use the same client-chosen id (two conversations), nobody can claim an
+  id before its owner uses it, and another user's id is simply not there (no `AccessDenied`: "not
+  yours" is "not found", by the same query and so in the same time).
+- One row per message, keyed `(user_id, session_id, seq)` in a WITHOUT ROWID table (a conversation is
+  one contiguous B-tree range: reading the last N messages is a range scan whatever the length), plus
+  a unique `(user_id, session_id, message_id)` that makes retried saves no-ops.
+- Schema 1 (keyed by session id alone) is migrated when the file is opened (`_migrate_v1`): one
+  transaction copies both tables into the owner-keyed ones.
 - Appends run in `BEGIN IMMEDIATE`: the write lock is taken before reading `next_seq`, so concurrent
   writers (threads or processes) queue instead of deadlocking or reusing a sequence number.
 - One connection per thread (thread-local, reused), never one per call. Async methods run the sync code
@@ -46,7 +52,6 @@ from graph.memory.codec import (
     validate_title,
 )
 from graph.memory.contract import (
-    AccessDenied,
     ChatHistory,
     Conversation,
     ConversationList,
@@ -57,22 +62,24 @@ from graph.memory.contract import (
     StoreStats,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
-    session_id    TEXT PRIMARY KEY,
     user_id       TEXT NOT NULL,
+    session_id    TEXT NOT NULL,
     title         TEXT NOT NULL DEFAULT '',
     created_at    REAL NOT NULL,
     updated_at    REAL NOT NULL,
     last_model    TEXT,
     message_count INTEGER NOT NULL DEFAULT 0,
     next_seq      INTEGER NOT NULL DEFAULT 0,
-    expire_at     REAL
+    expire_at     REAL,
+    PRIMARY KEY (user_id, session_id)
 );
 CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, updated_at DESC, session_id DESC);
 CREATE TABLE IF NOT EXISTS messages (
+    user_id       TEXT NOT NULL,
     session_id    TEXT NOT NULL,
     seq           INTEGER NOT NULL,
     message_id    TEXT NOT NULL,
@@ -87,13 +94,16 @@ CREATE TABLE IF NOT EXISTS messages (
     input_tokens  INTEGER,
     output_tokens INTEGER,
     message       TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq),
-    UNIQUE (session_id, message_id)
+    PRIMARY KEY (user_id, session_id, seq),
+    UNIQUE (user_id, session_id, message_id)
 ) WITHOUT ROWID;
 """
 
+_SESSION_COLUMNS = (
+    "session_id, user_id, title, created_at, updated_at, last_model, message_count, next_seq, expire_at"
+)
 _MSG_COLUMNS = (
-    "session_id, seq, message_id, role, content, created_at, backend, route_reason, latency_ms, "
+    "user_id, session_id, seq, message_id, role, content, created_at, backend, route_reason, latency_ms, "
     "ttft_ms, model, input_tokens, output_tokens, message"
 )
 
@@ -180,6 +190,8 @@ class SQLiteConversationStore(ConversationStore):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise MemoryUnavailable(f"{self.path} has schema {version}, newer than this code")
+            if version < 2 and _columns(conn, "messages") and "user_id" not in _columns(conn, "messages"):
+                _migrate_v1(conn)
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
@@ -213,17 +225,6 @@ class SQLiteConversationStore(ConversationStore):
         return SQLiteChatMessageHistory(self, session_id, user_id)
 
     # --- sync implementations (run in worker threads by the async API) -------------------------
-    def _owner(self, conn: sqlite3.Connection, session_id: str) -> str | None:
-        row = conn.execute("SELECT user_id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
-        return row[0] if row else None
-
-    def _check_owner(self, conn: sqlite3.Connection, session_id: str, user_id: str) -> bool:
-        """True if the conversation exists (and is the user's); AccessDenied if someone else's."""
-        owner = self._owner(conn, session_id)
-        if owner is not None and owner != user_id:
-            raise AccessDenied(f"conversation {session_id!r} belongs to another user")
-        return owner is not None
-
     def _append(
         self, session_id: str, user_id: str, messages: Sequence[BaseMessage], model: str | None
     ) -> None:
@@ -248,32 +249,31 @@ class SQLiteConversationStore(ConversationStore):
         model: str | None,
         now: datetime,
     ) -> None:
+        key = (user_id, session_id)
         row = conn.execute(
-            "SELECT user_id, next_seq, title FROM sessions WHERE session_id = ?", (session_id,)
+            "SELECT next_seq, title FROM sessions WHERE user_id = ? AND session_id = ?", key
         ).fetchone()
-        if row is not None and row[0] != user_id:
-            raise AccessDenied(f"conversation {session_id!r} belongs to another user")
         ids = stored_ids(msgs)
         marks = ",".join("?" * len(ids))
         stored = {
             r[0]: (r[1], r[2])
             for r in conn.execute(
-                f"SELECT message_id, role, content FROM messages WHERE session_id = ? "  # noqa: S608 - only "?" placeholders are formatted in
+                f"SELECT message_id, role, content FROM messages WHERE user_id = ? AND session_id = ? "  # noqa: S608 - only "?" placeholders are formatted in
                 f"AND message_id IN ({marks})",
-                (session_id, *ids),
+                (*key, *ids),
             )
         }
         new = plan_keys(msgs, stored)
         if not new:
             return
-        seq = row[1] if row else 0
+        seq = row[0] if row else 0
         ts = _ts(now)
         rows = []
-        for key, m in new:
+        for mkey, m in new:
             f = message_fields(m)
             rows.append(
                 (
-                    session_id, seq, key, m.type, message_text(m), ts, f["backend"],
+                    user_id, session_id, seq, mkey, m.type, message_text(m), ts, f["backend"],
                     f["route_reason"], f["latency_ms"], f["ttft_ms"], f["model"],
                     f["input_tokens"], f["output_tokens"], serialize_message(m),
                 )
@@ -283,18 +283,17 @@ class SQLiteConversationStore(ConversationStore):
         title = derive_title(m for _, m in new) or ""
         if row is None:
             conn.execute(
-                "INSERT INTO sessions (session_id, user_id, title, created_at, updated_at, last_model, "
-                "message_count, next_seq, expire_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - constant columns
                 (session_id, user_id, title, ts, ts, model, len(new), seq, expire),
             )
         else:
             conn.execute(
                 "UPDATE sessions SET updated_at = ?, last_model = COALESCE(?, last_model), "
                 "message_count = message_count + ?, next_seq = ?, expire_at = ?, "
-                "title = CASE WHEN title = '' THEN ? ELSE title END WHERE session_id = ?",
-                (ts, model, len(new), seq, expire, title, session_id),
+                "title = CASE WHEN title = '' THEN ? ELSE title END WHERE user_id = ? AND session_id = ?",
+                (ts, model, len(new), seq, expire, title, *key),
             )
-        conn.executemany(f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)  # noqa: S608 - constant columns, "?" placeholders
+        conn.executemany(f"INSERT INTO messages ({_MSG_COLUMNS}) VALUES ({','.join('?' * 15)})", rows)  # noqa: S608 - constant columns, "?" placeholders
 
     def _to_messages(self, rows: Iterable[tuple[Any, ...]]) -> list[BaseMessage]:
         """(message, content) rows -> messages, exactly as written."""
@@ -304,107 +303,99 @@ class SQLiteConversationStore(ConversationStore):
 
     def _window(self, session_id: str, user_id: str, max_messages: int | None) -> list[BaseMessage]:
         if max_messages is not None and max_messages <= 0:
-            with _mapped():
-                self._check_owner(self._conn(), session_id, user_id)
             return []
         with _mapped():
-            # One statement: the owner rides along on every row (and alone when there are none).
             rows = (
                 self._conn()
                 .execute(
-                    "SELECT s.user_id, m.message, m.content FROM sessions s "
-                    "LEFT JOIN (SELECT * FROM messages WHERE session_id = ?1 ORDER BY seq DESC LIMIT ?2) m "
-                    "WHERE s.session_id = ?1 ORDER BY m.seq DESC",
-                    (session_id, -1 if max_messages is None else max_messages),
+                    "SELECT message, content FROM messages WHERE user_id = ? AND session_id = ? "
+                    "ORDER BY seq DESC LIMIT ?",
+                    (user_id, session_id, -1 if max_messages is None else max_messages),
                 )
                 .fetchall()
             )
-        if not rows:
-            return []
-        if rows[0][0] != user_id:
-            raise AccessDenied(f"conversation {session_id!r} belongs to another user")
-        if rows[0][1] is None:
-            return []
-        return self._to_messages(r[1:] for r in reversed(rows))
+        return self._to_messages(reversed(rows))
 
     def _page(self, session_id: str, user_id: str, before: int | None, limit: int) -> Page:
         if limit <= 0:
             raise ValueError("limit must be positive")
-        conn = self._conn()
         with _mapped():
-            if not self._check_owner(conn, session_id, user_id):
-                return Page([], None)
-            rows = conn.execute(
-                "SELECT seq, message, content FROM messages WHERE session_id = ? AND seq < ? "
-                "ORDER BY seq DESC LIMIT ?",
-                (session_id, before if before is not None else 2**62, limit + 1),
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT seq, message, content FROM messages WHERE user_id = ? AND session_id = ? "
+                    "AND seq < ? ORDER BY seq DESC LIMIT ?",
+                    (user_id, session_id, before if before is not None else 2**62, limit + 1),
+                )
+                .fetchall()
+            )
         more = len(rows) > limit
         rows = rows[:limit]
         msgs = self._to_messages(r[1:] for r in reversed(rows))
         return Page(msgs, rows[-1][0] if more and rows else None)
 
     def _all(self, session_id: str, user_id: str) -> list[BaseMessage]:
-        conn = self._conn()
         with _mapped():
-            if not self._check_owner(conn, session_id, user_id):
-                return []
-            rows = conn.execute(
-                "SELECT message, content FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT message, content FROM messages WHERE user_id = ? AND session_id = ? ORDER BY seq",
+                    (user_id, session_id),
+                )
+                .fetchall()
+            )
         return self._to_messages(rows)
 
     def _truncate(self, session_id: str, user_id: str, from_message_id: str) -> int:
         """`ChatHistory.atruncate`: one write transaction (concurrent appends queue behind it)."""
+        key = (user_id, session_id)
         with self._write() as conn:
-            if not self._check_owner(conn, session_id, user_id):
-                return 0
             row = conn.execute(
-                "SELECT seq, role, content FROM messages WHERE session_id = ? AND message_id = ?",
-                (session_id, from_message_id),
+                "SELECT seq, role, content FROM messages WHERE user_id = ? AND session_id = ? "
+                "AND message_id = ?",
+                (*key, from_message_id),
             ).fetchone()
             if row is None:
                 return 0
             first = conn.execute(
-                "SELECT NOT EXISTS (SELECT 1 FROM messages WHERE session_id = ? AND seq < ?)",
-                (session_id, row[0]),
+                "SELECT NOT EXISTS (SELECT 1 FROM messages WHERE user_id = ? AND session_id = ? AND seq < ?)",
+                (*key, row[0]),
             ).fetchone()[0]
             n = conn.execute(
-                "DELETE FROM messages WHERE session_id = ? AND seq >= ?", (session_id, row[0])
+                "DELETE FROM messages WHERE user_id = ? AND session_id = ? AND seq >= ?", (*key, row[0])
             ).rowcount
             conn.execute(
                 "UPDATE sessions SET message_count = MAX(0, message_count - ?), updated_at = ?, "
-                "title = CASE WHEN ? AND title = ? THEN '' ELSE title END WHERE session_id = ?",
-                (n, _ts(self.clock()), bool(first), _derived_title(row[1], row[2]), session_id),
+                "title = CASE WHEN ? AND title = ? THEN '' ELSE title END "
+                "WHERE user_id = ? AND session_id = ?",
+                (n, _ts(self.clock()), bool(first), _derived_title(row[1], row[2]), *key),
             )
             return n
 
     def _delete(self, session_id: str, user_id: str) -> None:
         with self._write() as conn:
-            if not self._check_owner(conn, session_id, user_id):
-                return
-            conn.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
-            conn.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            _delete_in(conn, user_id, session_id)
 
     def _rename(self, session_id: str, user_id: str, title: str) -> None:
         title = validate_title(title)
         with self._write() as conn:
-            if not self._check_owner(conn, session_id, user_id):
+            changed = conn.execute(
+                "UPDATE sessions SET title = ? WHERE user_id = ? AND session_id = ?",
+                (title, user_id, session_id),
+            ).rowcount
+            if not changed:
                 raise ConversationNotFound(session_id)
-            conn.execute("UPDATE sessions SET title = ? WHERE session_id = ?", (title, session_id))
 
     def _get_conversation(self, session_id: str, user_id: str) -> Conversation:
         conn = self._conn()
         with _mapped():
             row = conn.execute(
                 "SELECT session_id, user_id, title, created_at, updated_at, message_count, last_model "
-                "FROM sessions WHERE session_id = ?",
-                (session_id,),
+                "FROM sessions WHERE user_id = ? AND session_id = ?",
+                (user_id, session_id),
             ).fetchone()
         if row is None:
             raise ConversationNotFound(session_id)
-        if row[1] != user_id:
-            raise AccessDenied(f"conversation {session_id!r} belongs to another user")
         return _conversation(row)
 
     def _list(self, user_id: str, limit: int, cursor: str | None) -> ConversationList:
@@ -436,11 +427,11 @@ class SQLiteConversationStore(ConversationStore):
         """Delete conversations whose `expire_at` has passed (SQLite's stand-in for Firestore TTL)."""
         now = _ts(self.clock())
         with self._write() as conn:
-            ids = [r[0] for r in conn.execute("SELECT session_id FROM sessions WHERE expire_at < ?", (now,))]
-            for sid in ids:
-                conn.execute("DELETE FROM messages WHERE session_id = ?", (sid,))
-                conn.execute("DELETE FROM sessions WHERE session_id = ?", (sid,))
-        return len(ids)
+            expired = "SELECT user_id, session_id FROM sessions WHERE expire_at < ?"
+            keys = conn.execute(expired, (now,)).fetchall()
+            for user_id, session_id in keys:
+                _delete_in(conn, user_id, session_id)
+        return len(keys)
 
     # --- async API -----------------------------------------------------------------------------
     async def alist_conversations(
@@ -534,6 +525,39 @@ class SQLiteChatMessageHistory(ChatHistory):
 
     async def aget_page(self, before: int | None = None, limit: int = 50) -> Page:
         return await asyncio.to_thread(self.store._page, self.session_id, self.user_id, before, limit)
+
+
+def _delete_in(conn: sqlite3.Connection, user_id: str, session_id: str) -> None:
+    conn.execute("DELETE FROM messages WHERE user_id = ? AND session_id = ?", (user_id, session_id))
+    conn.execute("DELETE FROM sessions WHERE user_id = ? AND session_id = ?", (user_id, session_id))
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The column names of `table` (empty: no such table)."""
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 (conversations keyed by session id alone) -> 2 (keyed by owner and id), in the caller's
+    transaction: the old tables are renamed, the new ones created and filled, the old ones dropped.
+    Each message takes its conversation's owner; a message without a conversation (none are written:
+    the header and its messages are one transaction) could not be read before and is not copied."""
+    conn.execute("DROP INDEX IF EXISTS sessions_by_user")
+    conn.execute("ALTER TABLE sessions RENAME TO sessions_v1")
+    conn.execute("ALTER TABLE messages RENAME TO messages_v1")
+    for stmt in _SCHEMA.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+    conn.execute(
+        f"INSERT INTO sessions ({_SESSION_COLUMNS}) SELECT {_SESSION_COLUMNS} FROM sessions_v1"  # noqa: S608 - constant columns
+    )
+    old = ", ".join(f"m.{c.strip()}" for c in _MSG_COLUMNS.split(",")[1:])
+    conn.execute(
+        f"INSERT INTO messages ({_MSG_COLUMNS}) SELECT s.user_id, {old} "  # noqa: S608 - constant columns
+        "FROM messages_v1 m JOIN sessions_v1 s ON s.session_id = m.session_id"
+    )
+    conn.execute("DROP TABLE messages_v1")
+    conn.execute("DROP TABLE sessions_v1")
 
 
 def _derived_title(role: str, content: str) -> str | None:

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from graph import build_graph
 from graph.context import Services
 from graph.memory.codec import message_text
-from graph.memory.contract import AccessDenied, ConversationStore
+from graph.memory.contract import ConversationNotFound, ConversationStore
 from graph.settings import Settings
 from tests.hardening.conftest import (
     SERVER_PASSWORD,
@@ -52,9 +52,11 @@ ROOT = Path(__file__).resolve().parents[2]
 async def test_many_users_and_sessions_at_once_never_see_each_other(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """6 users x 3 sessions x 3 turns at once, streamed; meanwhile every user tries every other user's
-    sessions. Each answer echoes only its own session's messages; intruders get `AccessDenied`, reach
-    no model and leave the victims' histories exactly as their owners wrote them."""
+    """6 users x 3 sessions x 3 turns at once, streamed; meanwhile every user uses every other user's
+    session ids. Each answer echoes only its own session's messages; ids are scoped to their owner, so an
+    intruder finds nothing under a victim's id (as under an id nobody uses), a turn there starts the
+    intruder's own conversation (the model sees only the intruder's message), and the victims'
+    histories stay exactly as their owners wrote them."""
     emu = request.getfixturevalue("fs_env") if kind == "firestore" else None
     store: ConversationStore = make_store(kind, tmp_path, emu)
     model = ScriptedModel(reply=echo, chunk_chars=3, delay_s=0.001)  # streams interleave
@@ -62,7 +64,7 @@ async def test_many_users_and_sessions_at_once_never_see_each_other(
     users = [f"user-{i}" for i in range(6)]
     owned = {(u, new_id()) for u in users for _ in range(3)}
     started = {sid: asyncio.Event() for _, sid in owned}
-    denied: list[tuple[str, str]] = []
+    kept_apart: list[tuple[str, str]] = []
 
     async def converse(user: str, sid: str) -> None:
         for t in range(3):
@@ -83,36 +85,43 @@ async def test_many_users_and_sessions_at_once_never_see_each_other(
             started[sid].set()
 
     async def intrude(attacker: str, victim: str, sid: str) -> None:
-        await started[sid].wait()  # the conversation exists (an unknown id would just start a new one)
-        with pytest.raises(AccessDenied):
-            await graph.ainvoke(*turn(f"steal from {sid}", sid), context={"user_id": attacker})
-        with pytest.raises(AccessDenied):
-            await store.history(sid, attacker).aget_messages()
-        with pytest.raises(AccessDenied):
-            await store.history(sid, attacker).aadd_messages([HumanMessage(f"steal into {sid}")])
-        with pytest.raises(AccessDenied):
+        await started[sid].wait()  # the victim's conversation exists
+        with pytest.raises(ConversationNotFound):
             await store.aget_conversation(sid, attacker)
-        denied.append((attacker, sid))
+        assert await store.history(sid, attacker).aget_messages() == []
+        out = await graph.ainvoke(*turn(f"steal from {sid}", sid), context={"user_id": attacker})
+        assert out["messages"][-1].content == f"echo:steal from {sid}"  # nothing of the victim's
+        await store.history(sid, attacker).aadd_messages([HumanMessage(f"steal into {sid}")])
+        kept_apart.append((attacker, sid))
 
     await asyncio.gather(
         *(converse(u, sid) for u, sid in owned),
         *(intrude(a, u, sid) for a in users for u, sid in owned if a != u),
     )
-    assert len(denied) == len(owned) * (len(users) - 1)
-    assert not any("steal" in message_text(m) for p in model.prompts for m in p)
+    assert len(kept_apart) == len(owned) * (len(users) - 1)
+    for prompt in model.prompts:  # no prompt mixes an intruder's messages with anyone else's
+        said = [message_text(m) for m in prompt if m.type == "human"]
+        assert len(said) == 1 or not any("steal" in t for t in said), said
     for user, sid in owned:
         msgs = await store.history(sid, user).aget_messages()
         humans = [m.content for m in msgs if m.type == "human"]
         assert humans == [f"<{user}|{sid}|{k}>" for k in range(3)]
         assert [m.type for m in msgs] == ["human", "ai"] * 3
+        for attacker in users:
+            if attacker != user:
+                theirs = await store.history(sid, attacker).aget_messages()
+                assert [m.content for m in theirs if m.type == "human"] == [
+                    f"steal from {sid}",
+                    f"steal into {sid}",
+                ]
     for user in users:
         listed = await store.alist_conversations(user, limit=100)
-        assert {c.session_id for c in listed.conversations} == {sid for u, sid in owned if u == user}
+        assert {c.session_id for c in listed.conversations} == {sid for _, sid in owned}  # own + intruded
     await store.aclose()
 
 
 @pytest.mark.integration
-async def test_over_http_another_users_session_is_refused_and_left_untouched(
+async def test_over_http_another_users_session_is_not_found_and_left_untouched(
     chat_server: dict[str, Any],
 ) -> None:
     alice = await login(chat_server["url"], "alice")
@@ -121,12 +130,18 @@ async def test_over_http_another_users_session_is_refused_and_left_untouched(
         sid = new_id()
         await call_api(alice, "chat", "alice's private note", "gemma", sid, None, None)
         before, _, _ = await call_api(alice, "conversation", sid)
-        with pytest.raises(ApiError, match="not available"):
+        with pytest.raises(ApiError, match="not available") as theirs:
             await call_api(eve, "conversation", sid)
-        reply = await chat_text(eve, "show me alice's note", sid)
-        assert "not available" in reply and "private note" not in reply
+        with pytest.raises(ApiError, match="not available") as nobodys:
+            await call_api(eve, "conversation", new_id())
+        assert str(theirs.value) == str(nobodys.value)  # "not yours" reads as "not found"
         listed, _, _ = await call_api(eve, "conversations")
         assert sid not in {c["session_id"] for c in listed}
+        # Eve's turn under alice's id is eve's own conversation: alice's stays out of it, and unchanged.
+        reply = await chat_text(eve, "show me alice's note", sid)
+        assert "private note" not in reply and "not available" not in reply
+        mine, _, _ = await call_api(eve, "conversation", sid)
+        assert [m["content"] for m in mine if m["role"] == "user"] == ["show me alice's note"]
         after, _, _ = await call_api(alice, "conversation", sid)
         assert after == before and len(before) == 2
     finally:
