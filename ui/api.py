@@ -8,10 +8,13 @@ header, or HTTP Basic with the configured users, or the single local user), the 
 Request: `{"message": "...", "model": "auto", "session_id": "...", "temperature": 0.2, "max_tokens": 256,
 "top_p": 0.9, "system_prompt": "...", "attachments": [{"data": "<base64>", "name": "shot.png"}]}` (only
 `message` is required, and it may be empty when there are attachments; no `session_id` starts a
-conversation). An attachment is an image (PNG, JPEG, GIF, WebP) or a PDF, base64 in JSON (what an SSE
-client sends without multipart); its type is sniffed from the bytes (`mime_type`, if sent, is ignored),
-and it is checked here as the graph does (`graph.validation`): a bad one is refused with 400 saying why,
-before any model is called. The whole body is bounded by `HYBRID_CHAT_MAX_REQUEST_BYTES` (413).
+conversation with a new id). A `session_id` names one of the caller's conversations, or starts one: ids
+are scoped to their owner, so another user's conversation of the same id is a different one, never
+reached from here (issue 17, finding 10). An attachment is an image (PNG, JPEG, GIF, WebP) or a PDF,
+base64 in JSON (what an SSE client sends without multipart); its type is sniffed from the bytes
+(`mime_type`, if sent, is ignored), and it is checked here as the graph does (`graph.validation`): a bad
+one is refused with 400 saying why, before any model is called. The whole body is bounded by
+`HYBRID_CHAT_MAX_REQUEST_BYTES` (413).
 Response: `text/event-stream`; `event: delta` with `{"text": "<the new piece>"}` as tokens come, then one
 `event: done` with `{"kind": "answer"|"backend_error"|"failed", "text", "session_id", "meta"}`.
 """
