@@ -167,3 +167,24 @@ def test_a_file_over_the_size_limit_is_refused_in_words(page: Any) -> None:
     attach(page, "button", "huge.png", big)
     expect(page.get_by_text(re.compile("maximum allowed size|exceed", re.I)).first).to_be_visible()
     expect(page.locator(THUMBS)).to_have_count(0)
+
+
+def test_an_image_and_a_pdf_go_together(page: Any) -> None:
+    from tests.test_api_attachments import pdf
+
+    pick_model(page, "Auto")
+    image, doc = png(16, 16), pdf()
+    attach(page, "button", "chart.png", image)
+    expect(page.locator(THUMBS)).to_have_count(1)
+    attach(page, "drop", "report.pdf", doc, "application/pdf")
+    expect(page.locator('#hc-input [aria-label="File thumbnail"]')).to_have_count(2)  # a PDF has an icon
+    box = page.locator("#hc-input textarea")
+    box.fill("Compare these")
+    box.press("Enter")
+    answer = bots(page).first
+    expect(answer).to_contain_text(f"image/png 16x16, {len(image):,} bytes")
+    expect(answer).to_contain_text("application/pdf")
+    chips = users(page).first.locator(".hc-file")
+    expect(chips).to_have_text(
+        [f"chart.png · image/png · {len(image)} bytes", f"report.pdf · application/pdf · {len(doc)} bytes"]
+    )
