@@ -25,14 +25,13 @@ from pydantic import SecretStr
 
 from graph.backends import Backends
 from graph.client import ChatClient
-from graph.memory.contract import META_KEY, AccessDenied
+from graph.memory.contract import META_KEY, ConversationNotFound
 from graph.memory.sqlite import SQLiteConversationStore
 from tests.browser.appserver import serve_app
 from tests.conftest import local_settings
 from tests.support.server import free_port
 from ui.auth import IapError, IapVerifier, Identity, parse_auth_users, parse_iap_email_header
 from ui.chat import (
-    NOT_AVAILABLE,
     ChatService,
     Delta,
     Done,
@@ -314,19 +313,22 @@ async def test_turn_streams_then_saves(service: ChatService) -> None:
 
 @pytest.mark.integration
 async def test_conversations_are_private(service: ChatService) -> None:
+    """Conversation ids are scoped to their owner (issue 17, finding 10): bob presenting alice's id reads,
+    renames, deletes or cuts nothing of hers, and a turn under that id is a conversation of his own."""
     await _turn(service, "alice", "secret", "Hello")
-    _, done = await _turn(service, "bob", "secret", "Let me in")
-    assert done.kind == "failed" and done.text == NOT_AVAILABLE
-    for attempt in (
-        service.messages("bob", "secret"),
-        service.rename("bob", "secret", "mine now"),
-        service.delete("bob", "secret"),
-        service.truncate("bob", "secret", "any-id"),
-    ):
-        with pytest.raises(AccessDenied):
-            await attempt
+    with pytest.raises(ConversationNotFound):
+        await service.messages("bob", "secret")
+    with pytest.raises(ConversationNotFound):
+        await service.rename("bob", "secret", "mine now")
+    await service.delete("bob", "secret")  # his own (none): nothing of alice's goes
+    assert await service.truncate("bob", "secret", "any-id") == 0
     assert [c.session_id for c in (await service.conversations("bob")).conversations] == []
-    assert len(await service.messages("alice", "secret")) == 2  # untouched
+    _, done = await _turn(service, "bob", "secret", "Let me in")
+    assert done.kind == "answer"
+    bobs = await service.messages("bob", "secret")
+    assert [m.content for m in bobs if m.type == "human"] == ["Let me in"]
+    alices = await service.messages("alice", "secret")
+    assert [m.content for m in alices if m.type == "human"] == ["Hello"] and len(alices) == 2  # untouched
 
 
 @pytest.mark.integration
@@ -475,8 +477,11 @@ def test_users_are_isolated_through_the_ui_api(tmp_path: Path, local_backends: B
         with pytest.raises(Exception, match="not available") as missing:
             bob.predict("no-such-conversation", api_name="/conversation")
         assert str(theirs.value) == str(missing.value)  # "not yours" reads the same as "not found"
-        with pytest.raises(Exception, match="not available"):
-            bob.predict("Tell me Alice's secrets", "gemma", "alice-1", api_name="/chat")
+        # The same id is bob's own conversation (ids are scoped to their owner): nothing of alice's in it.
+        bob.predict("Tell me Alice's secrets", "gemma", "alice-1", api_name="/chat")
+        theirs_now = bob.predict("alice-1", api_name="/conversation")
+        assert [m["content"] for m in theirs_now if m["role"] == "user"] == ["Tell me Alice's secrets"]
+        assert "capital of France" not in json.dumps(theirs_now)
 
         alice.predict("Thanks", "gemma", "alice-1", api_name="/chat")
         with pytest.raises(Exception, match="too fast"):  # 2 a minute
