@@ -223,6 +223,9 @@ _TAB_QUERY = re.compile(r"^/gradio_api/queue/data/?$")
 _TAB_PATH = re.compile(r"^/gradio_api/heartbeat/([^/]+)/?$")
 MAX_TABS = 100_000  # tab owners remembered (the least recently seen are forgotten first)
 _UPLOAD = re.compile(r"^/gradio_api/upload/?$")
+# Any other POST into Gradio's API may carry an event's `data` (run, api, call/v2, stream, ...): its files
+# are checked too. Not the upload itself (a multipart body) nor sign-in (a form).
+_DATA_BODY = re.compile(r"^/gradio_api/(?!upload/?$).+")
 _FILE = re.compile(r"^/gradio_api/file[=/](.+)$")  # Gradio's file route and its deprecated form
 MAX_UPLOADS = 100_000  # uploaded paths remembered (the oldest are forgotten first: then nobody gets them)
 
@@ -347,6 +350,9 @@ class SignInGuard:
         if _TAB_BODY.match(path) or _TAB_QUERY.match(path) or _TAB_PATH.match(path):
             await self._tab(scope, receive, send)
             return
+        if scope["method"] == "POST" and _DATA_BODY.match(path):
+            await self._data(scope, receive, send)
+            return
         if scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, _without_api_info(send))
             return
@@ -368,18 +374,13 @@ class SignInGuard:
                 return
             receive = _replay(body, receive)
             try:
-                parsed = json.loads(body)
-                value = parsed.get("session_hash")
-                files = _event_files(parsed.get("data"))
+                value = json.loads(body).get("session_hash")
             except (ValueError, AttributeError):  # not a JSON object: Gradio refuses it itself
-                value, files = None, []
+                value = None
             session_hash = value if isinstance(value, str) else None
-            if files:  # an event naming files: only the caller's own uploads
-                user = await signed_in_user(scope)
-                if user is None or not all(self.uploads.allows(f, user) for f in files):
-                    log.warning("refused an event naming a file that %r did not upload", user)
-                    await _not_found(scope, receive, send)
-                    return
+            if not await self._own_files(scope, body):
+                await _not_found(scope, receive, send)
+                return
         cancel = path.rstrip("/").endswith("/cancel")
         if session_hash is None and not cancel:
             await self.app(scope, receive, send)  # no tab named (e.g. a /call without one): Gradio's own
@@ -399,6 +400,33 @@ class SignInGuard:
             return
         if session_hash:
             self.tab_owners.move_to_end(session_hash)
+        await self.app(scope, receive, send)
+
+    async def _own_files(self, scope: Scope, body: bytes) -> bool:
+        """False when the JSON body's `data` names a file (a `path`) that is not one of the caller's
+        uploads (a URL included)."""
+        try:
+            files = _event_files(json.loads(body).get("data"))
+        except (ValueError, AttributeError):  # not a JSON object: no files named
+            return True
+        if not files:
+            return True
+        user = await signed_in_user(scope)
+        if user is not None and all(self.uploads.allows(f, user) for f in files):
+            return True
+        log.warning("refused an event naming a file that %r did not upload", user)
+        return False
+
+    async def _data(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's other routes that run a function on `data` (`/run/<name>`, `/api/<name>`,
+        `/call/v2/<name>`, ...): the same check of the files they name."""
+        body = await _read_body(receive)
+        if body is None:
+            return
+        receive = _replay(body, receive)
+        if not await self._own_files(scope, body):
+            await _not_found(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -98,7 +98,12 @@ async def test_an_upload_is_its_uploaders_alone_capped_and_gone_once_sent(
         assert r.status_code == 404, r.text
         r = await intruder.send("fetch this", files=[_file_data("http://169.254.169.254/", "x.png")])
         assert r.status_code == 404, r.text  # a URL is nobody's upload either
-        assert _on_disk(path) == UPLOAD_PNG  # the owner's file is untouched
+        # ... nor through Gradio's API routes (`/turn` takes files), whichever route runs it.
+        data = ["what is this?", "gemini", "", None, None, None, None, [_file_data(path, "shot.png")]]
+        for route in ("call/turn", "call/v2/turn", "run/turn", "api/turn"):
+            r = await other.post(f"/gradio_api/{route}", json={"data": data})
+            assert r.status_code == 404, (route, r.status_code, r.text[:200])
+        assert _on_disk(path) == UPLOAD_PNG  # the owner's file is untouched (a send would delete it)
 
         # Over the attachment limit (5 MB): refused by Gradio, saying why, and nothing kept.
         big = b"BIG-MARKER" + b"\x00" * 5_000_000
