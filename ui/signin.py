@@ -85,7 +85,8 @@ class SignInPage:
                 scope, receive, send
             )
             return
-        assert start is not None  # an ASGI app always starts its response
+        if start is None:  # the app ended without a response (it raised): nothing to pass on
+            return
         await send(start)
         await send({"type": "http.response.body", "body": body})
 
