@@ -1,6 +1,8 @@
 # Firestore (Native mode) database that holds the chat memory:
-#   chat_sessions/{session_id}                 user_id, title, updated_at, expire_at, ...
-#   chat_sessions/{session_id}/messages/{id}   one document per message, expire_at copied from the session
+#   chat_sessions/{owner}:{session_id}         user_id, session_id, title, updated_at, expire_at, ...
+#   chat_sessions/{owner}:{session_id}/messages/{id}   one document per message, expire_at copied
+# ({owner}: sha256 of the user id, 32 hex digits: ids are scoped to their owner. An unowned session,
+# langchain-google-firestore's layout, is chat_sessions/{session_id}.)
 resource "google_firestore_database" "chat" {
   project     = var.project_id
   name        = "chat-app-db"
