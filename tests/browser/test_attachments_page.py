@@ -140,9 +140,14 @@ def test_a_message_of_files_only_is_sent(page: Any) -> None:
     image = png(24, 24)
     attach(page, "button", "only.png", image)
     expect(page.locator(THUMBS)).to_have_count(1)
-    page.locator("#hc-input textarea").press("Enter")  # no text: the image is the message
+    box = page.locator("#hc-input textarea")
+    box.press("Enter")  # no text: the image is the message
+    box.press_sequentially("and then")  # typed at once: the turn's replies never rewrite the box
     answer = bots(page).first
     expect(answer).to_contain_text(f"image/png 24x24, {len(image):,} bytes")
+    expect(answer.locator(".hc-meta")).to_be_visible()
+    expect(box).to_have_value("and then")
+    expect(page.locator(THUMBS)).to_have_count(0)
     expect(users(page).first.locator(".hc-file")).to_have_text(f"only.png · image/png · {len(image)} bytes")
 
 
