@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     browser is open, and asyncio tests after it would fail with "cannot be called from a running loop"."""
 
     def order(item: pytest.Item) -> int:
-        if item.get_closest_marker("browser") is None:
+        in_browser_dir = "browser" in item.path.parent.parts[-1:]  # a file there without the marker too
+        if item.get_closest_marker("browser") is None and not in_browser_dir:
             return 0
         # Async browser tests (Playwright's async API) before the sync ones, whose loop stays running.
         return 1 if inspect.iscoroutinefunction(getattr(item, "obj", None)) else 2

@@ -16,6 +16,13 @@ from tests.browser.appserver import serve_app
 from tests.browser.test_chat_ui import INPUT, send, wait_answer
 from tests.conftest import local_settings
 
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
 GOOGLE_BLUE = "rgb(26, 115, 232)"  # the chat's Send button and this form's button
 
 
