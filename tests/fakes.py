@@ -13,7 +13,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
 from graph.backends import BackendName, Backends, GenerationParams
-from graph.memory.contract import AccessDenied, ChatHistory, ConversationStore, Page
+from graph.memory.contract import ChatHistory, ConversationStore, Page
 from graph.settings import Settings
 
 
@@ -22,10 +22,8 @@ class InMemoryHistory(ChatHistory):
         self._store, self.session_id, self.user_id = store, session_id, user_id
 
     def _rows(self) -> list[BaseMessage]:
-        owner = self._store.owners.get(self.session_id)
-        if owner is not None and owner != self.user_id:
-            raise AccessDenied(self.session_id)
-        return self._store.rows.setdefault(self.session_id, [])
+        # Keyed by (user, id), as the real stores are: another user's id is another conversation.
+        return self._store.rows.setdefault((self.user_id, self.session_id), [])
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
@@ -45,7 +43,6 @@ class InMemoryHistory(ChatHistory):
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         rows = self._rows()
-        self._store.owners.setdefault(self.session_id, self.user_id)
         ids = {m.id for m in rows}
         rows.extend(m for m in messages if m.id not in ids)
 
@@ -78,9 +75,12 @@ class InMemoryHistory(ChatHistory):
 
 class InMemoryStore(ConversationStore):
     def __init__(self) -> None:
-        self.rows: dict[str, list[BaseMessage]] = {}
-        self.owners: dict[str, str] = {}
+        self.rows: dict[tuple[str, str], list[BaseMessage]] = {}  # by (user, conversation id)
         self.fail_writes = False
+
+    def of(self, session_id: str, user_id: str = "local") -> list[BaseMessage]:
+        """What is stored for that user's conversation (the settings' default user unless named)."""
+        return self.rows.get((user_id, session_id), [])
 
     def history(self, session_id: str, user_id: str) -> InMemoryHistory:
         return InMemoryHistory(self, session_id, user_id)

@@ -61,7 +61,7 @@ def test_a_second_turn_sees_the_first_and_both_are_saved() -> None:
     prompt = seen[-1]
     assert isinstance(prompt[0], SystemMessage)
     assert [m.content for m in prompt[1:]] == ["My name is Ada.", "Hello Ada.", "What is my name?"]
-    assert [m.content for m in store.rows["s1"]] == [
+    assert [m.content for m in store.of("s1")] == [
         "My name is Ada.",
         "Hello Ada.",
         "What is my name?",
@@ -89,7 +89,7 @@ async def test_a_failed_model_call_keeps_the_users_message_and_says_so() -> None
     g, store, _ = make({"gemma": failing(), "gemini": fake_model("x")}, fallback_enabled=False)
     out = await g.ainvoke(*ask("Are you there?", model="gemma"))
     assert out["error"] and "unavailable" in out["messages"][-1].content
-    assert [m.content for m in store.rows["s1"]] == ["Are you there?"]
+    assert [m.content for m in store.of("s1")] == ["Are you there?"]
 
 
 async def test_an_explicit_choice_is_retried_once_then_answered_by_the_other_with_a_note() -> None:
@@ -98,7 +98,7 @@ async def test_an_explicit_choice_is_retried_once_then_answered_by_the_other_wit
     assert backends.calls == ["gemma", "gemma", "gemini"]
     assert out["messages"][-1].content == "From Gemini" and out["backend"] == "gemini"
     assert out["route_reason"] == "fallback: Gemma unavailable; answered by Gemini"
-    assert [m.content for m in store.rows["s1"]] == ["hi", "From Gemini"]
+    assert [m.content for m in store.of("s1")] == ["hi", "From Gemini"]
 
 
 async def test_the_circuit_opens_skips_the_dead_backend_and_closes_when_it_is_back() -> None:
@@ -140,7 +140,7 @@ async def test_a_failure_mid_answer_keeps_the_partial_answer_marked_interrupted(
     answer = out["messages"][-1]
     assert answer.content == "a b" and answer.response_metadata["hybrid_chat"]["interrupted"]
     assert backends.calls == ["gemma"]  # no second model's text is appended
-    assert store.rows["s1"][-1].content == "a b"
+    assert store.of("s1")[-1].content == "a b"
 
 
 async def test_a_memory_outage_on_save_is_reported_not_raised() -> None:
@@ -159,12 +159,9 @@ def test_an_unknown_model_is_a_clear_error() -> None:
 def test_the_user_comes_from_the_run_context() -> None:
     g, store, _ = make({"gemma": fake_model("a", "b"), "gemini": fake_model("x")})
     g.invoke(*ask("mine"), context={"user_id": "alice"})
-    assert store.owners["s1"] == "alice"
-    from graph.memory.contract import AccessDenied
-
-    with pytest.raises(AccessDenied):
-        g.invoke(*ask("let me in"), context={"user_id": "mallory"})
-    assert [m.content for m in store.rows["s1"]] == ["mine", "a"]
+    g.invoke(*ask("let me in"), context={"user_id": "mallory"})  # the same id: her own conversation
+    assert [m.content for m in store.of("s1", "alice")] == ["mine", "a"]
+    assert [m.content for m in store.of("s1", "mallory")] == ["let me in", "b"]
 
 
 async def test_metrics_count_requests_routes_and_fallbacks(caplog: pytest.LogCaptureFixture) -> None:
@@ -215,8 +212,8 @@ async def test_with_a_checkpointer_the_prompt_still_holds_only_the_history_windo
         assert out["messages"][-1].content == f"answer {i}"
     last = prompts[-1]
     assert [m.content for m in last[1:]] == ["question 3", "answer 3", "question 4", "answer 4", "question 5"]
-    assert [m.content for m in store.rows["t1"]][-2:] == ["question 5", "answer 5"]
-    assert len(store.rows["t1"]) == 12  # every turn saved once
+    assert [m.content for m in store.of("t1")][-2:] == ["question 5", "answer 5"]
+    assert len(store.of("t1")) == 12  # every turn saved once
 
 
 def test_a_backend_refusing_our_credentials_is_routed_around_without_asking_it() -> None:
@@ -238,4 +235,4 @@ async def test_a_stop_as_the_answer_ends_still_saves_it() -> None:
             await stream.aclose()
             break
     await SERVICES[id(store)].turns.settle()
-    assert [m.content for m in store.rows["s1"]] == ["Keep this", "Kept."]
+    assert [m.content for m in store.of("s1")] == ["Keep this", "Kept."]
