@@ -8,11 +8,44 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import httpx
 from langchain_core.messages import BaseMessage
 
 from graph.memory.contract import ChatHistory, ConversationStore, Page
+
+
+class Child:
+    """A server in a process of its own, its output in a log file: started, waited for until `ready_url`
+    answers 200 (or it exits, or `timeout_s` passes: an error naming the log), and stopped."""
+
+    def __init__(
+        self, cmd: list[str], env: dict[str, str], log_path: Path, ready_url: str, *, timeout_s: float = 60
+    ) -> None:
+        self.log = open(log_path, "w")  # open for the child's lifetime, closed by stop()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)  # noqa: S603
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.close()
+                raise RuntimeError(f"{cmd[0]} exited with {self.proc.returncode}: see {log_path}")
+            try:
+                if httpx.get(ready_url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{cmd[0]} did not answer {ready_url} within {timeout_s:g} s: see {log_path}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
 
 
 def pct(values: Sequence[float], q: float) -> float:

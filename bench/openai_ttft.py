@@ -28,14 +28,11 @@ import os
 import random
 import secrets
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
-from bench.common import free_port, pct
+from bench.common import Child, free_port, pct
 from bench.serve_load import Server
 
 SYSTEM = "You are a helpful assistant."
@@ -56,7 +53,7 @@ def llama_server() -> tuple[object, str]:
     return server, server.listening_address + "/v1"
 
 
-class LiteLLMProxy:
+class LiteLLMProxy(Child):
     """LiteLLM's proxy in its own process, one model `gemma` -> the llama.cpp server; a random master
     key (it refuses to start without one), no database."""
 
@@ -81,32 +78,9 @@ class LiteLLMProxy:
             "LITELLM_LOG": "ERROR",
             "LITELLM_MASTER_KEY": self.key,
         }
-        self.log = open(self.tmp / "proxy.log", "w")
-        self.proc = subprocess.Popen(  # noqa: S603
-            [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the LiteLLM proxy exited: see {self.tmp / 'proxy.log'}")
-            try:
-                if httpx.get(self.url + "/health/liveliness", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("the LiteLLM proxy did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        cmd = [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(self.port)]
+        super().__init__(cmd, env, self.tmp / "proxy.log", self.url + "/health/liveliness", timeout_s=120)
 
 
 async def ttft(client: object, model: str, text: str) -> float:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +25,12 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, pct, stub_server
+from bench.common import Child, free_port, pct, stub_server
 
 
-class Server:
+class Server(Child):
+    """`hybrid-chat serve` on a free port, its database and log in a temporary directory."""
+
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.tmp = Path(tempfile.mkdtemp())
@@ -43,18 +44,9 @@ class Server:
             **env,
         )
         exe = str(Path(sys.executable).with_name("hybrid-chat"))
-        self.log = open(self.tmp / "serve.log", "w")
-        self.proc = subprocess.Popen(  # noqa: S603
-            [exe, "serve", "--port", str(self.port)], env=full, stdout=self.log, stderr=subprocess.STDOUT
-        )
         self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(600):
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
+        cmd = [exe, "serve", "--port", str(self.port)]
+        super().__init__(cmd, full, self.tmp / "serve.log", self.url + "/healthz")
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as fh:
@@ -62,14 +54,6 @@ class Server:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
         return float("nan")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 async def turn(client: httpx.AsyncClient, url: str, text: str, session: str) -> tuple[float, float, str]:
