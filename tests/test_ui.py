@@ -730,3 +730,51 @@ async def test_a_message_of_files_only_goes_as_content_blocks_and_resends_with_t
         async for _ in h.regenerate(st, *gen, first_answer, request=request):
             pass
     assert len(sent) == 3
+
+
+async def test_inline_rename_renames_by_id_and_only_the_owners(tmp_path: Path) -> None:
+    """The list's inline rename (`ChatHandlers.rename_listed`, what the page's Enter sends): any entry is
+    renamed by its id without opening it, the Title box follows only for the open conversation, another
+    user's id renames nothing, and a malformed request or an empty title changes nothing."""
+    import gradio as gr
+
+    from tests.fakes import ScriptedBackends
+    from tests.hardening.conftest import ScriptedModel, echo
+    from ui.handlers import ChatHandlers, Session
+
+    settings = local_settings(tmp_path)
+    model = ScriptedModel(reply=echo)
+    client = ChatClient.from_settings(
+        settings,
+        store=SQLiteConversationStore(settings.sqlite_path),
+        backends=ScriptedBackends(settings, {"gemma": model, "gemini": model}),
+    )
+    service = ChatService(client)
+    signed_in = SimpleNamespace(user_of=lambda request: request.username, mode="password")
+    h = ChatHandlers(service, signed_in, RateLimiter(0))  # type: ignore[arg-type]
+    alice, bob = (gr.Request(username=u, session_hash=u) for u in ("alice", "bob"))
+    for sid in ("open", "other"):
+        await _turn(service, "alice", sid, f"Hello {sid}")
+
+    async def titles(user: str) -> dict[str, str]:
+        return {c.session_id: c.title for c in (await service.conversations(user)).conversations}
+
+    st = Session(user="alice", sid="open")
+    conv, title = await h.rename_listed(json.dumps({"sid": "other", "title": "Trip <b>plan</b>"}), st, alice)
+    assert (await titles("alice"))["other"] == "Trip <b>plan</b>"
+    assert ("Trip <b>plan</b>", "other") in conv["choices"] and conv["value"] == "open"
+    assert title == gr.skip() and st.sid == "open"  # not opened: the chat on screen stays
+    conv, title = await h.rename_listed(json.dumps({"sid": "open", "title": "  My   chat "}), st, alice)
+    assert title["value"] == "My chat" and (await titles("alice"))["open"] == "My chat"
+
+    with pytest.warns(UserWarning, match="not available"):
+        out = await h.rename_listed(json.dumps({"sid": "other", "title": "mine now"}), Session(), bob)
+    assert out == (gr.skip(), gr.skip())
+    for bad in ("", "not json", "[1, 2]", json.dumps({"sid": 3, "title": "x"}), json.dumps({"title": "x"})):
+        assert await h.rename_listed(bad, st, alice) == (gr.skip(), gr.skip())
+    with pytest.warns(UserWarning, match="Not renamed: title must not be empty"):
+        assert await h.rename_listed(json.dumps({"sid": "open", "title": "  "}), st, alice) == (
+            gr.skip(),
+            gr.skip(),
+        )
+    assert await titles("alice") == {"open": "My chat", "other": "Trip <b>plan</b>"}

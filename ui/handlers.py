@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import html
+import json
 import logging
 import re
 import uuid
@@ -630,23 +631,50 @@ class ChatHandlers:
         st.sid, st.rows = None, []
         return [], st, gr.update(value=None), gr.update(value=""), self.decor(st)
 
+    async def renamed(self, user: str, sid: str, title: Any) -> bool:
+        """Rename `user`'s conversation `sid` (the store checks it is theirs); a refusal is a note in
+        words. One path for the Title box and the list's inline rename."""
+        try:
+            await self.service.rename(user, sid, validate_title(title))
+        except ValueError as exc:
+            gr.Warning(f"Not renamed: {exc}.")
+            return False
+        except (AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
+            gr.Warning(friendly_error(exc))
+            return False
+        gr.Info("Renamed.")
+        return True
+
     async def rename(self, title: str, st: Any, request: gr.Request) -> Any:
+        """The Title box: renames the open conversation."""
         user = self.user_of(request)
         st = _session(st, user)
         if st.sid is None or not st.rows:
             gr.Warning("Send a message first: an empty conversation has nothing to rename.")
             return gr.skip()
-        try:
-            await self.service.rename(user, st.sid, validate_title(title))
-        except ValueError as exc:
-            gr.Warning(f"Not renamed: {exc}.")
+        if not await self.renamed(user, st.sid, title):
             return gr.skip()
-        except (AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
-            gr.Warning(friendly_error(exc))
-            return gr.skip()
-        gr.Info("Renamed.")
         conv, _more = await self.conversation_choices(user, st)
         return conv
+
+    async def rename_listed(self, asked: Any, st: Any, request: gr.Request) -> tuple:
+        """Inline rename in the list (ui.page.RENAME_INLINE): `asked` is '{"sid": ..., "title": ...}'
+        for any entry, renamed by its id without opening it (a rename needs no history, and opening
+        would stop the chat on screen); the id comes from the browser, so the store's owner check
+        decides. The list, and the Title box if it is the open conversation, show the new title."""
+        user = self.user_of(request)
+        st = _session(st, user)
+        try:
+            wanted = json.loads(asked) if isinstance(asked, str) else None
+            sid, title = wanted["sid"], wanted["title"]
+        except (ValueError, TypeError, KeyError):
+            return gr.skip(), gr.skip()
+        if not isinstance(sid, str) or not sid or not await self.renamed(user, sid[:200], title):
+            return gr.skip(), gr.skip()
+        conv, _more = await self.conversation_choices(user, st)
+        if sid != st.sid:
+            return conv, gr.skip()
+        return conv, gr.update(value=next((t for t, s in st.listed if s == sid), ""))
 
     def arm_delete(self, st: Any, request: gr.Request) -> tuple:
         st = _session(st, self.user_of(request))

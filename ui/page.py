@@ -149,6 +149,107 @@ DECORATE = """() => {
   window.__hcDecorate = apply;
   schedule();
 }"""
+# Inline rename in the conversation list: a Rename button (pencil) on each entry opens a field in
+# place, prefilled with the title; Enter saves, Escape or leaving the field restores it, and nothing is
+# sent. F2 on an entry does the same from the keyboard, and double-clicking a title too. The button is
+# always there on a touch screen (no hover), on hover, focus and the open entry otherwise (CSS). Enter
+# hands {sid, title} to the hidden `#hc-rename-go` button (RENAME_REQUEST reads it), which renames by id
+# on the server. Written by hand: Gradio's Radio has no per-choice actions or editing. Idempotent, like
+# DECORATE; the radio's accessible name is set to the title so the button's name does not join it.
+RENAME_INLINE = """() => {
+  if (window.__hcRename) return;
+  const titleOf = (label) => label.querySelector('input[type=radio] + span')?.textContent ?? '';
+  const decorate = () => {
+    document.querySelectorAll('#hc-conversations label').forEach((label) => {
+      const radio = label.querySelector('input[type=radio]');
+      if (!radio || !radio.value) return;
+      const title = titleOf(label);
+      if (radio.getAttribute('aria-label') !== title) radio.setAttribute('aria-label', title);
+      let b = label.querySelector(':scope > .hc-rename');
+      if (!b) {
+        b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'hc-rename';
+        b.textContent = '\\u270E';
+        b.title = 'Rename';
+        b.addEventListener('click', (e) => { e.preventDefault(); e.stopPropagation(); edit(label); });
+        label.append(b);
+      }
+      const name = `Rename \\u201C${title}\\u201D`;
+      if (b.getAttribute('aria-label') !== name) b.setAttribute('aria-label', name);
+    });
+  };
+  const edit = (label) => {
+    if (label.querySelector('.hc-rename-input')) return;
+    const radio = label.querySelector('input[type=radio]');
+    const span = label.querySelector('input[type=radio] + span');
+    if (!radio || !span) return;
+    const sid = radio.value;
+    const old = titleOf(label);
+    const box = document.createElement('input');
+    box.type = 'text';
+    box.className = 'hc-rename-input';
+    box.value = old;
+    box.maxLength = 200;
+    box.setAttribute('aria-label', 'New title');
+    box.setAttribute('enterkeyhint', 'done');
+    label.classList.add('hc-renaming');
+    span.after(box);
+    let open = true;
+    const close = (refocus) => {
+      if (!open) return;
+      open = false;
+      box.remove();
+      label.classList.remove('hc-renaming');
+      if (refocus) label.querySelector('.hc-rename')?.focus();
+    };
+    box.addEventListener('keydown', (e) => {
+      e.stopPropagation();  // the list's own keys (arrows, F2) and Gradio's stay out of the field
+      if (e.key === 'Enter' && !e.isComposing) {
+        e.preventDefault();
+        const title = box.value.trim();
+        close(true);
+        if (title && title !== old) save(sid, title);
+      } else if (e.key === 'Escape') {
+        e.preventDefault();
+        close(true);
+      }
+    });
+    box.addEventListener('blur', () => close(false));
+    // A click in the field must not choose the entry (it is inside the entry's label).
+    box.addEventListener('click', (e) => { e.preventDefault(); e.stopPropagation(); });
+    box.focus();
+    box.select();
+  };
+  const save = (sid, title) => {
+    window.__hcRenameRequest = JSON.stringify({sid, title});
+    document.querySelector('#hc-rename-go')?.click();
+  };
+  document.addEventListener('keydown', (e) => {
+    const radio = e.target.closest?.('#hc-conversations input[type=radio]');
+    if (e.key === 'F2' && radio) { e.preventDefault(); edit(radio.closest('label')); }
+  });
+  document.addEventListener('dblclick', (e) => {
+    const label = e.target.closest?.('#hc-conversations label');
+    if (label && !e.target.closest('.hc-rename-input')) edit(label);
+  });
+  let queued = false;
+  const schedule = () => {
+    if (queued) return;
+    queued = true;
+    window.requestAnimationFrame(() => { queued = false; decorate(); });
+  };
+  const watched = {childList: true, subtree: true, characterData: true};
+  new MutationObserver(schedule).observe(document.body, watched);
+  window.__hcRename = edit;
+  schedule();
+}"""
+# The request Enter left in the page (RENAME_INLINE), handed to `ChatHandlers.rename_listed`.
+RENAME_REQUEST = """(request, st) => {
+  const out = [window.__hcRenameRequest || '', st];
+  window.__hcRenameRequest = '';
+  return out;
+}"""
 # An empty chat offers these (a click sends one).
 STARTERS = [
     "Explain Kubernetes in three sentences.",
@@ -176,6 +277,9 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
                 interactive=True,
             )
             more_btn = gr.Button("Older conversations", size="sm", visible=False, elem_id="hc-more")
+            # Inline rename's way to the server (RENAME_INLINE clicks it): in the page, never seen.
+            rename_request = gr.Textbox(visible=False)
+            rename_go = gr.Button("Rename", visible="hidden", elem_id="hc-rename-go")
             # Shown only while a saved conversation is open (ui/page.js toggles `hc-no-conversation`).
             with gr.Column(elem_id="hc-manage"):
                 title_box = gr.Textbox(
@@ -287,6 +391,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         ).then(None, js=FOCUS_INPUT)
 
         demo.load(None, js=DECORATE)
+        demo.load(None, js=RENAME_INLINE)
         demo.load(
             h.on_load,
             None,
@@ -310,6 +415,14 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             queue=False,
         )
         title_box.submit(h.rename, [title_box, state], [conv], api_visibility="private")
+        rename_go.click(
+            h.rename_listed,
+            [rename_request, state],
+            [conv, title_box],
+            js=RENAME_REQUEST,
+            api_visibility="private",
+            show_progress="hidden",
+        )
         delete_btn.click(
             h.arm_delete, [state], [delete_btn, confirm_row], api_visibility="private", queue=False
         )

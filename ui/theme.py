@@ -82,6 +82,21 @@ CSS = """
 #hc-chatbot { flex-grow: 1; }
 #hc-conversations { max-height: 60vh; overflow-y: auto; }
 #hc-conversations label { width: 100%; }
+/* Inline rename (ui.page.RENAME_INLINE): the pencil sits at the entry's end; with a mouse it shows on
+   hover, on keyboard focus and on the open entry; on a touch screen always (nothing to hover). */
+#hc-conversations label { display: flex; align-items: center; }
+#hc-conversations label > input[type=radio] + span { flex: 1 1 auto; min-width: 0; overflow-wrap: anywhere; }
+.hc-rename { flex: 0 0 auto; margin-left: auto; padding: 0 6px; min-width: 28px; min-height: 28px;
+  border: 0; background: none; cursor: pointer; color: var(--body-text-color-subdued); font-size: 1rem;
+  border-radius: 6px; opacity: 0; }
+.hc-rename:hover, .hc-rename:focus-visible { background: var(--background-fill-secondary);
+  color: var(--body-text-color); }
+#hc-conversations label:hover .hc-rename, #hc-conversations label:focus-within .hc-rename,
+#hc-conversations label:has(input:checked) .hc-rename { opacity: 1; }
+@media (hover: none) { .hc-rename { opacity: 1; } }
+.hc-renaming > input[type=radio] + span, .hc-renaming .hc-rename { display: none; }
+.hc-rename-input { flex: 1 1 auto; min-width: 0; font: inherit; padding: 2px 6px;
+  border: 1px solid var(--color-accent); border-radius: 6px; background: var(--input-background-fill); }
 #hc-conversations .wrap { flex-direction: column; gap: 4px; }
 #hc-input textarea { font-size: 1rem; }
 @media (max-width: 767px) {
