@@ -80,7 +80,27 @@ def test_escape_or_leaving_the_field_cancels(page: Any) -> None:
     expect(page.get_by_role("radio", name=re.compile("this one"))).to_have_count(0)
 
 
+def test_f2_or_a_double_click_opens_the_field_too(page: Any) -> None:
+    title = "Remember the word quince."
+    wait_answer(page, send(page, title))
+    page.get_by_role("radio", name=title, exact=True).focus()
+    page.keyboard.press("F2")
+    field = page.get_by_role("textbox", name="New title")
+    expect(field).to_be_focused()
+    expect(field).to_have_value(title)
+    page.keyboard.press("Escape")
+    expect(field).to_have_count(0)
+    entry(page, title).locator("input[type=radio] + span").dblclick()
+    expect(field).to_be_focused()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("Quince")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("radio", name="Quince", exact=True)).to_be_checked()
+
+
 def test_a_title_with_markdown_and_html_characters_shows_as_typed(page: Any) -> None:
+    """Characters that Markdown or HTML would act on (the list's cleaning of auto titles keeps these:
+    `__init__`, a lone `*`, tags)."""
     wait_answer(page, send(page, "Remember the word pear."))
     typed = "Notes on __init__ & <b>tags</b>, a*b > c"
     entry(page, "Remember the word pear.").get_by_role("button", name=re.compile("^Rename")).click()
