@@ -6,11 +6,13 @@ checked after a reload: the store has it (or, cancelled, does not)."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import MEASUREMENTS
 from tests.browser.test_chat_ui import INPUT, send, wait_answer
 
 pytestmark = [
@@ -47,8 +49,10 @@ def test_rename_in_the_list_by_keyboard(page: Any, artifacts: Any) -> None:
     page.screenshot(path=str(artifacts / "rename-desktop.png"))
     page.keyboard.press("Control+A")
     page.keyboard.type("Mango notes")
+    started = time.perf_counter()
     page.keyboard.press("Enter")
     expect(page.get_by_role("radio", name="Mango notes", exact=True)).to_be_checked()
+    MEASUREMENTS["rename_enter_to_new_title_in_list_ms"] = round((time.perf_counter() - started) * 1000)
     expect(field).to_have_count(0)
     assert shown_title(page, "Mango notes") == "Mango notes"
     expect(page.locator("#hc-title input")).to_have_value("Mango notes")  # the open conversation's title
