@@ -27,6 +27,7 @@ from graph.backends import Backends
 from graph.client import ChatClient
 from graph.memory.contract import META_KEY, ConversationNotFound
 from graph.memory.sqlite import SQLiteConversationStore
+from graph.settings import Settings
 from tests.browser.appserver import serve_app
 from tests.conftest import local_settings
 from tests.support.server import free_port
@@ -679,25 +680,31 @@ def test_upload_owners_know_each_path_by_any_spelling(tmp_path: Path) -> None:
     assert _event_files(data) == ["/p/1", ""]
 
 
-async def test_a_message_of_files_only_goes_as_content_blocks_and_resends_with_them(
-    tmp_path: Path,
-) -> None:
-    import gradio as gr
-    from langchain_core.messages import HumanMessage
-
+def _echo_service(settings: Settings) -> ChatService:
+    """A ChatService on SQLite whose models answer with what they were sent (no model server)."""
     from tests.fakes import ScriptedBackends
     from tests.hardening.conftest import ScriptedModel, echo
-    from ui.handlers import ChatHandlers
 
-    settings = local_settings(tmp_path)
     model = ScriptedModel(reply=echo)
     client = ChatClient.from_settings(
         settings,
         store=SQLiteConversationStore(settings.sqlite_path),
         backends=ScriptedBackends(settings, {"gemma": model, "gemini": model}),
     )
+    return ChatService(client)
+
+
+async def test_a_message_of_files_only_goes_as_content_blocks_and_resends_with_them(
+    tmp_path: Path,
+) -> None:
+    import gradio as gr
+    from langchain_core.messages import HumanMessage
+
+    from ui.handlers import ChatHandlers
+
+    settings = local_settings(tmp_path)
+    service = _echo_service(settings)
     sent: list[Any] = []
-    service = ChatService(client)
     turn = service.turn
 
     def recording(user: str, sid: str, text: Any, *args: Any, **kwargs: Any) -> Any:
@@ -738,18 +745,10 @@ async def test_inline_rename_renames_by_id_and_only_the_owners(tmp_path: Path) -
     user's id renames nothing, and a malformed request or an empty title changes nothing."""
     import gradio as gr
 
-    from tests.fakes import ScriptedBackends
-    from tests.hardening.conftest import ScriptedModel, echo
     from ui.handlers import ChatHandlers, Session
 
     settings = local_settings(tmp_path)
-    model = ScriptedModel(reply=echo)
-    client = ChatClient.from_settings(
-        settings,
-        store=SQLiteConversationStore(settings.sqlite_path),
-        backends=ScriptedBackends(settings, {"gemma": model, "gemini": model}),
-    )
-    service = ChatService(client)
+    service = _echo_service(settings)
     signed_in = SimpleNamespace(user_of=lambda request: request.username, mode="password")
     h = ChatHandlers(service, signed_in, RateLimiter(0))  # type: ignore[arg-type]
     alice, bob = (gr.Request(username=u, session_hash=u) for u in ("alice", "bob"))
