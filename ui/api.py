@@ -146,7 +146,9 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], slot: StreamSlot, *, write_timeout_s: float) -> None:
+    def __init__(
+        self, events: AsyncIterator[bytes], slot: StreamSlot | None, *, write_timeout_s: float
+    ) -> None:
         self.events = events
         self.slot = slot
         self.write_timeout_s = write_timeout_s
@@ -158,7 +160,8 @@ class EventStream(Response):
         try:
             await self._serve(receive, send)
         finally:
-            self.slot.release()
+            if self.slot is not None:  # None: the answer's place is held elsewhere (ui/live.py)
+                self.slot.release()
             with contextlib.suppress(Exception):
                 await self.events.aclose()  # never started (a client gone at once): nothing runs
 

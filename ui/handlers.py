@@ -55,6 +55,7 @@ from ui.chat import (
     user_row,
 )
 from ui.limits import LimitExceeded, RateLimiter, StreamSlot, check_message
+from ui.live import LiveTurn, LiveTurns
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Session:
     busy: bool = False  # an answer is streaming
     live: str = ""  # the answer streamed so far
     stopped: bool = False
+    turn: str | None = None  # this tab's latest turn (ui/live.py), and whether its end is in `rows`
+    turn_shown: bool = True
 
 
 def _session(st: Any, user: str) -> Session:
@@ -200,9 +203,9 @@ class ChatHandlers:
         self.identity = identity
         self.limiter = limiter
         self.settings = service.settings
-        # Turns streaming in this process, by (user, conversation): a reload mid-answer waits for its
-        # turn to end (and be saved) before showing the conversation, instead of showing the question alone.
-        self.running: dict[tuple[str, str], asyncio.Event] = {}
+        # The page's turns in this process (ui/live.py): Stop ends one; a reload mid-answer waits for
+        # its conversation's turn to end (and be saved) instead of showing the question alone.
+        self.live = LiveTurns()
 
     def user_of(self, request: gr.Request | None) -> str:
         return self.identity.user_of(request)
@@ -224,20 +227,71 @@ class ChatHandlers:
         return decorations(st.rows, st.sid if st.rows else None, st.updated)
 
     # --- the streamed turn, shared by send / regenerate / edit -------------------------------
+    def start_turn(
+        self,
+        turn: LiveTurn,
+        user: str,
+        sid: str | None,
+        sent: Any,
+        params: TurnParams,
+        slot: StreamSlot,
+        *,
+        text: str,
+        human_id: str | None = None,
+    ) -> None:
+        """Run the turn `turn` (claimed first by the caller) on its own task: `sent` into `user`'s
+        conversation `sid` (None: a new one). Its stream place is released when it ends."""
+        human_id = human_id or str(uuid.uuid4())
+        sid = sid or uuid.uuid4().hex
+        turn.start(
+            self.service.turn(user, sid, sent, params, human_id=human_id, slot=slot),
+            sid=sid,
+            human_id=human_id,
+            text=text,
+        )
+        assert turn.task is not None
+        turn.task.add_done_callback(lambda _task: slot.release())  # also if it never began
+
+    def finish(self, st: Session, done: Done, human_id: str | None) -> None:
+        """The turn's end in the rows: its answer (or note) in place of the streamed text."""
+        rows = st.rows
+        final = answer_row(
+            done.text,
+            done.meta,
+            kind=done.kind,
+            row_id=done.answer_id if done.answer_saved else None,
+            turn=human_id,
+        )
+        final["ref_id"] = done.answer_id
+        if rows and rows[-1]["role"] == "assistant" and rows[-1].get("turn") == human_id:
+            rows[-1] = final
+        else:
+            rows.append(final)
+        if not done.human_saved and len(rows) >= 2:
+            rows[-2]["id"] = None
+
     async def run_turn(
         self,
         user: str,
         st: Session,
         text: str,
-        params: TurnParams,
-        slot: StreamSlot,
+        params: TurnParams | None,
+        slot: StreamSlot | None,
         *,
         files: list[Upload] | None = None,
+        turn: LiveTurn | None = None,
     ) -> AsyncIterator[tuple]:
-        st.sid = st.sid or uuid.uuid4().hex
-        human_id = str(uuid.uuid4())
-        key, ended = (user, st.sid), asyncio.Event()
-        self.running[key] = ended
+        """Show a turn as it streams: `turn` already started (by the page's straight request,
+        ui/live.py), or started here (`turn` claimed but not started, or None)."""
+        if turn is None or not turn.started:
+            assert params is not None
+            assert slot is not None
+            turn = turn or self.live.new(user)
+            st.sid = st.sid or uuid.uuid4().hex
+            self.start_turn(turn, user, st.sid, question(text, files), params, slot, text=text)
+        st.sid = turn.sid
+        st.turn, st.turn_shown = turn.turn_id, False
+        human_id = turn.human_id
         rows = st.rows
         for row in rows:  # only the last question keeps its files' bytes (for regenerate, retry, edit)
             row.pop("uploads", None)
@@ -246,47 +300,26 @@ class ChatHandlers:
             rows[-1]["uploads"] = files
         st.busy, st.live, st.stopped = True, "", False
         answer: dict[str, Any] | None = None
-        sent = question(text, files)
         try:
             # The box's text and files were taken in the browser already (ui.page.TAKE_INPUT).
             yield self.shown(st), self.textbox_busy(), st, gr.skip(), self.decor(st)
-            turn = self.service.turn(user, st.sid, sent, params, human_id=human_id, slot=slot)
-            async with contextlib.aclosing(turn):
-                async for event in turn:
-                    if st.stopped:
-                        return
-                    if isinstance(event, Delta):
-                        st.live = event.text
-                        if answer is None:
-                            answer = answer_row("", None, turn=human_id)
-                            rows.append(answer)
-                        answer["text"] = event.text
-                        # The decorations wait for the end: a streaming answer has no footer yet.
-                        yield self.shown(st), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                        continue
-                    done = event
-                    final = answer_row(
-                        done.text,
-                        done.meta,
-                        kind=done.kind,
-                        row_id=done.answer_id if done.answer_saved else None,
-                        turn=human_id,
-                    )
-                    final["ref_id"] = done.answer_id
+            async for event in turn.follow():
+                if st.stopped:
+                    return
+                if isinstance(event, Delta):
+                    st.live = event.text
                     if answer is None:
-                        rows.append(final)
-                    else:
-                        answer.clear()
-                        answer.update(final)
-                    if not done.human_saved:
-                        rows[-2]["id"] = None
-                    yield self.shown(st), gr.skip(), st, self.service.health.html(), self.decor(st)
+                        answer = answer_row("", None, turn=human_id)
+                        rows.append(answer)
+                    answer["text"] = event.text
+                    # The decorations wait for the end: a streaming answer has no footer yet.
+                    yield self.shown(st), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    continue
+                self.finish(st, event, human_id)
+                st.turn_shown = True
+                yield self.shown(st), gr.skip(), st, self.service.health.html(), self.decor(st)
         finally:
             st.busy = False
-            slot.release()  # the turn releases it; this covers a turn closed before it started
-            ended.set()
-            if self.running.get(key) is ended:
-                del self.running[key]
 
     async def take_slot(self) -> StreamSlot:
         """A place among the answers streaming at once (shared with Gradio's `/chat` and `/api/chat`),
@@ -333,26 +366,47 @@ class ChatHandlers:
         top_p: float,
         max_tokens: float,
         system: str,
-        request: gr.Request,
+        turn_id: Any = "",
+        request: gr.Request = None,
     ) -> AsyncIterator[tuple]:
+        """`turn_id`: the id under which the page's script also sent this message straight to
+        `POST /page/turn` (ui/live.py); whichever arrives first runs the turn, the other follows it."""
         user = self.user_of(request)
         st = _session(st, user)
         typed, paths = split_input(text)
         restore = {"text": typed, "files": paths} if paths else typed
-        if st.busy:  # another tab of this session, or Enter pressed twice at once
-            yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."))
-            return
+        turn: LiveTurn | None = None
+        if isinstance(turn_id, str) and 8 <= len(turn_id) <= 64 and not paths:
+            turn, first = self.live.claim(user, turn_id)
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(turn.resolved.wait(), self.settings.stream_wait_s + 5)
+                if not turn.resolved.is_set():
+                    log.warning("a straight page turn was not started in time: Gradio's event runs it")
+                    turn.refuse(LimitExceeded("not started in time"))
+                if turn.started and not st.busy and st.sid in (None, turn.sid):
+                    async for out in self.run_turn(user, st, turn.text, None, None, turn=turn):
+                        yield out
+                    return
+                if turn.started:  # not this tab's to show (it streams, or shows another conversation)
+                    log.warning("a straight page turn did not match its tab: stopped")
+                    await turn.stop()
+                turn = None  # refused there: the checks below say why, in the page's words
         try:
+            if st.busy:  # another tab of this session, or Enter pressed twice at once
+                raise LimitExceeded("Wait for the current answer, or press Stop.")
             params_in = (model, temperature, top_p, max_tokens, system)
             text, params = self.check_turn(user, typed, params_in, files=bool(paths))
             # A bad file is refused here, in the graph's words, with the message and its files kept.
             files = await asyncio.to_thread(read_uploads, paths, self.settings) if paths else []
             slot = await self.take_slot()
         except LimitExceeded as exc:
-            yield self.refused(st, exc, restore)
+            if turn is not None:
+                turn.refuse(exc)
+            yield self.refused(st, exc, None if st.busy else restore)
             return
         await asyncio.to_thread(discard_uploads, paths)
-        async for out in self.run_turn(user, st, text, params, slot, files=files):
+        async for out in self.run_turn(user, st, text, params, slot, files=files, turn=turn):
             yield out
 
     async def resend_from(
@@ -490,26 +544,54 @@ class ChatHandlers:
             yield out
 
     async def stop(self, st: Any, request: gr.Request) -> tuple:
+        """Stop the answer streaming in this tab and show it as it was saved: stopped with what
+        streamed, or whole when the model had finished before Stop landed (a reload shows the same)."""
         user = self.user_of(request)
         st = _session(st, user)
-        if not st.busy:
+        # The tab's turn, whose end is not on screen yet: streaming, no longer followed (Gradio's
+        # cancel of the event may come first), or just ended (then its end is what was saved).
+        running = self.live.turns.get((user, st.turn)) if st.turn else None
+        if running is None or st.turn_shown:
             return gr.skip(), gr.skip(), gr.skip()
-        st.stopped = True
-        turn = st.rows[-1].get("turn") if st.rows else None
-        stopped = answer_row(st.live, {"interrupted": "stopped"}, turn=turn)
-        if st.rows and st.rows[-1]["role"] == "assistant":
-            st.rows[-1] = stopped
-        elif st.live:
-            st.rows.append(stopped)
+        st.stopped, st.turn_shown = True, True
+        human_id = running.human_id
+        done = await running.stop()
+        if done is not None:  # it had ended on its own before Stop landed: shown (and saved) whole
+            self.finish(st, done, human_id)
+        else:
+            row = answer_row(st.live, {"interrupted": "stopped"}, turn=human_id)
+            # The stopped turn is saved in the background (graph.turns): once it is, show what was
+            # kept, which holds the pieces that came after the last update on screen, and is whole if
+            # the model finished just as Stop landed.
+            await self.service.saved(3)
+            row = await self.saved_answer(user, st.sid, human_id) or row
+            if st.rows and st.rows[-1]["role"] == "assistant":
+                st.rows[-1] = row
+            elif row["text"]:
+                st.rows.append(row)
         shown = self.shown(st)
-        # The stopped turn is saved in the background: list the conversations once it is.
         for _ in range(30):
             if not st.busy:
                 break
             await asyncio.sleep(0.1)
-        await self.service.saved(3)
         conv, _more = await self.conversation_choices(user, st)
         return shown, conv, self.decor(st)  # with the list's new dates
+
+    async def saved_answer(self, user: str, sid: str | None, human_id: str | None) -> dict[str, Any] | None:
+        """The stored answer to the question `human_id` as a row, if it is among the newest messages."""
+        if not sid or not human_id:
+            return None
+        try:
+            async with contextlib.aclosing(self.service.pages(user, sid)) as pages:
+                page = await anext(pages, [])  # the newest page holds the last question
+                rows = rows_from_messages(page)
+                at = next((i for i, r in enumerate(rows) if r["id"] == human_id), None)
+                if at is None or at + 1 >= len(rows) or rows[at + 1]["role"] != "assistant":
+                    return None
+                return {**rows[at + 1], "turn": human_id}
+        except (AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
+            log.warning("reading a stopped answer back failed: %s", type(exc).__name__)
+        return None
 
     # --- conversations -----------------------------------------------------------------------
     async def conversation_choices(self, user: str, st: Session, *, more: bool = False) -> tuple[Any, Any]:
@@ -576,9 +658,9 @@ class ChatHandlers:
         """Open `sid` into `st` at once (all pages): (chat value, title). Not found or not the user's: a
         note in the chat saying so, and a new conversation. An answer still streaming into it (the tab
         was reloaded mid-answer) is waited for, at most `RELOAD_WAIT_S`."""
-        if (ended := self.running.get((user, sid))) is not None:
+        if (running := self.live.running(user, sid)) is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), RELOAD_WAIT_S)
+                await asyncio.wait_for(running.ended.wait(), RELOAD_WAIT_S)
             await self.service.saved(3)  # a stopped turn is saved in the background
         try:
             messages = await self.service.messages(user, sid)

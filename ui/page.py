@@ -31,8 +31,11 @@ FOCUS_INPUT = """() => {
 # streams, Enter does nothing (Gradio runs one `submit` at a time) and the text stays: only Send waits.
 # Attached files leave the box the same way (a copy of the values goes to `send`, then each file's
 # Remove button is clicked), so the first reply need not set the box's value either.
+# The last input is the id under which EARLY_TOKENS sent the same message straight to the server.
 TAKE_INPUT = """(...args) => {
   const out = structuredClone(args);
+  out[out.length - 1] = window.__hcTurn || '';
+  window.__hcTurn = '';
   const box = document.querySelector('#hc-input textarea');
   if (box) { box.value = ''; box.dispatchEvent(new Event('input', {bubbles: true})); }
   document.querySelectorAll('#hc-input button[aria-label="Remove file"]').forEach((b) => b.click());
@@ -57,6 +60,7 @@ DECORATE = """() => {
     chat.querySelectorAll('[data-testid="user"]').forEach((el, i) => typed(el, users[i]));
     chat.querySelectorAll('[data-testid="bot"]').forEach((el, i) => footer(el, answers[i]));
     document.body.classList.toggle('hc-no-conversation', !data.sid);
+    window.__hcSid = data.sid || null;  // where EARLY_TOKENS sends a message
     groups(data.updated || {});
     const url = new URL(window.location.href);
     const want = data.sid || null;
@@ -244,6 +248,115 @@ RENAME_INLINE = """() => {
   window.__hcRename = edit;
   schedule();
 }"""
+# The first tokens of an answer, drawn by the page itself (see ui/live.py for why). On Enter or Send,
+# before Gradio's front end even sends its event, the message goes straight to `POST /page/turn` under a
+# fresh id that Gradio's event carries too (TAKE_INPUT): the first of the two to arrive starts the
+# turn, the other follows it. The straight answer is drawn in a bubble of its own (a copy of the chat's
+# own bubble) until Gradio's bubble for the turn shows text, then removed: Gradio's chat stays the
+# truth. Not used for messages with files, while an answer streams, or when the route is not there
+# (401/404: then never again in this tab). `window.__hcParams` mirrors the generation settings
+# (MIRROR_PARAMS), `window.__hcSid` the open conversation (DECORATE).
+EARLY_TOKENS = """() => {
+  if (window.__hcEarly) return;
+  window.__hcEarly = true;
+  let busy = false;
+  const q = (sel) => document.querySelector(sel);
+  const bots = () => document.querySelectorAll('#hc-chatbot [data-testid="bot"]');
+  const newId = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+    (b) => b.toString(16).padStart(2, '0')).join('');
+  const bubble = (wrap) => {
+    const proto = wrap.querySelector('.message-row.bot-row') || wrap.querySelector('.message-row');
+    const el = proto ? proto.cloneNode(true) : document.createElement('div');
+    el.classList.remove('user-row');
+    el.classList.add('bot-row', 'hc-live');
+    el.querySelectorAll('[data-testid]').forEach((n) => n.removeAttribute('data-testid'));
+    el.querySelectorAll('.message.user').forEach((n) => n.classList.replace('user', 'bot'));
+    el.querySelectorAll('.latest').forEach((n) => n.classList.remove('latest'));
+    el.querySelectorAll('.hc-typed, .hc-files, .hc-foot').forEach((n) => n.remove());
+    const p = document.createElement('p');
+    p.className = 'hc-live-text';
+    const content = el.querySelector('.message-content');
+    const md = content?.querySelector('.md');
+    if (md) { md.replaceChildren(p); content.replaceChildren(md); } else el.replaceChildren(p);
+    el.setAttribute('aria-busy', 'true');
+    return el;
+  };
+  const run = async (id, text, n0) => {
+    busy = true;
+    const [model, temperature, top_p, max_tokens, system_prompt] = window.__hcParams;
+    let shown = '', live = null, handed = false;
+    const handover = () => {
+      const b = bots();
+      if (b.length > n0 && b[n0].textContent.trim()) { handed = true; live?.remove(); live = null; }
+      return handed;
+    };
+    const paint = () => {
+      if (handover() || !shown) return;
+      const wrap = q('#hc-chatbot .message-wrap');
+      if (!wrap) return;
+      live = live || bubble(wrap);
+      if (wrap.lastElementChild !== live) wrap.append(live);
+      live.querySelector('.hc-live-text').textContent = shown;
+      const box = q('#hc-chatbot .bubble-wrap');
+      if (box) box.scrollTop = box.scrollHeight;
+    };
+    const watch = new MutationObserver(() => { handover(); });
+    watch.observe(q('#hc-chatbot'), {childList: true, subtree: true, characterData: true});
+    try {
+      const r = await fetch('page/turn', {
+        method: 'POST',
+        headers: {'content-type': 'application/json'},
+        body: JSON.stringify({turn_id: id, session_id: window.__hcSid || null, message: text,
+          model, temperature, top_p, max_tokens, system_prompt}),
+      });
+      if ([401, 404, 405].includes(r.status)) window.__hcEarlyOff = true;
+      if (!r.ok || !r.body) return;
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      let buf = '';
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, {stream: true});
+        let i;
+        while ((i = buf.indexOf('\\n\\n')) >= 0) {
+          const ev = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          if (!ev.startsWith('event: delta')) continue;
+          shown += JSON.parse(ev.slice(ev.indexOf('data: ') + 6)).text;
+          paint();
+        }
+      }
+    } catch (e) {
+      // Gradio's event shows the turn (or why it failed): this was only a head start.
+    } finally {
+      // Until Gradio's chat shows the answer (or 10 s: a stopped or refused turn may add none).
+      const until = Date.now() + 10000;
+      while (live && !handover() && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      watch.disconnect();
+      live?.remove();
+      busy = false;
+    }
+  };
+  const start = () => {
+    if (window.__hcEarlyOff || busy || !window.__hcParams) return;
+    if (q('#hc-input button.stop-button') || q('#hc-input button[aria-label="Remove file"]')) return;
+    const text = q('#hc-input textarea')?.value ?? '';
+    if (!text.trim()) return;
+    const id = newId();
+    window.__hcTurn = id;
+    setTimeout(() => { if (window.__hcTurn === id) window.__hcTurn = ''; }, 2000);  // never sent
+    run(id, text, bots().length);
+  };
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.target.closest?.('#hc-input')) start();
+  }, true);
+  document.addEventListener('click', (e) => {
+    if (e.target.closest?.('#hc-input button.submit-button')) start();
+  }, true);
+}"""
+# The generation settings as Gradio sends them, for EARLY_TOKENS.
+MIRROR_PARAMS = "(...values) => { window.__hcParams = values; }"
 # The request Enter left in the page (RENAME_INLINE), handed to `ChatHandlers.rename_listed`.
 RENAME_REQUEST = """(request, st) => {
   const out = [window.__hcRenameRequest || '', st];
@@ -280,6 +393,8 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             # Inline rename's way to the server (RENAME_INLINE clicks it): in the page, never seen.
             rename_request = gr.Textbox(visible=False)
             rename_go = gr.Button("Rename", visible="hidden", elem_id="hc-rename-go")
+            # The id EARLY_TOKENS sent the message under (TAKE_INPUT fills it): in the page, never seen.
+            turn_id = gr.Textbox(visible=False)
             # Shown only while a saved conversation is open (ui/page.js toggles `hc-no-conversation`).
             with gr.Column(elem_id="hc-manage"):
                 title_box = gr.Textbox(
@@ -366,7 +481,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             "show_progress": "minimal",
         }
         send_ev = textbox.submit(
-            h.send, [textbox, state, *gen_inputs], turn_outputs, js=TAKE_INPUT, **turn_kwargs
+            h.send, [textbox, state, *gen_inputs, turn_id], turn_outputs, js=TAKE_INPUT, **turn_kwargs
         )
         retry_ev = chatbot.retry(h.regenerate, [state, *gen_inputs], turn_outputs, **turn_kwargs)
         edit_ev = chatbot.edit(h.edit_resend, [state, *gen_inputs], turn_outputs, **turn_kwargs)
@@ -391,6 +506,10 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         ).then(None, js=FOCUS_INPUT)
 
         demo.load(None, js=DECORATE)
+        demo.load(None, js=EARLY_TOKENS)
+        demo.load(None, gen_inputs, None, js=MIRROR_PARAMS)
+        for setting in gen_inputs:
+            setting.change(None, gen_inputs, None, js=MIRROR_PARAMS)
         demo.load(None, js=RENAME_INLINE)
         demo.load(
             h.on_load,

@@ -294,10 +294,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def signed_in_user(scope: Scope) -> str | None:
-    """The signed-in user of a request inside Gradio's app, as Gradio's own `/user` route finds it:
-    its `auth_dependency` (IAP), else its sign-in cookie."""
-    app = scope.get("app")
+async def signed_in_user(scope: Scope, app: Any = None) -> str | None:
+    """The signed-in user of a request inside Gradio's app (or beside it: `app`, the Gradio app), as
+    Gradio's own `/user` route finds it: its `auth_dependency` (IAP), else its sign-in cookie."""
+    app = app or scope.get("app")
     request = Request(scope)
     dependency = getattr(app, "auth_dependency", None)
     if dependency is not None:

@@ -30,6 +30,7 @@ from ui.auth import Identity, SignInNotConfigured
 from ui.chat import ChatService
 from ui.handlers import ChatHandlers
 from ui.limits import RateLimiter
+from ui.live import page_turn_router
 from ui.openai_api import openai_router
 from ui.page import build_page
 from ui.security import parse_origins
@@ -165,9 +166,18 @@ def create_app(
 
     app.include_router(api_router(service, identity, limiter))  # before the mount, which takes "/"
     app.include_router(openai_router(service, identity, limiter))  # /v1/models, /v1/chat/completions
+    handlers = ChatHandlers(service, identity, limiter)
+
+    async def page_user(request: Request) -> str | None:
+        """The page's signed-in user, as Gradio finds it (its sign-in cookie, IAP), or the local user."""
+        if identity.mode == "local":
+            return settings.user_id
+        return await security.signed_in_user(request.scope, app=gradio_app)
+
+    app.include_router(page_turn_router(handlers, page_user))  # POST /page/turn (ui/live.py)
     gr.mount_gradio_app(
         app,
-        build_page(ChatHandlers(service, identity, limiter)),
+        build_page(handlers),
         path="",
         theme=theme(),
         css=CSS,

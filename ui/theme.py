@@ -67,6 +67,7 @@ CSS = """
 #hc-chatbot .message.bot:has(.hc-foot-error) { background: #FCE8E6 !important;
   border: 1px solid #F4B4AE !important; }
 .hc-typed { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; }
+.hc-live-text { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; }
 #hc-chatbot .message-content > .md:has(+ .hc-typed) { display: none; }
 .hc-files { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
 .hc-file { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 2px 8px;

@@ -81,6 +81,7 @@ def main() -> int:
                 backend = re.search(r"first token (\d+) ms", meta.inner_text())
                 out[f"turn{i + 1}"] = {
                     "send_to_first_token_on_screen_ms": round(hc["first"]),
+                    "first_token_drawn_by_the_page_itself": hc["early"],
                     "backend_ttft_ms": float(backend.group(1)) if backend else None,
                     "send_to_final_answer_on_screen_ms": round(hc["lens"][-1][0]),
                     "screen_updates": len(hc["lens"]),

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 from pydantic import SecretStr
@@ -14,6 +15,7 @@ from graph.backends import Backends
 from graph.client import ChatClient
 from tests.browser.appserver import serve_app
 from tests.browser.test_chat_ui import INPUT, send, wait_answer
+from tests.browser.test_first_minutes import EARLY
 from tests.conftest import local_settings
 
 pytestmark = [
@@ -85,7 +87,14 @@ def test_a_wrong_password_keeps_the_user_name(visitor: Any, signin_url: str) -> 
 def test_signing_in_reopens_the_conversation_in_the_address(visitor: Any, signin_url: str) -> None:
     visitor.goto(signin_url)
     sign_in(visitor, "bob", "bobs-pw")
+    expect(visitor.locator(INPUT)).to_be_enabled()
+    visitor.evaluate(EARLY)
     wait_answer(visitor, send(visitor, "Remember the word quince."))
+    # The page's straight request for the first tokens is signed in by the same cookie ...
+    assert visitor.evaluate("window.__hcEarlySeen.texts.length") > 0
+    # ... and without it is refused before anything runs.
+    r = httpx.post(f"{signin_url}/page/turn", json={"turn_id": "0123456789", "message": "hi"}, timeout=10)
+    assert r.status_code == 401
     expect(visitor).to_have_url(re.compile(r"\?c=\w+"))
     address = visitor.url
     visitor.context.clear_cookies()  # signed out (as after the server's restart or a logout)

@@ -147,6 +147,21 @@ class Page:
 
         self.load = dep(None, "load")
         self.send_fn = dep(self.textbox, "submit")
+        self.stop_fn = dep(self.textbox, "stop")
+
+    async def stop(self, event_id: str) -> tuple[httpx.Response, httpx.Response]:
+        """The page's Stop, as the browser sends it: Gradio's cancel of the answer's event, then the
+        Stop event itself (which ends the turn on the server: a cancel alone only stops following it)."""
+        body = {"session_hash": self.hash, "fn_index": self.send_fn["id"], "event_id": event_id}
+        cancelled = await self.client.post("/gradio_api/cancel", json=body)
+        stop = {
+            "data": [None],
+            "event_data": None,
+            "fn_index": self.stop_fn["id"],
+            "trigger_id": self.textbox,
+            "session_hash": self.hash,
+        }
+        return cancelled, await self.client.post("/gradio_api/run/predict", json=stop)
 
     @classmethod
     async def open(cls, client: httpx.AsyncClient, session_hash: str | None = None) -> Page:
@@ -185,7 +200,7 @@ class Page:
     ) -> httpx.Response:
         box = {"text": text, "files": files or []}  # the message box's value: its text and attachments
         return await self.join(
-            self.send_fn, [box, None, "gemma", 0, 0.95, max_tokens, "Be brief."], trigger=self.textbox
+            self.send_fn, [box, None, "gemma", 0, 0.95, max_tokens, "Be brief.", ""], trigger=self.textbox
         )
 
 
@@ -254,16 +269,16 @@ async def test_cancel_needs_sign_in_as_the_tabs_user(chat_server: dict[str, Any]
         status, text = await answer
         assert status == 200
         assert "stopped" not in text and "..." in text  # answered to the end (echo_slow pads with " ...")
-        # The tab's own user may cancel.
+        # The tab's own user may stop it.
         r = await tab.send("another long one", max_tokens=40)
-        body["event_id"] = r.json()["event_id"]
+        event_id = r.json()["event_id"]
         answer = asyncio.create_task(tab.read())
         for _ in range(300):
             if fault.in_progress:
                 break
             await asyncio.sleep(0.01)
-        r = await a.post("/gradio_api/cancel", json=body)
-        assert r.status_code == 200
+        cancelled, stopped = await tab.stop(event_id)
+        assert (cancelled.status_code, stopped.status_code) == (200, 200), stopped.text
         await answer
         for _ in range(200):
             if not fault.in_progress:

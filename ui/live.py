@@ -1,0 +1,228 @@
+"""The page's turns, each run once on its own task and followed by whoever shows it.
+
+Why: the issue's goal is that the page adds at most 10% to the backend's time to first token. Through
+Gradio's event path a message waits ~20-50 ms in Gradio's front end before it is even sent, then Gradio's
+queue, then a render per update (tens to hundreds of ms in all, measured in issue 13's note). So the page
+sends a typed message twice at once: straight to `POST /page/turn` (ui/page.py's EARLY_TOKENS, which
+draws the first tokens itself), and through Gradio's event as before. Both name the same turn id; the
+first to arrive starts the turn here, the other follows the same run: one turn, one save, whoever is
+late. Gradio's event stays the page's source of truth (the chat's rows, the footer, Stop, the list);
+the straight path only draws tokens sooner.
+
+Every page turn runs here, not only the doubly sent ones, so that Stop (`LiveTurn.stop`), a reload
+mid-answer (`LiveTurns.running`) and the shutdown's drain meet one kind of turn. A turn does not end
+when a follower leaves (a closed tab, a reload): it finishes and is saved, as it did when the handler
+ran it; Stop ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, ValidationError
+
+from ui.chat import Delta, Done
+from ui.limits import LimitExceeded
+
+log = logging.getLogger(__name__)
+
+KEEP_ENDED_S = 120.0  # a late follower (Gradio's event after a short answer) still finds the end
+
+
+class LiveTurn:
+    """One page turn: started once (`start`) or refused (`refuse`) by whoever claimed it first; any
+    number of followers (`follow`) see the latest text and the end."""
+
+    def __init__(self, user: str, turn_id: str) -> None:
+        self.user, self.turn_id = user, turn_id
+        self.sid: str | None = None
+        self.human_id: str | None = None
+        self.text = ""
+        self.delta: Delta | None = None
+        self.done: Done | None = None
+        self.refused: LimitExceeded | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.resolved = asyncio.Event()  # started or refused
+        self.ended = asyncio.Event()
+        self.ended_at: float | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def started(self) -> bool:
+        return self.task is not None
+
+    def start(self, events: AsyncIterator[Delta | Done], *, sid: str, human_id: str, text: str) -> None:
+        if self.resolved.is_set():
+            raise RuntimeError("this turn was already started or refused")
+        self.sid, self.human_id, self.text = sid, human_id, text
+        self.task = asyncio.get_running_loop().create_task(self._pump(events), name=f"turn-{sid}")
+        self.resolved.set()
+
+    def refuse(self, exc: LimitExceeded) -> None:
+        self.refused = exc
+        self.resolved.set()
+        self._end()
+
+    async def _pump(self, events: AsyncIterator[Delta | Done]) -> None:
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if isinstance(event, Delta):
+                        self.delta = event
+                    else:
+                        self.done = event
+                    self._notify()
+        finally:
+            self._end()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _end(self) -> None:
+        self.ended_at = time.monotonic()
+        self.ended.set()
+        self._notify()
+
+    async def follow(self) -> AsyncIterator[Delta | Done]:
+        """The answer so far whenever it grows, then its `Done` (none: the turn was stopped or refused).
+        Leaving early only stops following."""
+        sent: Delta | None = None
+        while True:
+            changed = self._changed
+            if self.delta is not None and self.delta is not sent:
+                sent = self.delta
+                yield sent
+                continue
+            if self.ended.is_set():
+                if self.done is not None:
+                    yield self.done
+                return
+            await changed.wait()
+
+    async def stop(self, wait_s: float = 5.0) -> Done | None:
+        """Stop the turn (its graph saves what streamed, marked stopped) and wait for it to end: its
+        `Done` if it ended on its own before the stop landed, else None."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ended.wait(), wait_s)
+        return self.done
+
+
+class LiveTurns:
+    """The page's turns in this process: by (user, turn id) for the two ways a message arrives, by
+    (user, conversation) for Stop and a reload mid-answer."""
+
+    def __init__(self) -> None:
+        self.turns: dict[tuple[str, str], LiveTurn] = {}
+
+    def claim(self, user: str, turn_id: str) -> tuple[LiveTurn, bool]:
+        """The turn `turn_id` of `user`, and whether this caller is the first (then it must `start` or
+        `refuse` it)."""
+        self._forget_old()
+        key = (user, turn_id)
+        if (turn := self.turns.get(key)) is not None:
+            return turn, False
+        turn = self.turns[key] = LiveTurn(user, turn_id)
+        return turn, True
+
+    def new(self, user: str) -> LiveTurn:
+        return self.claim(user, uuid.uuid4().hex)[0]
+
+    def running(self, user: str, sid: str | None) -> LiveTurn | None:
+        """The turn streaming into `user`'s conversation `sid`, if any."""
+        for turn in self.turns.values():
+            if turn.user == user and turn.sid == sid and turn.started and not turn.ended.is_set():
+                return turn
+        return None
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for key, turn in list(self.turns.items()):
+            if turn.ended_at is not None and now - turn.ended_at > KEEP_ENDED_S:
+                del self.turns[key]
+
+
+# --- the straight way in -------------------------------------------------------------------
+class PageTurnRequest(BaseModel):
+    """What ui/page.py's EARLY_TOKENS sends: the message and the settings Gradio's event sends too."""
+
+    turn_id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
+    session_id: str | None = Field(default=None, max_length=200)
+    message: str
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: float | None = None
+    system_prompt: str | None = None
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def page_turn_router(handlers: Any, user_of: Callable[[Request], Any]) -> APIRouter:
+    """`POST /page/turn` for the page's own script (not an API: `/api/chat` is). `handlers`: the page's
+    `ChatHandlers` (its checks, its stream places, its `LiveTurns`); `user_of`: the page's signed-in
+    user of a request, None if none. Answers 409 when the turn is refused (Gradio's event then says
+    why in the page's words), else the turn's text as Server-Sent Events (`delta`: the new piece; `end`)."""
+    from ui.api import EventStream  # the same bounded SSE response as /api/chat
+
+    router = APIRouter()
+
+    @router.post("/page/turn", include_in_schema=False)
+    async def page_turn(request: Request) -> Response:
+        user = await user_of(request)
+        if not user:
+            raise HTTPException(401, "not signed in")
+        # JSON only: a form on another site cannot send it without a preflight (which is refused), on
+        # top of the cross-site check every request passes (ui.security).
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            raise HTTPException(415, "Send JSON.")
+        try:
+            body = PageTurnRequest.model_validate_json(await request.body())
+        except ValidationError:
+            raise HTTPException(400, "Invalid request body.") from None
+        turn, first = handlers.live.claim(user, body.turn_id)
+        if first:
+            params_in = (body.model, body.temperature, body.top_p, body.max_tokens, body.system_prompt)
+            slot = None
+            try:
+                text, params = handlers.check_turn(user, body.message, params_in)
+                slot = await handlers.take_slot()
+                handlers.start_turn(turn, user, body.session_id, text, params, slot, text=text)
+            except LimitExceeded as exc:
+                turn.refuse(exc)
+                raise HTTPException(409, str(exc)) from None
+            except BaseException:
+                if slot is not None:
+                    slot.release()
+                if not turn.resolved.is_set():  # Gradio's event must not wait for it: it runs its own
+                    turn.refuse(LimitExceeded("The message could not be started."))
+                raise
+        else:
+            await turn.resolved.wait()
+            if turn.refused is not None:
+                raise HTTPException(409, str(turn.refused))
+
+        async def pieces() -> AsyncIterator[bytes]:
+            sent = 0
+            async for event in turn.follow():
+                if isinstance(event, Delta):
+                    yield _sse("delta", {"text": event.text[sent:]})
+                    sent = len(event.text)
+            yield _sse("end", {"session_id": turn.sid})
+
+        return EventStream(pieces(), None, write_timeout_s=handlers.settings.stream_write_timeout_s)
+
+    return router
