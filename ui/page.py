@@ -262,6 +262,7 @@ EARLY_TOKENS = """() => {
   let busy = false;
   const q = (sel) => document.querySelector(sel);
   const bots = () => document.querySelectorAll('#hc-chatbot [data-testid="bot"]');
+  const users = () => document.querySelectorAll('#hc-chatbot [data-testid="user"]');
   const newId = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
     (b) => b.toString(16).padStart(2, '0')).join('');
   const bubble = (wrap) => {
@@ -281,7 +282,7 @@ EARLY_TOKENS = """() => {
     el.setAttribute('aria-busy', 'true');
     return el;
   };
-  const run = async (id, text, n0) => {
+  const run = async (id, text, n0, u0) => {
     busy = true;
     const [model, temperature, top_p, max_tokens, system_prompt] = window.__hcParams;
     let shown = '', live = null, handed = false;
@@ -290,17 +291,20 @@ EARLY_TOKENS = """() => {
       if (b.length > n0 && b[n0].textContent.trim()) { handed = true; live?.remove(); live = null; }
       return handed;
     };
+    // Drawn below the question once Gradio shows it (a fast model's first token can come sooner).
     const paint = () => {
-      if (handover() || !shown) return;
+      if (handover() || !shown || users().length <= u0) return;
       const wrap = q('#hc-chatbot .message-wrap');
       if (!wrap) return;
       live = live || bubble(wrap);
       if (wrap.lastElementChild !== live) wrap.append(live);
-      live.querySelector('.hc-live-text').textContent = shown;
+      const p = live.querySelector('.hc-live-text');
+      if (p.textContent === shown) return;  // also called by the observer: no change, no mutation
+      p.textContent = shown;
       const box = q('#hc-chatbot .bubble-wrap');
       if (box) box.scrollTop = box.scrollHeight;
     };
-    const watch = new MutationObserver(() => { handover(); });
+    const watch = new MutationObserver(() => paint());
     watch.observe(q('#hc-chatbot'), {childList: true, subtree: true, characterData: true});
     try {
       const r = await fetch('page/turn', {
@@ -346,7 +350,7 @@ EARLY_TOKENS = """() => {
     const id = newId();
     window.__hcTurn = id;
     setTimeout(() => { if (window.__hcTurn === id) window.__hcTurn = ''; }, 2000);  // never sent
-    run(id, text, bots().length);
+    run(id, text, bots().length, users().length);
   };
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.target.closest?.('#hc-input')) start();

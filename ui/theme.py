@@ -68,6 +68,8 @@ CSS = """
   border: 1px solid #F4B4AE !important; }
 .hc-typed { white-space: pre-wrap; overflow-wrap: anywhere; font: inherit; }
 .hc-live-text { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; }
+/* The page's early bubble stands where Gradio's "waiting" dots were (ui.page.EARLY_TOKENS). */
+#hc-chatbot .message-wrap:has(> .hc-live) > .container:has(> .pending) { display: none; }
 #hc-chatbot .message-content > .md:has(+ .hc-typed) { display: none; }
 .hc-files { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
 .hc-file { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 2px 8px;
