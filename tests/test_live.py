@@ -31,11 +31,13 @@ GEN = ("gemma", 0.0, 0.9, 64, "")
 USER = "local"
 
 
-def _setup(tmp_path: Path, **model_kw: Any) -> tuple[ChatHandlers, Any, FastAPI]:
+def _setup(
+    tmp_path: Path, settings_kw: dict[str, Any] | None = None, **model_kw: Any
+) -> tuple[ChatHandlers, Any, FastAPI]:
     from tests.fakes import ScriptedBackends
     from tests.hardening.conftest import ScriptedModel, echo
 
-    settings: Settings = local_settings(tmp_path)
+    settings: Settings = local_settings(tmp_path, **(settings_kw or {}))
     model = ScriptedModel(reply=echo, **model_kw)
     client = ChatClient.from_settings(
         settings,
@@ -137,6 +139,25 @@ async def test_a_straight_message_refused_is_refused_in_the_page_in_words(tmp_pa
         st, outs = await _send(h, too_long, None, "turn-0004")
     assert outs[-1][1]["value"] == too_long  # the text goes back into the box
     assert st.rows == [] and model.prompts == []
+
+
+async def test_a_page_event_cancelled_before_it_started_its_turn_does_not_hold_the_straight_request(
+    tmp_path: Path,
+) -> None:
+    """Gradio's event claims the turn first, waits for a place among the streams, and is cancelled
+    (Stop, a closed tab): the straight request for the same turn is answered at once, not left waiting."""
+    h, model, app = _setup(tmp_path, {"max_concurrent_streams": 1, "stream_wait_s": 30})
+    held = await h.take_slot()  # the one place is taken: the event waits for it
+    event = asyncio.create_task(_send(h, "wait for me", None, "turn-0011"))
+    await asyncio.sleep(0.2)
+    event.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await event
+    async with _http(app) as http:
+        r = await asyncio.wait_for(http.post("/page/turn", json=_body("turn-0011", "wait for me")), 5)
+    assert r.status_code == 409
+    held.release()
+    assert model.prompts == []
 
 
 async def test_only_json_is_taken(tmp_path: Path) -> None:

@@ -405,6 +405,10 @@ class ChatHandlers:
                 turn.refuse(exc)
             yield self.refused(st, exc, None if st.busy else restore)
             return
+        except BaseException:  # cancelled while waiting for a place: the straight request must not wait
+            if turn is not None and not turn.resolved.is_set():
+                turn.refuse(LimitExceeded("The message was not sent."))
+            raise
         await asyncio.to_thread(discard_uploads, paths)
         async for out in self.run_turn(user, st, text, params, slot, files=files, turn=turn):
             yield out

@@ -210,8 +210,11 @@ def page_turn_router(handlers: Any, user_of: Callable[[Request], Any]) -> APIRou
                 if not turn.resolved.is_set():  # Gradio's event must not wait for it: it runs its own
                     turn.refuse(LimitExceeded("The message could not be started."))
                 raise
-        else:
-            await turn.resolved.wait()
+        else:  # Gradio's event claimed it first: follow its run once it starts (or say why not)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(turn.resolved.wait(), handlers.settings.stream_wait_s + 5)
+            if not turn.resolved.is_set():
+                raise HTTPException(409, "The message was not started.")
             if turn.refused is not None:
                 raise HTTPException(409, str(turn.refused))
 
