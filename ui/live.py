@@ -11,8 +11,8 @@ the straight path only draws tokens sooner.
 
 Every page turn runs here, not only the doubly sent ones, so that Stop (`LiveTurn.stop`), a reload
 mid-answer (`LiveTurns.running`) and the shutdown's drain meet one kind of turn. A turn does not end
-when a follower leaves (a closed tab, a reload): it finishes and is saved, as it did when the handler
-ran it; Stop ends it.
+when a follower leaves (a closed tab, a reload, Gradio's cancel of its event): it finishes and is
+saved, and a reload shows it whole. Only Stop (and the shutdown) ends it.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ class LiveTurn:
 
 
 class LiveTurns:
-    """The page's turns in this process: by (user, turn id) for the two ways a message arrives, by
-    (user, conversation) for Stop and a reload mid-answer."""
+    """The page's turns in this process, by (user, turn id): the two ways a message arrives and a
+    tab's Stop find a turn by its id, a reload mid-answer by its conversation (`running`)."""
 
     def __init__(self) -> None:
         self.turns: dict[tuple[str, str], LiveTurn] = {}
