@@ -94,7 +94,8 @@ def _with_attachments(text: str, files: list[AttachmentIn], service: ChatService
     return HumanMessage(content=[*content, *blocks])
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
+def sse_event(event: str, data: dict[str, Any]) -> bytes:
+    """One Server-Sent Event (shared with the page's straight route, ui/live.py)."""
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
@@ -246,10 +247,10 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
             sent = 0
             async for event in service.turn(user, session_id, question, params, slot=slot):
                 if isinstance(event, Delta):
-                    yield _sse("delta", {"text": event.text[sent:]})
+                    yield sse_event("delta", {"text": event.text[sent:]})
                     sent = len(event.text)
                 elif isinstance(event, Done):
-                    yield _sse(
+                    yield sse_event(
                         "done",
                         {
                             "kind": event.kind,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -30,6 +29,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
+from ui.api import EventStream, sse_event  # the same bounded SSE response as /api/chat
 from ui.chat import Delta, Done
 from ui.limits import LimitExceeded
 
@@ -167,17 +167,11 @@ class PageTurnRequest(BaseModel):
     system_prompt: str | None = None
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
 def page_turn_router(handlers: Any, user_of: Callable[[Request], Any]) -> APIRouter:
     """`POST /page/turn` for the page's own script (not an API: `/api/chat` is). `handlers`: the page's
     `ChatHandlers` (its checks, its stream places, its `LiveTurns`); `user_of`: the page's signed-in
     user of a request, None if none. Answers 409 when the turn is refused (Gradio's event then says
     why in the page's words), else the turn's text as Server-Sent Events (`delta`: the new piece; `end`)."""
-    from ui.api import EventStream  # the same bounded SSE response as /api/chat
-
     router = APIRouter()
 
     @router.post("/page/turn", include_in_schema=False)
@@ -222,9 +216,9 @@ def page_turn_router(handlers: Any, user_of: Callable[[Request], Any]) -> APIRou
             sent = 0
             async for event in turn.follow():
                 if isinstance(event, Delta):
-                    yield _sse("delta", {"text": event.text[sent:]})
+                    yield sse_event("delta", {"text": event.text[sent:]})
                     sent = len(event.text)
-            yield _sse("end", {"session_id": turn.sid})
+            yield sse_event("end", {"session_id": turn.sid})
 
         return EventStream(pieces(), None, write_timeout_s=handlers.settings.stream_write_timeout_s)
 
