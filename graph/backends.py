@@ -311,7 +311,7 @@ class Backends:
             return self._local
 
     def _make_gemma(self, params: GenerationParams) -> BaseChatModel:
-        import httpx
+        import openai
         from langchain_openai import ChatOpenAI
 
         s = self.settings
@@ -323,8 +323,9 @@ class Backends:
             top_p=params.top_p,
             max_tokens=params.max_tokens,
             seed=params.seed,
-            # read: the longest silence between two chunks (and before the first) on the sync path
-            timeout=httpx.Timeout(
+            # read: the longest silence between two chunks (and before the first) on the sync path.
+            # The SDK's own Timeout type: openai >= 3.63 refuses httpx's (its transport is httpx2).
+            timeout=openai.Timeout(
                 s.request_timeout_s, connect=s.connect_timeout_s, read=s.first_token_timeout_s
             ),
             max_retries=0,  # retries and fallback are the router's decision, not the client's

