@@ -67,6 +67,35 @@ async def test_bad_requests_get_clear_errors(tmp_path: Path, local_backends: Bac
     assert status == 429 and "too fast" in text
 
 
+async def test_the_http_contract_statuses_and_headers(tmp_path: Path, local_backends: Backends) -> None:
+    """What an HTTP client checks: 429 says when to retry in `Retry-After` (as `/v1` does), a bad session
+    id is 400 whatever its fault, a body that is not JSON is 415, another method is 405."""
+    app = app_for(tmp_path, local_backends, rate_limit_per_minute=1)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
+        # Bad input, refused before the rate limit counts it.
+        for bad in ("a/b", "..", "x" * 201, "__all__", "tab\there"):
+            r = await client.post("/api/chat", json={"message": "hi", "session_id": bad})
+            assert r.status_code == 400, (bad, r.status_code, r.text)
+            assert "session" in r.json()["detail"].lower(), r.text
+        body = json.dumps({"message": "hi", "max_tokens": 4})
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; b=x"):
+            r = await client.post("/api/chat", content=body, headers={"content-type": content_type})
+            assert r.status_code == 415, (content_type, r.status_code)
+            assert "JSON" in r.json()["detail"]
+        r = await client.get("/api/chat")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        # JSON with a charset is JSON.
+        r = await client.post(
+            "/api/chat", content=body, headers={"content-type": "application/json; charset=utf-8"}
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post("/api/chat", json={"message": "hi"})
+        assert r.status_code == 429 and "too fast" in r.json()["detail"]
+        wait = int(r.headers["retry-after"])
+        assert 1 <= wait <= 60 and f"in {wait} s" in r.json()["detail"]
+
+
 async def test_password_mode_needs_http_basic_and_keeps_users_apart(
     tmp_path: Path, local_backends: Backends
 ) -> None:

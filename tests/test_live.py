@@ -172,6 +172,9 @@ async def test_only_json_is_taken(tmp_path: Path) -> None:
         assert r.status_code == 415
         r = await http.post("/page/turn", json={"turn_id": "x", "message": "hi"})
         assert r.status_code == 400
+        # A session id the store would refuse is refused here, in words, before a turn is claimed.
+        r = await http.post("/page/turn", json=_body("turn-0012", "hi", "../../etc"))
+        assert r.status_code == 400 and "session id" in r.json()["detail"]
     assert model.prompts == [] and h.live.turns == {}
 
 

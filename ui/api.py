@@ -38,10 +38,10 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
-from graph.validation import InvalidInput
+from graph.validation import InvalidInput, check_session_id
 from ui.auth import Identity
 from ui.chat import ChatService, Delta, Done, turn_params
-from ui.limits import Busy, LimitExceeded, RateLimiter, StreamSlot, check_message
+from ui.limits import Busy, LimitExceeded, RateLimited, RateLimiter, StreamSlot, check_message
 from ui.security import client_address
 from ui.throttle import REFUSAL
 
@@ -67,8 +67,21 @@ class ChatRequest(BaseModel):
     system_prompt: str | None = None
 
 
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON (`application/json` or a `+json` type, any charset): a
+    form, `text/plain` or multipart body is not parsed as JSON, and a form on another site cannot send
+    JSON without a preflight (which is refused)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise HTTPException(415, "Send the body as JSON (Content-Type: application/json).")
+
+
 async def read_body(request: Request) -> ChatRequest:
-    """The request's JSON as a `ChatRequest`; 400 naming the fields at fault, never echoing the input."""
+    """The request's JSON as a `ChatRequest`; 415 when it is not declared JSON, 400 naming the fields at
+    fault, never echoing the input."""
+    require_json(request)
     try:
         return ChatRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -92,6 +105,18 @@ def _with_attachments(text: str, files: list[AttachmentIn], service: ChatService
         block["mime_type"] = info.mime_type
     content: list[str | dict[str, Any]] = [{"type": "text", "text": text}] if text else []
     return HumanMessage(content=[*content, *blocks])
+
+
+def checked_session_id(value: str | None) -> str | None:
+    """A session id sent by a client, stripped (None when absent or blank); 400 saying why when the
+    graph would refuse it (`graph.validation.check_session_id`), before any turn starts."""
+    session_id = (value or "").strip()
+    if not session_id:
+        return None
+    try:
+        return check_session_id(session_id)
+    except InvalidInput as exc:
+        raise HTTPException(400, f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
 
 
 def sse_event(event: str, data: dict[str, Any]) -> bytes:
@@ -225,6 +250,7 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
             )
         except LimitExceeded as exc:
             raise HTTPException(400, str(exc)) from None
+        session_id = checked_session_id(body.session_id)
         question: str | list[BaseMessage] = text
         if body.attachments:
             try:
@@ -233,9 +259,9 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
                 raise HTTPException(400, f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
         try:
             limiter.acquire(user)
-        except LimitExceeded as exc:
-            raise HTTPException(429, str(exc)) from None
-        session_id = (body.session_id or "").strip() or uuid.uuid4().hex
+        except RateLimited as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+        session_id = session_id or uuid.uuid4().hex
         # A place among the answers streaming at once (shared with the page), before the response
         # starts: a busy server can still say 503 and when to come back.
         try:
@@ -261,5 +287,10 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
                     )
 
         return EventStream(events(), slot, write_timeout_s=service.settings.stream_write_timeout_s)
+
+    # Without this, another method falls through to the Gradio mount at "/" and gets its 404.
+    @router.api_route("/api/chat", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def chat_other_methods() -> Response:
+        raise HTTPException(405, "Use POST.", headers={"Allow": "POST"})
 
     return router

@@ -21,6 +21,15 @@ class LimitExceeded(Exception):
     """A request refused by a limit; the message is meant for the user."""
 
 
+class RateLimited(LimitExceeded):
+    """The per-user rate limit: `retry_after_s` is when the next message will be accepted (the HTTP
+    ways in send it as `Retry-After`)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
 
 
@@ -72,7 +81,7 @@ class RateLimiter:
             return 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) / self.rate
 
     def acquire(self, user: str) -> None:
-        """Use one message of `user`'s allowance, or raise `LimitExceeded` saying when to retry."""
+        """Use one message of `user`'s allowance, or raise `RateLimited` saying when to retry."""
         if self.capacity <= 0:
             return
         now = self.clock()
@@ -87,9 +96,10 @@ class RateLimiter:
                 bucket.tokens -= 1
                 return
             wait = math.ceil((1 - bucket.tokens) / self.rate)
-        raise LimitExceeded(
+        raise RateLimited(
             f"You are sending messages too fast (limit: {int(self.capacity)} a minute). "
-            f"Try again in {wait} s."
+            f"Try again in {wait} s.",
+            wait,
         )
 
     def _prune(self, now: float) -> None:

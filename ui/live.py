@@ -29,7 +29,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
-from ui.api import EventStream, sse_event  # the same bounded SSE response as /api/chat
+# The same bounded SSE response and request checks as /api/chat.
+from ui.api import EventStream, checked_session_id, require_json, sse_event
 from ui.chat import Delta, Done
 from ui.limits import LimitExceeded
 
@@ -181,12 +182,12 @@ def page_turn_router(handlers: Any, user_of: Callable[[Request], Any]) -> APIRou
             raise HTTPException(401, "not signed in")
         # JSON only: a form on another site cannot send it without a preflight (which is refused), on
         # top of the cross-site check every request passes (ui.security).
-        if not request.headers.get("content-type", "").startswith("application/json"):
-            raise HTTPException(415, "Send JSON.")
+        require_json(request)
         try:
             body = PageTurnRequest.model_validate_json(await request.body())
         except ValidationError:
             raise HTTPException(400, "Invalid request body.") from None
+        body.session_id = checked_session_id(body.session_id)
         turn, first = handlers.live.claim(user, body.turn_id)
         if first:
             params_in = (body.model, body.temperature, body.top_p, body.max_tokens, body.system_prompt)
