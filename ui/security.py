@@ -36,10 +36,14 @@ each upload when the message is sent and deletes Gradio's copy at once (ui.handl
 graph checks type, size and count from the bytes.
 
 Tabs: Gradio keys a tab (its state, its event stream, cancelling its events) on the `session_hash` the
-browser chose. With sign-in on, `SignInGuard` binds each hash to the first signed-in user who presents
-it; the tab's event stream, events and heartbeat are refused (403) to any other user, and
-`/gradio_api/cancel`, which Gradio serves without sign-in, needs the tab's own user (401 without
-sign-in, 403 for anyone else). The handlers check the same (`ui.handlers.Session.user`).
+browser chose, and reads it wherever a route takes it: the query, a JSON or form body, a path segment.
+With sign-in on, `SignInGuard` binds each hash to the first signed-in user who presents it, and checks
+every request into Gradio's app, whatever its route, rather than a list of Gradio's routes (Gradio has
+many that take a tab, and adds more): a request that names a tab there must come from the tab's user
+(401 without sign-in, 403 for anyone else). A request that names a tab more than once (the query twice,
+the query and the body, a duplicated JSON key) is refused with 400: Gradio and a check can read
+different ones (the first query value, the last). The handlers check the same
+(`ui.handlers.Session.user`).
 """
 
 from __future__ import annotations
@@ -51,14 +55,18 @@ import os
 import re
 from collections import OrderedDict
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
+import fastapi.routing
 from fastapi import FastAPI
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ui.throttle import REFUSAL, LoginThrottle
@@ -217,11 +225,10 @@ async def _form_user(scope: Scope, body: bytes) -> str:
         return ""
 
 
-# Gradio's routes that act on a tab, found by its session_hash: in a JSON body, the query, or the path.
-_TAB_BODY = re.compile(r"^/gradio_api/(queue/join|cancel|call/[^/]+)/?$")
-_TAB_QUERY = re.compile(r"^/gradio_api/queue/data/?$")
-_TAB_PATH = re.compile(r"^/gradio_api/heartbeat/([^/]+)/?$")
+SESSION_HASH = "session_hash"  # how Gradio names the tab a request is for, in every place it reads one
+EVENT_ID = "event_id"  # a path parameter Gradio reads as a tab's name when no event has that id
 MAX_TABS = 100_000  # tab owners remembered (the least recently seen are forgotten first)
+MAX_FORM_PART_BYTES = 64 * 1024 * 1024  # a form field read for its tab: bounded by the body limit anyway
 _UPLOAD = re.compile(r"^/gradio_api/upload/?$")
 # Any other POST into Gradio's API may carry an event's `data` (run, api, call/v2, stream, ...): its files
 # are checked too. Not the upload itself (a multipart body) nor sign-in (a form).
@@ -294,6 +301,77 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _has_body(scope: Scope) -> bool:
+    """Whether a request may carry a body: any method but GET and HEAD, or one that declares a body."""
+    headers = Headers(scope=scope)
+    declared = "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
+    return scope["method"] not in ("GET", "HEAD") or declared
+
+
+def _query_tabs(scope: Scope) -> list[Any]:
+    """Every `session_hash` value in the query, read as Starlette (and so Gradio) reads a query."""
+    query = scope.get("query_string", b"").decode("latin-1")
+    return [value for key, value in parse_qsl(query, keep_blank_values=True) if key == SESSION_HASH]
+
+
+def _routes(app: Any) -> list[BaseRoute]:
+    """The routes of Gradio's app, one entry each (newer FastAPI keeps an included router as one entry:
+    `iter_route_contexts` lists its routes)."""
+    routes = getattr(app, "routes", None) or []
+    flatten = getattr(fastapi.routing, "iter_route_contexts", None)
+    return list(flatten(routes)) if flatten is not None else list(routes)
+
+
+def _route_of(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """The route Gradio's router will pick for this request, as Starlette picks it (the first full match,
+    else the first that differs by method only): its path template ("" for none) and path parameters."""
+    partial: tuple[str, dict[str, Any]] | None = None
+    for route in _routes(scope.get("app")):
+        match, child = route.matches(scope)
+        if match is Match.NONE:
+            continue
+        found = (str(getattr(route, "path", "")), dict(child.get("path_params", {})))
+        if match is Match.FULL:
+            return found
+        partial = partial or found
+    return partial or ("", {})
+
+
+def _json_object(body: bytes) -> tuple[dict[str, Any] | None, list[Any]]:
+    """A JSON body as Gradio reads it (of duplicated keys, the last) and every top-level `session_hash`
+    value in it (duplicates too); (None, []) for a body that is not a JSON object."""
+    objects: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        objects.append(pairs)  # innermost first: the top-level object comes last
+        return dict(pairs)
+
+    try:
+        value = json.loads(body, object_pairs_hook=keep)
+    except (ValueError, RecursionError):  # not JSON: Gradio cannot read it either
+        return None, []
+    if not isinstance(value, dict):
+        return None, []
+    return value, [v for k, v in objects[-1] if k == SESSION_HASH]
+
+
+async def _form_tabs(scope: Scope, body: bytes) -> list[Any] | None:
+    """Every `session_hash` field of a form body (urlencoded or multipart), read with Starlette's parser
+    as Gradio's routes read forms; [] for a body that is not a form; None for a form that cannot be read."""
+
+    async def once() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(dict(scope), once).form(max_part_size=MAX_FORM_PART_BYTES)
+    except (HTTPException, MultiPartException):
+        return None
+    try:
+        return list(form.getlist(SESSION_HASH))
+    finally:
+        await form.close()
+
+
 async def signed_in_user(scope: Scope, app: Any = None) -> str | None:
     """The signed-in user of a request inside Gradio's app (or beside it: `app`, the Gradio app), as
     Gradio's own `/user` route finds it: its `auth_dependency` (IAP), else its sign-in cookie."""
@@ -332,11 +410,37 @@ class SignInGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/login" and self.throttle:
+        path, method = scope["path"], scope["method"]
+        # Every request is checked for the tab it names, whatever its route: Gradio reads a tab on many
+        # routes and adds more. The body (bounded by the app's max_body_size) is read whole for it, and
+        # handed on to Gradio unchanged.
+        route, params = _route_of(scope)
+        # A path parameter names a tab when Gradio calls it so, and an event id that is a tab's hash
+        # does too (Gradio's `/call/<name>/<event_id>` reads the tab of that name when no event has the
+        # id). Not any parameter that is a tab's hash: a user could claim "predict" and block /run/predict.
+        named = _query_tabs(scope) + [
+            v for k, v in params.items() if k == SESSION_HASH or (k == EVENT_ID and v in self.tab_owners)
+        ]
+        event: dict[str, Any] | None = None
+        if _has_body(scope):
+            body = await _read_body(receive)
+            if body is None:
+                return
+            receive = _replay(body, receive)
+            event, in_json = _json_object(body)
+            in_form = await _form_tabs(scope, body)
+            if in_form is None:
+                await JSONResponse({"detail": "Unreadable form."}, status_code=400)(scope, receive, send)
+                return
+            named += in_json + in_form
+        refusal = await self._tab_refusal(scope, route, named)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        if method == "POST" and path.rstrip("/") == "/login" and self.throttle:
             await self._login(scope, receive, send, self.throttle)
             return
-        path = scope["path"]
-        if scope["method"] == "POST" and _UPLOAD.match(path):
+        if method == "POST" and _UPLOAD.match(path):
             await self._upload(scope, receive, send)
             return
         if (found := _FILE.match(path)) is not None:
@@ -347,68 +451,47 @@ class SignInGuard:
                 return
             await self.app(scope, receive, send)  # not signed in: Gradio's own 401
             return
-        if _TAB_BODY.match(path) or _TAB_QUERY.match(path) or _TAB_PATH.match(path):
-            await self._tab(scope, receive, send)
-            return
-        if scope["method"] == "POST" and _DATA_BODY.match(path):
-            await self._data(scope, receive, send)
-            return
-        if scope["method"] in ("GET", "HEAD"):
+        if event is not None and method == "POST" and _DATA_BODY.match(path):
+            if not await self._own_files(scope, event):
+                await _not_found(scope, receive, send)
+                return
+        if method in ("GET", "HEAD"):
             await self.app(scope, receive, _without_api_info(send))
             return
         await self.app(scope, receive, send)
 
-    async def _tab(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A request on a tab: passed on only for the tab's own user (the first to present its hash)."""
-        path = scope["path"]
-        session_hash: str | None = None
-        if (found := _TAB_PATH.match(path)) is not None:
-            session_hash = found.group(1)
-        elif _TAB_QUERY.match(path):
-            session_hash = (
-                parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash") or [None]
-            )[0]
-        else:
-            body = await _read_body(receive)
-            if body is None:
-                return
-            receive = _replay(body, receive)
-            try:
-                value = json.loads(body).get("session_hash")
-            except (ValueError, AttributeError):  # not a JSON object: Gradio refuses it itself
-                value = None
-            session_hash = value if isinstance(value, str) else None
-            if not await self._own_files(scope, body):
-                await _not_found(scope, receive, send)
-                return
-        cancel = path.rstrip("/").endswith("/cancel")
-        if session_hash is None and not cancel:
-            await self.app(scope, receive, send)  # no tab named (e.g. a /call without one): Gradio's own
-            return
+    async def _tab_refusal(self, scope: Scope, route: str, named: list[Any]) -> Response | None:
+        """The refusal of a request that names a tab ambiguously or names another user's; None when it
+        names no tab, or one tab once as its user (the first signed-in user to name a tab claims it)."""
+        if not named:
+            return None
+        where = f"{scope['method']} {route or 'an unrouted path'}"  # the route's template: no hash, no text
+        if len(named) > 1:
+            log.warning("refused %s: it names a tab %d times", where, len(named))
+            detail = "This request names its tab (session_hash) more than once; name it once."
+            return JSONResponse({"detail": detail}, status_code=400)
+        (tab,) = named
+        if tab is None:  # a JSON null: Gradio reads no tab
+            return None
+        if not isinstance(tab, str):
+            log.warning("refused %s: its tab is not named by a string", where)
+            return JSONResponse({"detail": "session_hash must be a string."}, status_code=400)
         user = await signed_in_user(scope)
         if user is None:
-            await JSONResponse({"detail": "Not authenticated"}, status_code=401)(scope, receive, send)
-            return
-        owner = self.tab_owners.get(session_hash) if session_hash else None
-        if owner is None and not cancel and session_hash:
-            owner = self.tab_owners[session_hash] = user
-            if len(self.tab_owners) > MAX_TABS:
-                self.tab_owners.popitem(last=False)
+            return JSONResponse({"detail": "Not authenticated"}, status_code=401)
+        owner = self.tab_owners.setdefault(tab, user)
+        self.tab_owners.move_to_end(tab)
+        while len(self.tab_owners) > MAX_TABS:
+            self.tab_owners.popitem(last=False)
         if owner != user:
-            log.warning("refused %s on a tab of another user (or none) to %r", path, user)
-            await JSONResponse({"detail": "Not your tab."}, status_code=403)(scope, receive, send)
-            return
-        if session_hash:
-            self.tab_owners.move_to_end(session_hash)
-        await self.app(scope, receive, send)
+            log.warning("refused %s on another user's tab to %r", where, user)
+            return JSONResponse({"detail": "Not your tab."}, status_code=403)
+        return None
 
-    async def _own_files(self, scope: Scope, body: bytes) -> bool:
-        """False when the JSON body's `data` names a file (a `path`) that is not one of the caller's
-        uploads (a URL included)."""
-        try:
-            files = _event_files(json.loads(body).get("data"))
-        except (ValueError, AttributeError):  # not a JSON object: no files named
-            return True
+    async def _own_files(self, scope: Scope, event: dict[str, Any]) -> bool:
+        """False when an event's `data` names a file (a `path`) that is not one of the caller's uploads
+        (a URL included)."""
+        files = _event_files(event.get("data"))
         if not files:
             return True
         user = await signed_in_user(scope)
@@ -416,18 +499,6 @@ class SignInGuard:
             return True
         log.warning("refused an event naming a file that %r did not upload", user)
         return False
-
-    async def _data(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Gradio's other routes that run a function on `data` (`/run/<name>`, `/api/<name>`,
-        `/call/v2/<name>`, ...): the same check of the files they name."""
-        body = await _read_body(receive)
-        if body is None:
-            return
-        receive = _replay(body, receive)
-        if not await self._own_files(scope, body):
-            await _not_found(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Gradio's upload, its answer (the cached paths, JSON) noted as the caller's before it is sent:

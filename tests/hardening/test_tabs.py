@@ -6,22 +6,28 @@ answer through `/gradio_api/cancel`, which a stranger must not reach at all. Upl
 attachments, issue 15) need sign-in: without it `/gradio_api/upload` is refused and nothing lands in
 Gradio's temporary directory; a file over the attachment limit is refused before it is kept; a file one
 user uploaded is neither served to another (`/gradio_api/file=`) nor taken from another's message, and
-Gradio's copy is gone once its message is sent"""
+Gradio's copy is gone once its message is sent. On every route of Gradio's (read from the installed
+Gradio, not listed here), a request from another user that names the tab is refused, and so is one that
+names a tab twice (Gradio reads the last query value: a check that read the first let another user
+read a tab's live answer)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import gradio as gr
 import httpx
 import pytest
 
-from tests.hardening.conftest import login, new_id
+from tests.hardening.conftest import login, new_id, until
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -148,6 +154,13 @@ class Page:
         self.load = dep(None, "load")
         self.send_fn = dep(self.textbox, "submit")
         self.stop_fn = dep(self.textbox, "stop")
+        self.new_button = ids["hc-new"]
+        self.new_fn = dep(self.new_button, "click")  # "New conversation": resets the tab's state
+
+    def new_conversation_event(self) -> dict[str, Any]:
+        """The page's "New conversation" event, as its browser sends it to `/run/predict`, without its tab."""
+        fn = self.new_fn["id"]
+        return {"data": [None], "event_data": None, "fn_index": fn, "trigger_id": self.new_button}
 
     async def stop(self, event_id: str) -> tuple[httpx.Response, httpx.Response]:
         """The page's Stop, as the browser sends it: Gradio's cancel of the answer's event, then the
@@ -289,6 +302,284 @@ async def test_cancel_needs_sign_in_as_the_tabs_user(chat_server: dict[str, Any]
         fault.mode = "ok"
         await a.aclose()
         await b.aclose()
+
+
+# --- every Gradio route, as another signed-in user naming the tab ------------------------------------
+# Gradio reads a tab's session_hash on many routes (the query, a JSON or form body, a path segment) and
+# adds routes from one version to the next: the routes swept are read from the installed Gradio's app.
+_PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+async def gradio_routes(tmp_path: Path) -> list[tuple[str, str]]:
+    """Every (method, path template) of Gradio's app as `hybrid-chat serve` mounts it with sign-in, read
+    from the app at run time, so that a route a newer Gradio adds is swept without editing this test.
+    Sign-out last: Gradio's GET /logout is sent as the app's POST /logout (ui.security.SameSiteGuard)."""
+    from fastapi import routing
+
+    from graph.client import ChatClient
+    from graph.settings import Settings
+    from tests.fakes import ScriptedBackends
+    from tests.hardening.conftest import ScriptedModel
+    from ui.server import create_app
+
+    settings = Settings(_env_file=None, sqlite_path=tmp_path / "routes.db", auth_users="alice:a,bob:b")  # type: ignore[call-arg]
+    model = ScriptedModel()
+    backends = ScriptedBackends(settings, {"gemma": model, "gemini": model})
+    client = ChatClient.from_settings(settings, backends=backends)
+    app = create_app(settings, client=client)
+    await client.services.store.aclose()  # only the routes are wanted
+    gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "stop_event"))
+    flatten = getattr(routing, "iter_route_contexts", None)  # newer FastAPI nests included routers
+    routes = list(flatten(gradio_app.routes)) if flatten else list(gradio_app.routes)
+    found = {
+        ("POST" if route.path == "/logout" else method, route.path)
+        for route in routes
+        for method in getattr(route, "methods", None) or ()
+        if getattr(route, "path", None)
+    }
+    assert ("GET", "/gradio_api/queue/data") in found and ("POST", "/gradio_api/run/{api_name}") in found
+    return sorted(found, key=lambda r: (r[1] == "/logout", r))
+
+
+def _names_tab_in_path(template: str) -> bool:
+    """Whether the route's path carries a tab: its session_hash, or an event id (Gradio's
+    `/call/<name>/<event_id>` reads the tab of that name when no event has the id)."""
+    return any(m.group(1) in ("session_hash", "event_id") for m in _PATH_PARAM.finditer(template))
+
+
+def _path(template: str, tab: str) -> str:
+    """The route's path naming `tab` wherever it takes a tab or an event id, a harmless value elsewhere."""
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in ("session_hash", "event_id"):
+            return tab
+        return "predict" if name == "api_name" else "1"
+
+    return _PATH_PARAM.sub(value, template)
+
+
+async def _answer(
+    client: httpx.AsyncClient, method: str, url: str, within_s: float = 2.0, **request: Any
+) -> tuple[int, str]:
+    """(status, what came back within `within_s`): an event stream is read until then, or until the
+    server drops it (0: no answer at all)."""
+    status, body = 0, b""
+    try:
+        async with asyncio.timeout(within_s):
+            async with client.stream(method, url, **request) as r:
+                status = r.status_code
+                async for chunk in r.aiter_raw():
+                    body += chunk
+    except (TimeoutError, httpx.HTTPError):
+        pass
+    return status, body.decode(errors="replace")
+
+
+async def _comes(tab: Page, text: str, within_s: float = 20) -> bool:
+    """Whether `text` comes in the tab's event stream within `within_s` (False if the server drops it)."""
+    try:
+        async with asyncio.timeout(within_s):
+            params = {"session_hash": tab.hash}
+            async with tab.client.stream("GET", "/gradio_api/queue/data", params=params) as r:
+                async for line in r.aiter_lines():
+                    if text in line:
+                        return True
+    except (TimeoutError, httpx.HTTPError):
+        pass
+    return False
+
+
+def _logged(server: dict[str, Any], *secrets: str) -> list[str]:
+    """Which of `secrets` (a tab's hash, what its user typed) the server's log shows: none should be."""
+    log_text = Path(server["log"]).read_text(errors="replace")
+    return [secret for secret in secrets if secret in log_text]
+
+
+class TwoTabs:
+    """The owner's tab with a conversation on screen and an answer waiting in its event stream (a live
+    answer nobody has read yet), and the intruder's own tab: another signed-in user, same server. The
+    model echoes every user message of its prompt: an answer shows which conversation it belongs to."""
+
+    def __init__(self, owner: Page, intruder: Page, model: Any) -> None:
+        self.owner, self.intruder, self.model = owner, intruder, model
+        self.sent: list[str] = []  # the owner's messages, each a fresh id: found anywhere, it is theirs
+
+    @classmethod
+    async def open(cls, server: dict[str, Any], owner: str, intruder: str = "tab_intruder") -> TwoTabs:
+        url = server["url"]
+        owner_tab = await Page.open(await login(url, owner))
+        tabs = cls(owner_tab, await Page.open(await login(url, intruder)), server["fault"])
+        for tab in (tabs.owner, tabs.intruder):
+            assert (await tab.join(tab.load, [])).status_code == 200
+            assert (await tab.read())[0] == 200
+        assert await tabs.say() == 200
+        assert await _comes(tabs.owner, tabs.echo)  # on the owner's screen
+        assert await tabs.say() == 200  # answered into the stream, not read yet
+        return tabs
+
+    @property
+    def echo(self) -> str:
+        """The answer to the owner's last message, when it is the same conversation throughout."""
+        return "echo:" + "|".join(self.sent)
+
+    async def say(self) -> int:
+        """The owner sends a new message; back once the model has answered it (the answer then waits in
+        the tab's stream until read), or within 20 s."""
+        message = f"owner-{new_id()}"
+        self.sent.append(message)
+        status = (await self.owner.send(message)).status_code
+
+        def answered() -> bool:
+            return self.model.in_progress == 0 and any(message in json.dumps(p) for p in self.model.prompts)
+
+        with contextlib.suppress(TimeoutError):
+            await until(answered, within_s=20)
+            await asyncio.sleep(0.3)  # the turn's save and Gradio's last messages
+        return status
+
+    def leaked(self, text: str) -> bool:
+        return any(message in text for message in self.sent)
+
+    def event(self) -> dict[str, Any]:
+        return self.owner.new_conversation_event()
+
+    async def intrude(self, method: str, url: str, **request: Any) -> tuple[int, bool]:
+        """The intruder's request: (its status, whether anything of the owner's came back). What came
+        back is read from the owner's stream: the owner sends again, so that the next request has an
+        answer waiting to take too."""
+        status, text = await _answer(self.intruder.client, method, url, **request)
+        leaked = self.leaked(text)
+        if leaked:
+            await self.say()
+        return status, leaked
+
+    async def owner_tab_is_unchanged(self) -> list[str]:
+        """What differs from an untouched tab: the waiting answer reaches the owner, and the next turn
+        continues the same conversation."""
+        problems = []
+        if not await _comes(self.owner, self.echo):
+            problems.append("the owner's waiting answer did not reach the owner's tab")
+        if await self.say() != 200:
+            problems.append("the owner could not send in their own tab")
+        elif not await _comes(self.owner, self.echo):
+            problems.append("the owner's tab no longer holds their conversation (it was reset)")
+        return problems
+
+    async def aclose(self) -> None:
+        await self.owner.client.aclose()
+        await self.intruder.client.aclose()
+
+
+@pytest.mark.integration
+async def test_a_tab_named_twice_is_refused_on_every_gradio_route(
+    chat_server: dict[str, Any], tmp_path: Path
+) -> None:
+    """The intruder names their own tab and the owner's in one request (Gradio reads the last query
+    value, a check could read the first): refused (400) on every route, and nothing of the owner's."""
+    routes = await gradio_routes(tmp_path)
+    fault = chat_server["fault"]
+    fault.mode = "echo"
+    tabs = await TwoTabs.open(chat_server, "tab_owner_twice")
+    theirs, mine = tabs.owner.hash, tabs.intruder.hash
+    twice = urlencode([("session_hash", mine), ("session_hash", theirs)])
+    event = json.dumps(tabs.event())
+    keys = f'"session_hash": {json.dumps(mine)}, "session_hash": {json.dumps(theirs)}'
+    json_body = {"headers": {"content-type": "application/json"}}
+    both_fields = {"session_hash": [mine, theirs]}
+    theirs_in_body = {**tabs.event(), "session_hash": theirs}
+    leaks, accepted = [], []
+    try:
+        for method, template in routes:
+            path = _path(template, theirs)
+            attempts: list[tuple[str, str, dict[str, Any]]] = [("query twice", f"{path}?{twice}", {})]
+            if method == "POST":
+                attempts = [
+                    ("query twice", f"{path}?{twice}", {**json_body, "content": event}),
+                    ("JSON key twice", path, {**json_body, "content": event[:-1] + f", {keys}}}"}),
+                    ("query and JSON", f"{path}?session_hash={mine}", {"json": theirs_in_body}),
+                    ("form field twice", path, {"data": both_fields}),
+                    ("multipart field twice", path, {"data": both_fields, "files": {"f": b"x"}}),
+                ]
+            for how, url, request in attempts:
+                status, leaked = await tabs.intrude(method, url, **request)
+                if leaked:
+                    leaks.append(f"{method} {template} ({how}): {status}")
+                if status != 400:
+                    accepted.append(f"{method} {template} ({how}): {status}")
+        problems = await tabs.owner_tab_is_unchanged()
+        problems += [f"the log shows {secret!r}" for secret in _logged(chat_server, theirs, *tabs.sent)]
+    finally:
+        fault.mode = "ok"
+        await tabs.aclose()
+    assert not (leaks or problems or accepted), (
+        f"another user received the owner's chat from {leaks}; the owner's tab: {problems}; "
+        f"not refused (400) though the request names two tabs: {accepted}"
+    )
+
+
+@pytest.mark.integration
+async def test_another_users_tab_is_refused_on_every_gradio_route(
+    chat_server: dict[str, Any], tmp_path: Path
+) -> None:
+    """The intruder names the owner's tab once, wherever the route takes it: refused (403) on every
+    route, nothing of the owner's comes back, and the owner's tab is not reset (`/run/predict` with the
+    page's "New conversation" event, naming the owner's tab, would empty it)."""
+    routes = await gradio_routes(tmp_path)
+    fault = chat_server["fault"]
+    fault.mode = "echo"
+    tabs = await TwoTabs.open(chat_server, "tab_owner_once")
+    theirs = tabs.owner.hash
+    leaks, accepted = [], []
+    try:
+        for method, template in routes:
+            path = _path(template, theirs)
+            attempts: list[tuple[str, str, dict[str, Any]]]
+            if _names_tab_in_path(template):
+                attempts = [("path", path, {"json": tabs.event()} if method == "POST" else {})]
+            elif method == "POST":
+                attempts = [
+                    ("query", f"{path}?session_hash={theirs}", {"json": tabs.event()}),
+                    ("JSON", path, {"json": {**tabs.event(), "session_hash": theirs}}),
+                    ("multipart", path, {"data": {"session_hash": theirs}, "files": {"f": b"x"}}),
+                ]
+            else:
+                attempts = [("query", f"{path}?session_hash={theirs}", {})]
+            for how, url, request in attempts:
+                status, leaked = await tabs.intrude(method, url, **request)
+                if leaked:
+                    leaks.append(f"{method} {template} ({how}): {status}")
+                if status != 403:
+                    accepted.append(f"{method} {template} ({how}): {status}")
+        problems = await tabs.owner_tab_is_unchanged()
+        problems += [f"the log shows {secret!r}" for secret in _logged(chat_server, theirs, *tabs.sent)]
+    finally:
+        fault.mode = "ok"
+        await tabs.aclose()
+    assert not (leaks or problems or accepted), (
+        f"another user received the owner's chat from {leaks}; the owner's tab: {problems}; "
+        f"not refused (403) though the tab is another user's: {accepted}"
+    )
+
+
+@pytest.mark.integration
+async def test_a_tab_named_like_a_route_takes_it_from_no_one(chat_server: dict[str, Any]) -> None:
+    """The browser chooses its tab's name: a user whose tab is called "predict" must not make
+    `/run/predict` (the page's "New conversation", its Stop) another user's tab."""
+    url = chat_server["url"]
+    squatter, other = await login(url, "tab_intruder"), await login(url, "tab_owner_once")
+    try:
+        squatted = await Page.open(squatter, "predict")
+        assert (await squatted.join(squatted.load, [])).status_code == 200
+        tab = await Page.open(other)
+        assert (await tab.join(tab.load, [])).status_code == 200
+        assert (await tab.read())[0] == 200
+        event = {**tab.new_conversation_event(), "session_hash": tab.hash}
+        r = await other.post("/gradio_api/run/predict", json=event)
+        assert r.status_code == 200, r.text
+    finally:
+        await squatter.aclose()
+        await other.aclose()
 
 
 # --- the handlers themselves -------------------------------------------------------------------
