@@ -39,6 +39,7 @@ from graph.attachments import blocks
 from graph.attachments.store import AttachmentStore, make_attachment_store
 from graph.backends import BACKENDS, Accepts, BackendName, GenerationParams
 from graph.context import Context, Services
+from graph.finish import finish_reason
 from graph.health import http_status
 from graph.memory.contract import AccessDenied, ChatHistory, ConversationNotFound, MemoryUnavailable
 from graph.router import SHORT_NAMES, RouteRequest, Signals
@@ -457,6 +458,8 @@ class _Answer:
         self.started = time.perf_counter()
         self.first_token: float | None = None
         self.full: AIMessageChunk | None = None
+        self.metadata: dict[str, Any] = {}  # the chunks' response metadata, each field's last value
+        self.finish: str | None = None  # the last chunk's reason that says something (graph.finish)
 
     def restart_clock(self) -> None:
         self.started = time.perf_counter()
@@ -464,6 +467,13 @@ class _Answer:
     def feed(self, chunk: AIMessageChunk) -> None:
         if self.first_token is None and chunk.content:
             self.first_token = time.perf_counter()
+        # Adding chunks concatenates their string metadata (Gemini repeats its model name and
+        # "FINISH_REASON_UNSPECIFIED" on every chunk): each field keeps its last value instead.
+        for key, value in chunk.response_metadata.items():
+            if key in ("finish_reason", "finishReason"):
+                self.finish = finish_reason(value) or self.finish
+            elif value not in (None, "", [], {}):
+                self.metadata[key] = value
         self.full = chunk if self.full is None else self.full + chunk
 
     @property
@@ -476,7 +486,6 @@ class _Answer:
         usage = full.usage_metadata or {}
         out_tokens = usage.get("output_tokens") or 0
         gen_time = elapsed - ((self.first_token or self.started) - self.started)
-        finish = full.response_metadata.get("finish_reason") or full.response_metadata.get("finishReason")
         meta: dict[str, Any] = {
             "backend": self.backend,
             "backend_label": self.label,
@@ -488,7 +497,7 @@ class _Answer:
             "input_tokens": usage.get("input_tokens") or 0,
             "output_tokens": out_tokens,
             "tokens_per_s": round(out_tokens / gen_time, 1) if out_tokens and gen_time > 0 else None,
-            "finish_reason": "interrupted" if interrupted else (str(finish).lower() if finish else None),
+            "finish_reason": "interrupted" if interrupted else self.finish,
         }
         if interrupted:
             meta["interrupted"] = interrupted
@@ -496,7 +505,7 @@ class _Answer:
             content=clean_text(full.text),  # a lone surrogate from a backend would make the turn unsavable
             # The streamed chunks' id: LangGraph's "messages" stream then does not emit it a second time.
             id=full.id or f"ai-{uuid.uuid4().hex}",
-            response_metadata={**full.response_metadata, META: meta},
+            response_metadata={**self.metadata, "finish_reason": self.finish, META: meta},
             usage_metadata=full.usage_metadata,
         )
 

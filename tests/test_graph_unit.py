@@ -236,3 +236,37 @@ async def test_a_stop_as_the_answer_ends_still_saves_it() -> None:
             break
     await SERVICES[id(store)].turns.settle()
     assert [m.content for m in store.of("s1")] == ["Keep this", "Kept."]
+
+
+def test_one_finish_reason_per_answer_in_openais_words() -> None:
+    from langchain_core.messages import AIMessageChunk
+
+    from graph.finish import finish_reason
+    from graph.nodes import _Answer
+
+    assert [finish_reason(r) for r in ("STOP", "MAX_TOKENS", "SAFETY", "length", "tool_calls")] == [
+        "stop",
+        "length",
+        "content_filter",
+        "length",
+        "tool_calls",
+    ]
+    assert finish_reason("FINISH_REASON_UNSPECIFIED") is None and finish_reason(None) is None
+    assert finish_reason("Something_New") == "something_new"  # kept, not lost
+    # Gemini's stream: every chunk repeats its model name and a reason; only the last one says something.
+    answer = _Answer("gemini", "Gemini", "pinned", "gemini")
+    for text, reason in (
+        ("Once", "FINISH_REASON_UNSPECIFIED"),
+        (" upon", "FINISH_REASON_UNSPECIFIED"),
+        ("", "MAX_TOKENS"),
+    ):
+        answer.feed(
+            AIMessageChunk(
+                content=text, response_metadata={"finish_reason": reason, "model_name": "gemini-2.5-flash"}
+            )
+        )
+    message = answer.message()
+    assert message.content == "Once upon"
+    assert message.response_metadata["finish_reason"] == "length"
+    assert message.response_metadata["model_name"] == "gemini-2.5-flash"
+    assert message.response_metadata["hybrid_chat"]["finish_reason"] == "length"

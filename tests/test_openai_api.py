@@ -117,6 +117,33 @@ def test_openai_sdk_lists_models_and_answers_streamed_and_not(
         assert chunks[-1].usage.completion_tokens > 0
 
 
+def test_an_answer_cut_at_max_tokens_says_length_for_both_backends(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """One finish reason per answer, in OpenAI's words, streamed and not: Gemini's chunks each carry a
+    reason ("FINISH_REASON_UNSPECIFIED" until the last, "MAX_TOKENS"), which must not be glued together."""
+    app = app_for(tmp_path, local_backends)
+    ask = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
+    with serve_app(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        for model in ("hybrid-chat/gemma", "hybrid-chat/gemini"):
+            completion = client.chat.completions.create(model=model, messages=ask, max_tokens=4)
+            assert completion.choices[0].finish_reason == "length", model
+            # The same one reason in /api/chat's meta (what the page and the store keep).
+            r = httpx.post(
+                f"{base}/api/chat",
+                json={"message": ask[0]["content"], "model": model.split("/")[1], "max_tokens": 4},
+                timeout=60,
+            )
+            done = json.loads(r.text.split("event: done\ndata: ", 1)[1].split("\n", 1)[0])
+            assert done["meta"]["finish_reason"] == "length", (model, done["meta"])
+            chunks = list(
+                client.chat.completions.create(model=model, messages=ask, max_tokens=4, stream=True)
+            )
+            reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+            assert reasons == ["length"], (model, reasons)
+
+
 async def test_async_sdk_streams_two_turns_into_a_conversation(
     tmp_path: Path, local_backends: Backends
 ) -> None:

@@ -32,6 +32,7 @@ from graph.attachments.blocks import REF_KEY, is_reference
 from graph.client import MODELS as CLIENT_MODELS
 from graph.client import ChatClient, Delta
 from graph.client import Done as ClientDone
+from graph.finish import LENGTH, finish_reason
 from graph.local.llama import LOCAL_MODEL_LABEL
 from graph.memory.codec import message_text
 from graph.memory.contract import (
@@ -153,7 +154,6 @@ class Done:
 # the bubble by ui/page.js: Gradio's Chatbot has no per-message footer, and anything put in the Markdown
 # would land inside an unclosed code block and on the clipboard.
 SHORT_NAMES = {"gemma": "Gemma", "gemini": "Gemini"}
-LENGTH_REASONS = ("length", "max_tokens")  # llama.cpp/vLLM say "length", Gemini "MAX_TOKENS"
 
 
 def reference(answer_id: Any) -> str:
@@ -167,7 +167,10 @@ def short_name(backend: Any) -> str:
 
 
 def cut_at_limit(meta: dict[str, Any]) -> bool:
-    return str(meta.get("finish_reason") or "").lower() in LENGTH_REASONS and not meta.get("interrupted")
+    """The answer was cut at `max_tokens` (Continue is offered). Answers saved before finish reasons
+    were normalised may hold Gemini's chunks' reasons glued together, ending in "max_tokens"."""
+    raw = str(meta.get("finish_reason") or "").lower()
+    return (finish_reason(raw) == LENGTH or raw.endswith("max_tokens")) and not meta.get("interrupted")
 
 
 def meta_line(meta: dict[str, Any], *, ref: str | None = None) -> str:

@@ -55,6 +55,7 @@ from fastapi.responses import JSONResponse, Response
 from langchain_core.messages import BaseMessage, convert_to_messages
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from graph.finish import CONTENT_FILTER, LENGTH, STOP, TOOL_CALLS, finish_reason
 from graph.memory.codec import message_text
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
 from graph.memory.keys import KeyStore, key_store
@@ -293,9 +294,10 @@ def _keys(service: ChatService) -> KeyStore | None:
 
 
 def _finish(done: Done) -> str:
-    return (
-        "length" if str(done.meta.get("finish_reason") or "").lower() in ("length", "max_tokens") else "stop"
-    )
+    """OpenAI's finish reason: the answer's own (graph.finish speaks OpenAI's words), `stop` when it
+    has none or one OpenAI has no word for."""
+    reason = finish_reason(done.meta.get("finish_reason"))
+    return reason if reason in (LENGTH, CONTENT_FILTER, TOOL_CALLS) else STOP
 
 
 def _usage(done: Done) -> dict[str, int]:
