@@ -50,9 +50,8 @@ from graph.validation import (
     AttachmentInfo,
     AttachmentLimits,
     InvalidInput,
-    check_attachment,
-    check_attachment_count,
     check_id,
+    check_message_attachments,
     check_new_messages,
     check_session_id,
     check_system_prompt,
@@ -165,20 +164,21 @@ def attachment_limits(s: Settings) -> AttachmentLimits:
         max_bytes=s.attachment_max_bytes,
         max_count=s.attachment_max_count,
         max_pixels=s.attachment_max_pixels,
+        max_message_pixels=s.attachment_max_message_pixels,
         max_pdf_pages=s.attachment_max_pdf_pages,
+        decode_threads=s.attachment_decode_threads,
     )
 
 
 def check_attachments(messages: Sequence[BaseMessage], s: Settings) -> list[AttachmentInfo]:
-    """This turn's attachments, each checked from its bytes (`graph.validation.check_attachment`)."""
+    """This turn's attachments, checked from their bytes a message at a time (every limit before any
+    decoding: `graph.validation.check_message_attachments`)."""
     limits = attachment_limits(s)
     found: list[AttachmentInfo] = []
     for m in messages:
         if m.type != "human":
             continue
-        raw = blocks.find(m.content)
-        check_attachment_count(len(raw), limits)
-        found += [check_attachment(r.data, limits, r.name) for r in raw]
+        found += check_message_attachments([(r.data, r.name) for r in blocks.find(m.content)], limits)
     return found
 
 

@@ -206,7 +206,23 @@ class Settings(BaseSettings):
     )
     attachment_max_count: int = Field(default=4, ge=0, description="Attachments per message.")
     attachment_max_pixels: int = Field(
-        default=40_000_000, ge=1, description="Largest image, width x height (decompression bombs)."
+        default=4096 * 4096,
+        ge=1,
+        description="Largest image, width x height, read from its header (decoding 4096x4096 holds at most "
+        "64 MiB; the models scale a larger image down anyway).",
+    )
+    attachment_max_message_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Pixels of one message's images together, read from their headers before any is "
+        "decoded (bounds the CPU one message costs; four 12 MP photos fit).",
+    )
+    attachment_decode_threads: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Images this process decodes at once (checking them), whatever the number of users: "
+        "each holds up to 4 bytes a pixel of the largest image while it decodes.",
     )
     attachment_max_pdf_pages: int = Field(default=100, ge=1, description="Longest PDF, in pages.")
     attachment_history_max: int = Field(

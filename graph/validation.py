@@ -15,16 +15,36 @@ What the graph refuses, with `InvalidInput` (a `ValueError`) whose text says why
   `.`/`..`, `__name__`), and an empty or invalid user id.
 
 Attachments (images and PDFs in a user message's content, see `graph.attachments`), each checked from
-its bytes, never from its name or declared type (`check_attachment`), with `AttachmentLimits`:
+its bytes, never from its name or declared type (`check_message_attachments`; `check_attachment` for
+one file), with `AttachmentLimits`:
 
 - the type is sniffed from the first bytes: PNG, JPEG, GIF, WebP images and PDF; anything else is refused
   naming what it looks like (a declared `image/png` that is a ZIP is a ZIP);
 - over `max_bytes` decoded, or more than `max_count` in one message;
-- an image that does not decode (truncated, corrupt), or whose width x height is over `max_pixels`
-  (a decompression bomb: its header is read, its pixels never are, before the refusal);
+- an image whose width x height is over `max_pixels`, or a message whose images have more than
+  `max_message_pixels` together: both read from the headers before any image of the message is
+  decoded (a decompression bomb, or a few small well-compressed files of many pixels, are refused
+  without one pixel being decoded);
+- an image that does not decode (truncated, corrupt);
 - a PDF without its `%%EOF` trailer, or with more than `max_pdf_pages` pages (counted from its plain
   `/Type /Page` objects, without a PDF library: pages inside compressed object streams are not seen, so
   the count is a lower bound; the backend's own limit still applies).
+
+Decoding is what costs memory and CPU (a 6300x6300 PNG of 150 KB is 160 MB of pixels), so it is bounded
+(`check_message_attachments`):
+
+- per image by `max_pixels`, 16,777,216 (4096x4096) by default: at most 64 MiB decoded (Pillow keeps
+  up to 4 bytes a pixel). No model reads more: Gemini gives an image a bounded number of tokens (its
+  media resolution) and Gemma 3 reads 896x896 crops, so a larger image is scaled down anyway; 12-16 MP
+  photos and 5K screenshots still pass whole;
+- per message by `max_message_pixels`, 50,000,000 by default (four 12 MP photos);
+- per process by `decode_threads`: only those threads decode (one by default), whatever the number of
+  callers, so one image's pixels at a time are held, always in the same malloc arenas; after a large
+  image they are given back to the system (glibc's `malloc_trim`), not kept by the process for good;
+- a JPEG is decoded at 1/8 scale (`Image.draft`): every byte is still read, so a truncated one fails,
+  for 1/64 of the pixels;
+- bytes that decoded once are not decoded again (their digest is kept, never the bytes or pixels):
+  the way in and the graph each check a message.
 
 Everything else is plain user text: stored and read back exactly as sent (no stripping, no escaping):
 control characters, any Unicode, and strings that look like chat-template markers or serialized
@@ -33,11 +53,18 @@ messages. Answers are cleaned of lone surrogates (`clean_text`) so a backend can
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
 import io
+import math
 import re
+import threading
 import unicodedata
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -192,12 +219,15 @@ _PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 
 @dataclass(frozen=True)
 class AttachmentLimits:
-    """What every way in accepts (the settings' `attachment_*`); each backend may take less."""
+    """What every way in accepts (the settings' `attachment_*`); each backend may take less. The pixel
+    limits and `decode_threads` bound what checking costs (see the module docstring)."""
 
     max_bytes: int = 5_000_000
     max_count: int = 4
-    max_pixels: int = 40_000_000
+    max_pixels: int = 4096 * 4096
+    max_message_pixels: int = 50_000_000
     max_pdf_pages: int = 100
+    decode_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -210,6 +240,11 @@ class AttachmentInfo:
     width: int | None = None
     height: int | None = None
     pages: int | None = None
+
+    @property
+    def pixels(self) -> int:
+        """Width x height of an image (what decoding it holds), 0 for a PDF."""
+        return (self.width or 0) * (self.height or 0)
 
     def describe(self) -> str:
         """For people and logs: 'image/png 640x480, 12,345 bytes'."""
@@ -244,9 +279,14 @@ def _looks_like(data: bytes) -> str:
         return "an unknown binary format"
 
 
-def check_attachment(data: bytes, limits: AttachmentLimits, name: str | None = None) -> AttachmentInfo:
-    """One attachment's bytes checked (see the module docstring); `InvalidInput` says why not."""
-    what = f"the attachment {name!r}" if name else "the attachment"
+def _what(name: str | None) -> str:
+    return f"the attachment {name!r}" if name else "the attachment"
+
+
+def inspect_attachment(data: bytes, limits: AttachmentLimits, name: str | None = None) -> AttachmentInfo:
+    """What one attachment is, from its bytes and an image's header (nothing decoded): its type, size,
+    dimensions or pages, each within `limits`; `InvalidInput` says why not."""
+    what = _what(name)
     if not data:
         raise InvalidInput(f"{what} is empty")
     if len(data) > limits.max_bytes:
@@ -258,29 +298,134 @@ def check_attachment(data: bytes, limits: AttachmentLimits, name: str | None = N
         )
     if mime == "application/pdf":
         return _check_pdf(data, limits, what)
-    return _check_image(data, mime, limits, what)
+    return _image_header(data, mime, limits, what)
 
 
-def _check_image(data: bytes, mime: str, limits: AttachmentLimits, what: str) -> AttachmentInfo:
+def check_attachment(data: bytes, limits: AttachmentLimits, name: str | None = None) -> AttachmentInfo:
+    """One attachment's bytes checked, an image decoded (see the module docstring); `InvalidInput` says
+    why not."""
+    return check_message_attachments([(data, name)], limits)[0]
+
+
+def check_message_attachments(
+    files: Sequence[tuple[bytes, str | None]], limits: AttachmentLimits
+) -> list[AttachmentInfo]:
+    """One message's attachments (bytes, name), checked: every limit read from the bytes and headers
+    first, the images decoded only then, so a message over a limit costs no decoding."""
+    check_attachment_count(len(files), limits)
+    infos = [inspect_attachment(data, limits, name) for data, name in files]
+    pixels = sum(info.pixels for info in infos)
+    if pixels > limits.max_message_pixels:
+        raise InvalidInput(
+            f"the message's images have {pixels:,} pixels together; the limit is "
+            f"{limits.max_message_pixels:,} a message: send fewer or smaller images (or split them "
+            "over several messages)"
+        )
+    for (data, name), info in zip(files, infos, strict=True):
+        if info.kind == "image":
+            _check_decodes(data, info, limits, _what(name))
+    return infos
+
+
+def _too_many_pixels(what: str, width: int, height: int, limits: AttachmentLimits) -> InvalidInput:
+    side = math.isqrt(limits.max_pixels)
+    return InvalidInput(
+        f"{what} is {width}x{height} pixels; the limit is {limits.max_pixels:,} pixels (about {side}x{side}):"
+        " send a smaller image (the models scale a larger one down anyway)"
+    )
+
+
+def _broken(what: str, mime: str) -> InvalidInput:
+    return InvalidInput(f"{what} is a {mime} that does not decode (truncated or corrupt)")
+
+
+def _image_header(data: bytes, mime: str, limits: AttachmentLimits, what: str) -> AttachmentInfo:
+    """An image's dimensions from its header: Pillow's `Image.open` reads no pixel."""
     from PIL import Image  # Pillow: the decoder Gradio already brings; imported when an image comes
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
-                if width * height > limits.max_pixels:
-                    raise InvalidInput(
-                        f"{what} is {width}x{height} pixels; the limit is {limits.max_pixels:,} pixels"
-                    )
-                img.load()  # decodes: a truncated or corrupt image fails here
-    except InvalidInput:
-        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise InvalidInput(f"{what} is too large once decoded (limit {limits.max_pixels:,} pixels)") from None
+        side = math.isqrt(limits.max_pixels)
+        raise InvalidInput(
+            f"{what} is too large once decoded (limit {limits.max_pixels:,} pixels, about {side}x{side}): "
+            "send a smaller image"
+        ) from None
     except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for a broken file
-        raise InvalidInput(f"{what} is a {mime} that does not decode (truncated or corrupt)") from None
+        raise _broken(what, mime) from None
+    if width * height > limits.max_pixels:
+        raise _too_many_pixels(what, width, height, limits)
     return AttachmentInfo("image", mime, len(data), width=width, height=height)
+
+
+# Decoding, bounded per process (see the module docstring).
+_decoders: dict[int, ThreadPoolExecutor] = {}
+_decoded: OrderedDict[bytes, None] = OrderedDict()  # digests of bytes that decoded, the newest last
+_DECODED_MAX = 1024  # 32 bytes each
+_decoding_lock = threading.Lock()
+
+
+def _decoder(threads: int) -> ThreadPoolExecutor:
+    """The process's image decoders: the only threads that decode, shared by every caller."""
+    with _decoding_lock:
+        if (pool := _decoders.get(threads)) is None:
+            pool = _decoders[threads] = ThreadPoolExecutor(threads, thread_name_prefix="image-decode")
+        return pool
+
+
+def _decode(data: bytes) -> None:
+    """Decodes `data` and lets the pixels go: a broken image raises. A JPEG is decoded at 1/8 scale
+    (all its bytes are still read)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        if img.format in ("JPEG", "MPO"):  # MPO: a phone's JPEG with a second picture
+            img.draft(None, (max(1, img.width // 8), max(1, img.height // 8)))
+        img.load()
+
+
+def _decode_and_return_memory(data: bytes, pixels: int) -> None:
+    """`_decode` on a decode thread, then the pixels of a large image (freed with `_decode`'s frame)
+    given back to the system: glibc would keep them in the decode thread's arena (its mmap threshold
+    rises to the largest block freed, up to 32 MB, so after the first image Pillow's 16 MB blocks come
+    from the arena, and stay there once freed)."""
+    try:
+        _decode(data)
+    finally:
+        if pixels >= _TRIM_FROM_PIXELS and (trim := _malloc_trim()) is not None:
+            trim(0)  # a few ms
+
+
+_TRIM_FROM_PIXELS = 1_000_000  # 4 MB decoded: smaller images are not worth a trim
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, or None (musl, macOS, Windows: nothing to call)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+def _check_decodes(data: bytes, info: AttachmentInfo, limits: AttachmentLimits, what: str) -> None:
+    """`InvalidInput` unless `data` decodes, on the decode threads (the caller waits for its turn)."""
+    digest = hashlib.sha256(data).digest()
+    with _decoding_lock:
+        if digest in _decoded:
+            _decoded.move_to_end(digest)
+            return
+    try:
+        _decoder(limits.decode_threads).submit(_decode_and_return_memory, data, info.pixels).result()
+    except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for a broken file
+        raise _broken(what, info.mime_type) from None
+    with _decoding_lock:
+        _decoded[digest] = None
+        if len(_decoded) > _DECODED_MAX:
+            _decoded.popitem(last=False)
 
 
 def _check_pdf(data: bytes, limits: AttachmentLimits, what: str) -> AttachmentInfo:

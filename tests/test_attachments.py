@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,12 @@ import pytest
 from langchain_core.messages import HumanMessage
 from PIL import Image
 
-from graph import build_graph
+from graph import build_graph, validation
 from graph.backends import Accepts, Backends
+from graph.nodes import attachment_limits
 from graph.router import NoBackendTakes, RouteDecision, Router, RouteRequest, Signals
-from graph.validation import AttachmentLimits, InvalidInput, check_attachment
+from graph.settings import Settings
+from graph.validation import AttachmentLimits, InvalidInput, check_attachment, check_message_attachments
 from tests.conftest import local_settings
 from tests.support.fault_server import fault_server
 
@@ -143,6 +147,127 @@ def test_a_decompression_bomb_is_refused_from_its_header() -> None:
     assert len(buf.getvalue()) < 50_000
     with pytest.raises(InvalidInput, match="4000x4000 pixels; the limit is 1,000,000"):
         check_attachment(buf.getvalue(), LIMITS)
+
+
+def bilevel_png(width: int, height: int) -> bytes:
+    """A PNG of many pixels in a few kB (one bit a pixel on the wire)."""
+    buf = io.BytesIO()
+    Image.new("1", (width, height)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """Every decode the checks run: (the bytes' size, the thread that ran it); a fresh digest cache."""
+    seen: list[tuple[int, str]] = []
+    real = validation._decode
+
+    def recording(data: bytes) -> None:
+        seen.append((len(data), threading.current_thread().name))
+        real(data)
+
+    monkeypatch.setattr(validation, "_decode", recording)
+    monkeypatch.setattr(validation, "_decoded", type(validation._decoded)())
+    return seen
+
+
+def test_the_default_image_limit_is_4096x4096_and_the_settings_agree() -> None:
+    """16.7 MP: what the models read, at most 64 MiB decoded (not the 40 MP, 160 MB, of before)."""
+    assert AttachmentLimits().max_pixels == 4096 * 4096
+    assert attachment_limits(Settings(_env_file=None)) == AttachmentLimits()  # type: ignore[call-arg]
+    assert check_attachment(bilevel_png(4096, 4096), AttachmentLimits()).width == 4096
+    with pytest.raises(InvalidInput, match=r"4097x4096 pixels; the limit is 16,777,216 pixels .*a smaller"):
+        check_attachment(bilevel_png(4097, 4096), AttachmentLimits())
+
+
+def test_an_image_over_the_limit_is_refused_from_its_header_without_decoding(
+    decodes: list[tuple[int, str]],
+) -> None:
+    with pytest.raises(InvalidInput, match=r"6300x6300 pixels; the limit is 16,777,216 .*about 4096x4096"):
+        check_attachment(bilevel_png(6300, 6300), AttachmentLimits())
+    assert decodes == []
+
+
+def test_a_message_over_its_pixel_budget_is_refused_before_any_image_is_decoded(
+    decodes: list[tuple[int, str]],
+) -> None:
+    """Each image within its own limit, together over the message's: refused, nothing decoded (the
+    budget bounds what one message costs); the same images in two messages pass."""
+    limits = AttachmentLimits(max_pixels=1_000_000, max_message_pixels=1_500_000)
+    first, second = bilevel_png(1000, 1000), bilevel_png(1000, 999)
+    with pytest.raises(
+        InvalidInput,
+        match=r"images have 1,999,000 pixels together; the limit is 1,500,000 a message: send fewer",
+    ):
+        check_message_attachments([(first, "a.png"), (second, "b.png")], limits)
+    assert decodes == []
+    assert [i.pixels for i in check_message_attachments([(first, "a.png"), (pdf(2), None)], limits)] == [
+        1_000_000,
+        0,
+    ]
+    assert check_message_attachments([(second, "b.png")], limits)[0].pixels == 999_000
+    assert [size for size, _ in decodes] == [len(first), len(second)]
+
+
+def test_a_turn_is_checked_a_message_at_a_time_through_the_graphs_check() -> None:
+    from graph.nodes import check_attachments
+
+    s = Settings(_env_file=None, attachment_max_message_pixels=1_500_000)  # type: ignore[call-arg]
+    image = standard_block(bilevel_png(1000, 1000))
+    with pytest.raises(InvalidInput, match="2,000,000 pixels together"):
+        check_attachments([HumanMessage(content=[image, image])], s)
+    assert len(check_attachments([HumanMessage(content=[image]), HumanMessage(content=[image])], s)) == 2
+
+
+def test_images_are_decoded_one_at_a_time_on_the_decode_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight callers at once (the way in and turns, in their own threads): one decode at a time, always
+    on the process's decode thread."""
+    running, most, names = 0, 0, set()
+    lock = threading.Lock()
+
+    def slow(data: bytes) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            names.add(threading.current_thread().name)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+
+    monkeypatch.setattr(validation, "_decode", slow)
+    monkeypatch.setattr(validation, "_decoded", type(validation._decoded)())
+    images = [png(8 + i, 8) for i in range(8)]  # different bytes: none is known already
+    callers = [threading.Thread(target=check_attachment, args=(d, LIMITS)) for d in images]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert most == 1 and len(names) == 1 and names.pop().startswith("image-decode")
+
+
+def test_bytes_that_decoded_are_not_decoded_again_and_broken_ones_always_are(
+    decodes: list[tuple[int, str]],
+) -> None:
+    """The way in and the graph both check a message: its images are decoded once."""
+    image, broken = png(), png()[:60]
+    for _ in range(2):
+        check_attachment(image, LIMITS)
+        with pytest.raises(InvalidInput, match="does not decode"):
+            check_attachment(broken, LIMITS)
+    assert [size for size, _ in decodes] == [len(image), len(broken), len(broken)]
+
+
+def test_a_jpeg_is_decoded_at_an_eighth_and_a_truncated_one_still_fails() -> None:
+    buf = io.BytesIO()
+    Image.effect_noise((800, 600), 64).convert("RGB").save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    assert check_attachment(jpeg, AttachmentLimits()).describe().startswith("image/jpeg 800x600")
+    with Image.open(io.BytesIO(jpeg)) as img:
+        img.draft(None, (100, 75))
+        assert img.size == (100, 75)  # what `_decode` holds: 1/64 of the pixels
+    with pytest.raises(InvalidInput, match="image/jpeg that does not decode"):
+        check_attachment(jpeg[:-200], AttachmentLimits())
 
 
 # --- what each backend takes ----------------------------------------------------------------------
