@@ -85,11 +85,12 @@ def _identity(
     state: State, config: RunnableConfig, runtime: Runtime[Context], s: Settings
 ) -> tuple[str, str]:
     configurable = config.get("configurable") or {}
-    thread_id = runtime.execution_info.thread_id if runtime.execution_info else None
+    # On a thread (a checkpointer: the LangGraph server), the thread is the conversation: its id comes
+    # before the session id its state carries, which a copied thread inherits from its original.
     session_id = (
-        state.get("session_id")
-        or configurable.get("session_id")
-        or thread_id
+        configurable.get("session_id")
+        or _thread_id(runtime)
+        or state.get("session_id")
         or configurable.get("thread_id")
         or uuid.uuid4().hex
     )
@@ -119,6 +120,40 @@ def resolve_options(
         raise InvalidInput("the system prompt must be text")
     check_system_prompt(out["system_prompt"])
     return out
+
+
+def _thread_id(runtime: Runtime[Context]) -> str | None:
+    """The run's thread (LangGraph's checkpointer), None when the graph runs without one (`ChatClient`)."""
+    return runtime.execution_info.thread_id if runtime.execution_info else None
+
+
+async def _follow_thread(
+    history: ChatHistory,
+    window: list[BaseMessage],
+    prior: Sequence[BaseMessage],
+    sent: Sequence[BaseMessage],
+    *,
+    max_messages: int,
+) -> list[BaseMessage]:
+    """Memory made equal to the run's thread, which is the truth where there is one (`prior`: what the
+    thread shows before this turn; `sent`: this run's input as the thread holds it):
+    - the thread shows nothing, memory holds turns and none of them was sent again: a fork from the
+      thread's first checkpoint (an edit of the first message): the conversation starts afresh, the
+      abandoned turns forgotten (a cancelled run's question, still in the thread, is not a fork);
+    - the thread shows turns memory has none of: a copied thread (`threads.copy`), or memory lost: the
+      thread's turns are stored, so this prompt and the later ones see them;
+    - otherwise memory is cut back to the thread's last message (`_rewind`)."""
+    shown = [m for m in prior if m.type in ("human", "ai") and not is_error_note(m)]
+    if not shown:
+        stored = {m.id for m in window}
+        if window and not any(m.id in stored for m in sent):
+            await history.aclear()
+            return []
+        return window
+    if not window:
+        await history.aadd_messages(shown)
+        return shown[-max_messages:]
+    return await _rewind(history, window, prior)
 
 
 async def _rewind(
@@ -291,7 +326,12 @@ async def prepare(
             window = [m for m in messages[:start] if m.type in ("human", "ai")][-s.history_max_messages :]
         else:
             window = await history.aget_window(max_messages=s.history_max_messages)
-            window = await _rewind(history, window, messages[:start])
+            if _thread_id(runtime):
+                window = await _follow_thread(
+                    history, window, messages[:start], unstored, max_messages=s.history_max_messages
+                )
+            else:
+                window = await _rewind(history, window, messages[:start])
         seen = {m.id for m in window}
         unstored = [m for m in messages[start:] if m.id not in seen]
         if not unstored and messages and messages[-1].id not in seen and messages[-1].type == "ai":

@@ -14,6 +14,7 @@ received and which records every request: the prompt the graph sent is checked a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -483,6 +484,63 @@ async def test_edit_from_an_earlier_checkpoint_rewinds_thread_and_store(echo: Ec
     stored = _view(await _stored(echo.db, thread_id))
     assert stored == thread
     assert not {m["id"] for m in old[2:]} & {i for _, _, i in stored}, "abandoned turns are still stored"
+
+
+async def test_edit_of_the_first_question_forgets_the_abandoned_turn(echo: EchoDev) -> None:
+    """agent-chat-ui's edit of the first message: a fork from the thread's first checkpoint, where the
+    thread shows nothing yet. Prompt, thread and store then hold the new turn only, and so does the next."""
+    client = _client(echo.url)
+    thread_id = (await client.threads.create())["thread_id"]
+    await _ask(client, thread_id, "My name is Zorblat. Say hello.")
+    old = (await _values(client, thread_id))["messages"]
+    parent = (await _first_seen(client, thread_id, old[0]["id"]))["parent_checkpoint"]
+    fork = (await client.threads.get_state(thread_id, checkpoint_id=parent["checkpoint_id"]))["values"]
+    assert not (fork or {}).get("messages"), "the fork point is not the empty thread"
+
+    await client.runs.wait(
+        thread_id, "chat", input=_user("My name is Quorx. Say hello."), checkpoint_id=parent["checkpoint_id"]
+    )
+    assert _prompt_view(echo.echo.prompts[-1]) == [("human", "My name is Quorx. Say hello.")]
+    thread = _view((await _values(client, thread_id))["messages"])
+    assert [(t, x) for t, x, _ in thread] == [
+        ("human", "My name is Quorx. Say hello."),
+        ("ai", "echo:My name is Quorx. Say hello."),
+    ]
+    assert _view(await _stored(echo.db, thread_id)) == thread
+    await _ask(client, thread_id, "What is my name?")
+    assert "Zorblat" not in json.dumps(echo.echo.prompts[-1])
+    assert _view(await _stored(echo.db, thread_id)) == _view((await _values(client, thread_id))["messages"])
+
+
+async def test_a_copied_thread_is_a_conversation_of_its_own(echo: EchoDev) -> None:
+    """`threads.copy`: the copy continues from the original's turns (its memory copied with it), and a
+    run on either one is saved to that one only."""
+    client = _client(echo.url)
+    original = (await client.threads.create())["thread_id"]
+    await _ask(client, original, "first question")
+    copy = (await client.threads.copy(original))["thread_id"]
+    assert copy != original
+
+    await _ask(client, copy, "the copy's question")
+    assert _prompt_view(echo.echo.prompts[-1]) == [
+        ("human", "first question"),
+        ("ai", "echo:first question"),
+        ("human", "the copy's question"),
+    ]
+    copied = _view((await _values(client, copy))["messages"])
+    assert [t for t, _, _ in copied] == ["human", "ai", "human", "ai"]
+    assert _view(await _stored(echo.db, copy)) == copied
+
+    await _ask(client, original, "the original's question")
+    assert _prompt_view(echo.echo.prompts[-1]) == [
+        ("human", "first question"),
+        ("ai", "echo:first question"),
+        ("human", "the original's question"),
+    ]
+    kept = _view((await _values(client, original))["messages"])
+    assert [x for _, x, _ in kept][2] == "the original's question"
+    assert _view(await _stored(echo.db, original)) == kept
+    assert _view(await _stored(echo.db, copy)) == copied  # untouched by the original's run
 
 
 async def test_cancel_mid_stream_keeps_the_question_and_the_partial_answer(echo: EchoDev) -> None:
