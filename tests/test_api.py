@@ -94,6 +94,11 @@ async def test_the_http_contract_statuses_and_headers(tmp_path: Path, local_back
         assert r.status_code == 429 and "too fast" in r.json()["detail"]
         wait = int(r.headers["retry-after"])
         assert 1 <= wait <= 60 and f"in {wait} s" in r.json()["detail"]
+        # The limit is checked before any attachment is decoded: over it, images cost the server nothing.
+        r = await client.post(
+            "/api/chat", json={"message": "hi", "attachments": [{"data": "bm90IGFuIGltYWdl"}]}
+        )
+        assert r.status_code == 429
 
 
 async def test_password_mode_needs_http_basic_and_keeps_users_apart(

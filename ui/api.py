@@ -251,16 +251,18 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
         except LimitExceeded as exc:
             raise HTTPException(400, str(exc)) from None
         session_id = checked_session_id(body.session_id)
+        # The rate limit before the attachments: decoding images is the costly check, and a user must
+        # not make the server decode without bound by sending messages that are then refused.
+        try:
+            limiter.acquire(user)
+        except RateLimited as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
         question: str | list[BaseMessage] = text
         if body.attachments:
             try:
                 question = [await asyncio.to_thread(_with_attachments, text, body.attachments, service)]
             except InvalidInput as exc:
                 raise HTTPException(400, f"{str(exc)[:1].upper()}{str(exc)[1:]}.") from None
-        try:
-            limiter.acquire(user)
-        except RateLimited as exc:
-            raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
         session_id = session_id or uuid.uuid4().hex
         # A place among the answers streaming at once (shared with the page), before the response
         # starts: a busy server can still say 503 and when to come back.
