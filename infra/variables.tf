@@ -75,7 +75,7 @@ variable "ksa_name" {
 }
 
 variable "master_authorized_networks" {
-  description = "CIDR blocks allowed to reach the cluster's control plane (kubectl, skaffold). Cloud Shell users: add `curl -s ifconfig.me`/32 for the session, or use the DNS endpoint (docs/deploy.md)."
+  description = "CIDR blocks allowed to reach the cluster's control plane (kubectl, skaffold). The control plane is reached at its public IP endpoint only: every address that runs kubectl or skaffold needs a block here. Cloud Shell changes address per session: add `curl -s ifconfig.me`/32 and re-apply."
   type = list(object({
     cidr_block   = string
     display_name = string

@@ -6,14 +6,23 @@
   `credential_check_s` (vLLM: `GET /v1/models`; Vertex AI: `countTokens`). One that refuses them
   (401/403/404, no credentials) is `misconfigured` and not usable until a check passes; a real answer
   refused that way marks it at once; `/readyz` is 503 with the reason when no backend is usable.
+- Readiness is the Pod's own: it gates the first "ready" on the configuration (sign-in, credentials, the
+  memory store answering), then stays ready until shutdown. A dependency shared by every Pod going down
+  later (Firestore stopped under a steady page load, both backends refusing) makes `/readyz` say
+  "degraded" with 200, not take every Pod out of the load balancer at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +41,7 @@ from graph.health import CredentialCheck, credential_fault, watch_credentials
 from tests.conftest import local_settings
 from tests.support.credential_server import CredentialServer, credential_server
 from tests.support.fault_server import fault_server
+from tests.support.firestore_emulator import MAIN_CLASS, find_jar
 from tests.support.server import free_port, running_server
 from ui.security import SECURITY_HEADERS
 
@@ -324,8 +334,12 @@ async def test_a_real_answer_refused_marks_the_backend_at_once(
             assert ("POST", "/v1/chat/completions") in gemma.seen
             assert any(p.endswith(":streamGenerateContent") for _, p in gemini.seen)  # the fallback
             ready = await client.get("/readyz")
-            assert ready.status_code == 503
+            # The Pod was ready: it stays in the load balancer (both backends are shared by every Pod)
+            # and says what is wrong; the health dots say it on the page.
+            assert ready.status_code == 200 and ready.json()["status"] == "degraded"
             assert _states(ready) == {"gemma": "misconfigured", "gemini": "misconfigured"}
+            assert ready.json()["reason"].startswith("no backend is usable: gemma misconfigured")
+            assert app.state.chat.health.html().count('data-state="misconfigured"') == 2
 
 
 async def test_a_starting_vllm_does_not_make_a_misconfigured_gemini_ready(
@@ -373,3 +387,148 @@ def test_serve_with_the_project_id_placeholder_and_no_credentials_is_not_ready(t
         log = log_path.read_text()
         assert "gemini is misconfigured: no Google credentials found" in log
         assert "gemma is misconfigured: credentials refused (HTTP 401)" in log
+
+
+# --- a shared dependency going down does not take the Pod out -----------------------------------
+# The outage lasts long enough for the old readiness to fail (it answered 503 three seconds after the
+# emulator stopped, and the kubelet takes a Pod out after two failed probes 5 s apart); the logic does not
+# depend on how long it lasts beyond that: nothing in readiness counts time once the Pod was ready.
+OUTAGE_S = 5.0
+LOAD_INTERVAL_S = 0.2
+PROBE_TIMEOUT_S = 3.0  # the Deployment's readinessProbe timeoutSeconds
+FAULT_ANSWER = "Hello from the fault server."
+
+
+def _start_emulator(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The Firestore emulator on `port` (again on the same port after a kill), in its own process group."""
+    cmd = ["java", "-Duser.language=en", "-cp", str(find_jar()), MAIN_CLASS, "start", "--host=127.0.0.1"]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [*cmd, f"--port={port}"], stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                if r.read().strip() == b"Ok":
+                    return proc
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError(f"the Firestore emulator did not start; see {log}")
+
+
+def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    _signal(proc, signal.SIGCONT)
+    _signal(proc, signal.SIGKILL)
+    proc.wait(10)
+
+
+async def _turn(client: httpx.AsyncClient, session_id: str, message: str) -> dict[str, Any]:
+    """`/api/chat`'s `done` event for one turn on Gemma."""
+    r = await client.post("/api/chat", json={"message": message, "model": "gemma", "session_id": session_id})
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    return events[-1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("outage", ["killed", "frozen"])
+async def test_a_firestore_outage_keeps_the_pod_ready_and_refuses_turns_in_words(
+    outage: str, tmp_path: Path, google_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Firestore stops under a steady page load: killed (connections refused, then restarted empty on the
+    same port) or frozen (SIGSTOP: nothing answers, like a partition; then SIGCONT, data intact). The Pod
+    stays ready all along (/readyz 200, in time for the probe), the page loads, a turn is refused in words,
+    and the first turn once Firestore answers again is answered and saved."""
+    from ui.server import create_app
+
+    port = free_port()
+    log = tmp_path / "emulator.log"
+    proc = await asyncio.to_thread(_start_emulator, port, log)
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{port}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-readiness")
+    try:
+        with fault_server("ok") as gemma, credential_server(200) as gemini:
+            settings = _real(
+                tmp_path,
+                gemma.base_url,
+                gemini,
+                memory="firestore",
+                firestore_project="demo-readiness",
+                firestore_database="readiness-db",
+                memory_timeout_s=2.0,
+            )
+            app = create_app(settings)
+            store = app.state.chat.client.services.store
+            async with _client(app) as client, app.router.lifespan_context(app):
+                await _until(client, lambda r: r.status_code == 200)
+                session = "outage-" + outage
+                assert (await _turn(client, session, "before"))["kind"] == "answer"
+
+                seen: list[tuple[str, int, float, dict[str, Any] | None]] = []
+                stop = asyncio.Event()
+
+                async def steady_load(path: str) -> None:
+                    """The probes on /readyz, people on the page: each on its own, like the real ones."""
+                    while not stop.is_set():
+                        started = time.monotonic()
+                        r = await client.get(path)
+                        body = r.json() if path == "/readyz" else None
+                        seen.append((path, r.status_code, time.monotonic() - started, body))
+                        await asyncio.sleep(LOAD_INTERVAL_S)
+
+                load = [asyncio.create_task(steady_load(path)) for path in ("/readyz", "/")]
+                await asyncio.sleep(1.0)
+                if outage == "killed":
+                    await asyncio.to_thread(_kill, proc)
+                else:
+                    _signal(proc, signal.SIGSTOP)
+                down_since = time.monotonic()
+                await asyncio.sleep(1.0)
+                refused = await _turn(client, session, "during the outage")
+                assert refused["kind"] == "failed", refused
+                assert "was not sent" in refused["text"] and "try again" in refused["text"], refused
+                metrics_during = (await client.get("/metrics")).text
+                await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_since)))
+                outage_s = time.monotonic() - down_since
+
+                if outage == "killed":
+                    proc = await asyncio.to_thread(_start_emulator, port, log)
+                else:
+                    _signal(proc, signal.SIGCONT)
+                # gRPC reconnects with a backoff: the store may need a few seconds to answer again.
+                back = await _until(client, lambda r: r.json()["memory"] == "ok")
+                stop.set()
+                await asyncio.gather(*load)
+
+                assert back.status_code == 200 and back.json()["status"] == "ok"
+                not_ok = [(path, status) for path, status, _, _ in seen if status != 200]
+                assert not_ok == [], f"{len(not_ok)} of {len(seen)} not 200 over {outage_s:.1f} s"
+                during = [body for path, _, _, body in seen if path == "/readyz" and body is not None]
+                unavailable = [b for b in during if b["memory"] == "unavailable"]
+                assert len(unavailable) >= 2, during  # the probes saw the outage, in the body
+                assert all(b["status"] == "degraded" for b in unavailable), unavailable
+                assert all(b["reason"] == "the memory store is unavailable" for b in unavailable)
+                slowest = max(elapsed for path, _, elapsed, _ in seen if path == "/readyz")
+                assert slowest < PROBE_TIMEOUT_S, f"/readyz took {slowest:.1f} s: the probe would time out"
+                assert sum(1 for path, *_ in seen if path == "/") >= 5  # the page kept loading
+                assert "hybrid_chat_memory_up 0.0" in metrics_during  # where the outage shows instead
+
+                # The first turn once Firestore answers again is answered and saved.
+                answered = await _turn(client, session, "after the outage")
+                assert answered["kind"] == "answer", answered
+                assert FAULT_ANSWER in answered["text"]
+                assert not answered["meta"].get("note"), answered["meta"]  # no "not saved" note
+                history = store.history(session, settings.user_id)
+                rows = [(m.type, m.content) for m in await history.aget_messages()]
+                if outage == "frozen":  # the data survived the freeze
+                    assert rows[:2] == [("human", "before"), ("ai", FAULT_ANSWER)], rows
+                assert rows[-2:] == [("human", "after the outage"), ("ai", FAULT_ANSWER)], rows
+                assert ("human", "during the outage") not in rows
+    finally:
+        await asyncio.to_thread(_kill, proc)

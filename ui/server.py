@@ -20,7 +20,7 @@ import gradio as gr
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from graph.client import ChatClient
 from graph.settings import Settings
@@ -37,6 +37,12 @@ from ui.security import parse_origins
 from ui.theme import CSS, theme
 
 log = logging.getLogger(__name__)
+
+# Readiness pings the memory store with this deadline: well inside the probes' own timeouts (the
+# Deployment's readinessProbe gives 3 s), so a store that hangs makes /readyz say so rather than time out.
+READY_PING_TIMEOUT_S = 1.5
+# Readiness no longer follows the memory store once the Pod was ready: this is where an outage shows.
+MEMORY_UP = Gauge("hybrid_chat_memory_up", "1 when the memory store answered the last readiness ping.")
 
 
 async def refuse_invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -133,14 +139,24 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # Readiness says whether THIS Pod can serve, for the kubelet and the load balancer alike. A new Pod
+    # turns ready once its configuration has proven itself: sign-in configured, the memory store
+    # answering, a backend whose credentials were not refused. After that only shutting down takes it
+    # out: a shared dependency going down (Firestore, Vertex AI, vLLM) is down for every Pod at once, and
+    # failing them all would leave the load balancer nothing to send to (a 502 for everyone) instead of a
+    # page that says what is down and refuses turns in words. The body still names each dependency.
+    served_ready = False  # has /readyz answered "ready" once?
+
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        nonlocal served_ready
         body: dict[str, Any] = {"status": "ok", "memory": "ok"}
         try:
-            await asyncio.wait_for(services.store.aping(), timeout=3)
+            await asyncio.wait_for(services.store.aping(), timeout=READY_PING_TIMEOUT_S)
         except Exception as exc:  # the detail goes to the log, not to whoever asks
             log.warning("readyz: memory store unavailable: %s: %s", type(exc).__name__, str(exc)[:300])
             body["memory"] = "unavailable"
+        MEMORY_UP.set(1 if body["memory"] == "ok" else 0)
         backends = service.health.all()
         body["backends"] = {h.backend: h.state for h in backends}
         if service.draining:
@@ -149,14 +165,23 @@ def create_app(
         if identity.unconfigured:  # a fixed text saying what to set, never an exception's
             body.update(status="unavailable", reason=identity.unconfigured)
             return JSONResponse(body, status_code=503)
+        problems = []
         if not any(h.usable for h in backends):
             reasons = ", ".join(f"{h.backend} {h.state} ({h.detail})" for h in backends)
-            body.update(status="unavailable", reason=f"no backend is usable: {reasons}")
-            return JSONResponse(body, status_code=503)
+            problems.append(f"no backend is usable: {reasons}")
         if body["memory"] != "ok":
-            body["status"] = "unavailable"
-            return JSONResponse(body, status_code=503)
-        return JSONResponse(body)
+            problems.append("the memory store is unavailable")
+        if not problems:
+            if not served_ready:
+                served_ready = True
+                log.info("ready: the memory store and a backend answer")
+            return JSONResponse(body)
+        body["reason"] = "; ".join(problems)
+        if served_ready:  # ready before: serve on, and say what is down
+            body["status"] = "degraded"
+            return JSONResponse(body)
+        body["status"] = "unavailable"
+        return JSONResponse(body, status_code=503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

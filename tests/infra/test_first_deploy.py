@@ -7,6 +7,7 @@ skaffold.yaml parsed), plus the capacity model in deploy/capacity/.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import itertools
 import json
 import math
@@ -28,6 +29,7 @@ from tests.infra.test_infra import (
     _config_map,
     _container,
     _obj,
+    _objs,
     _pod_spec,
     _val,
 )
@@ -36,10 +38,10 @@ pytestmark = pytest.mark.infra
 
 NAMESPACE = "hybrid-chat"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "APIService", "StorageClass"}
-GMP_COLLECTOR = {
-    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}},
-    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "collector"}},
-}
+# Managed Prometheus's collectors: namespace gke-gmp-system on Autopilot, gmp-system on Standard.
+GMP_NAMESPACES = ("gke-gmp-system", "gmp-system")
+COLLECTOR_LABELS = {"app.kubernetes.io/name": "collector"}
+
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
@@ -190,17 +192,51 @@ def test_the_cloud_build_service_account_can_push_write_logs_and_read_skaffolds_
     assert set(granted) == {
         "roles/artifactregistry.writer",
         "roles/logging.logWriter",
-        "roles/storage.objectAdmin",
+        "roles/storage.admin",
     }
     rtype, push = granted["roles/artifactregistry.writer"]
     assert rtype == "google_artifact_registry_repository_iam_member", "push to chat-app-repo only"
     assert _val(push, "repository") == "${google_artifact_registry_repository.chat.name}"
-    _, storage = granted["roles/storage.objectAdmin"]
-    (condition,) = _blocks(storage, "condition")
-    assert "${local.skaffold_build_bucket}" in _val(condition, "expression")
+    # A build account that is not the legacy one must read the logs bucket itself (storage.buckets.get),
+    # which roles/storage.objectAdmin lacks: a bucket role, on skaffold's bucket only, never the project.
+    rtype, storage = granted["roles/storage.admin"]
+    assert rtype == "google_storage_bucket_iam_member"
+    assert _val(storage, "bucket") == "${google_storage_bucket.cloudbuild.name}"
+    bucket = _resource(tf, "google_storage_bucket", "cloudbuild")
+    assert _val(bucket, "name") == "${local.skaffold_build_bucket}"
     assert _val(tf.locals, "skaffold_build_bucket") == "${var.project_id}_cloudbuild"
-    assert "-compute@developer.gserviceaccount.com" in _val(tf.locals, "cloud_build_service_account")
+    assert "retention_policy" not in bucket, "Cloud Build does not write logs into a bucket with retention"
+    assert _val(bucket, "public_access_prevention") == "enforced"
+    assert _val(bucket, "uniform_bucket_level_access") is True
     assert _blocks(tf.variables["cloud_build_service_account"], "validation")
+
+
+def test_the_default_build_account_is_read_from_compute_engine_not_composed(tf: Terraform) -> None:
+    """The Compute Engine default service account appears some time after the API is enabled: its e-mail
+    comes from the data source (which reads the account), not from a string built by hand."""
+    account = _val(tf.locals, "cloud_build_service_account")
+    assert "developer.gserviceaccount.com" not in account and "data.google_project" not in account
+    assert "data.google_compute_default_service_account.default[0].email" in account
+    (data,) = [b for t, _, b in tf.data if t == "google_compute_default_service_account"]
+    assert _val(data, "count") == '${var.cloud_build_service_account == "" ? 1 : 0}'
+    assert "${google_project_service.apis}" in _depends_on(data), "read after Compute Engine is on"
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "google_compute_default_service_account" in doc
+    assert "terraform import google_storage_bucket.cloudbuild" in doc
+
+
+def test_the_inputs_offer_no_control_plane_endpoint_the_cluster_does_not_have(
+    tf: Terraform, tf_text: str
+) -> None:
+    cluster = tf.one("google_container_cluster")
+    endpoints = _blocks(cluster, "control_plane_endpoints_config")
+    if not any("dns_endpoint_config" in e for e in endpoints):
+        for where, text in (
+            ("infra/*.tf", tf_text),
+            ("terraform.tfvars.example", (REPO / "infra" / "terraform.tfvars.example").read_text("utf-8")),
+            ("docs/deploy.md", (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")),
+        ):
+            assert not re.search(r"DNS[- ]based endpoint|DNS endpoint", text, re.I), where
 
 
 # ========================================================================================================
@@ -215,6 +251,32 @@ def test_gemma_asks_autopilot_for_the_latest_gpu_driver(
         "cloud.google.com/gke-accelerator": "nvidia-l4",
         "cloud.google.com/gke-gpu-driver-version": "latest",
     }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_vllm_has_the_gpu_driver_gke_mounts_on_its_library_path(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """GKE mounts the node's NVIDIA driver at /usr/local/nvidia; the vLLM image's CUDA 12.8 base does not
+    put it on the library path, and vLLM then finds no platform (Google's Gemma 3 vLLM manifest sets it)."""
+    paths = str(_env(_container(rendered[overlay], "gemma-server")).get("LD_LIBRARY_PATH", "")).split(":")
+    assert paths[0] == "/usr/local/nvidia/lib64", paths
+    # The value replaces the image's own: its CUDA libraries stay on the path.
+    assert "/usr/local/cuda/lib64" in paths
+
+
+def test_the_post_deploy_checklist_says_what_each_check_must_print() -> None:
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = doc.split("## After the deploy: checklist", 1)[1].split("\n## ", 1)[0]
+    for expected in (
+        "kubectl get pods -n gke-gmp-system",  # the collectors' namespace on Autopilot
+        "kubectl -n hybrid-chat get hpa",  # current metric values, not <unknown>
+        "<unknown>",
+        "Automatically detected platform cuda.",  # vLLM found the GPU
+        "No platform detected",
+        "/readyz",
+    ):
+        assert expected in section, expected
 
 
 def test_skaffold_waits_out_a_cold_start_and_tolerates_pending_on_the_way(skaffold: dict[str, Any]) -> None:
@@ -310,25 +372,178 @@ def test_the_chat_app_scales_on_the_streams_it_exports(rendered: dict[str, list[
         assert monitoring["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "gradio-chat"}
 
 
+def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a set of labels."""
+    if selector is None:
+        return True
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, values = labels.get(e["key"]), e.get("values", [])
+        if not {
+            "In": value in values,
+            "NotIn": value not in values,
+            "Exists": e["key"] in labels,
+            "DoesNotExist": e["key"] not in labels,
+        }[e["operator"]]:
+            return False
+    return True
+
+
+def _ingress_admits(policy: dict[str, Any], namespace: str, labels: dict[str, str], port: int) -> bool:
+    """Does an ingress NetworkPolicy (in the app's namespace) admit a Pod of `namespace` on `port`?"""
+    ns_labels = {"kubernetes.io/metadata.name": namespace}
+    for rule in policy["spec"].get("ingress", []):
+        if rule.get("ports") and {"port": port, "protocol": "TCP"} not in rule["ports"]:
+            continue
+        if "from" not in rule:
+            return True
+        for peer in rule["from"]:
+            if "ipBlock" in peer:
+                continue
+            if "namespaceSelector" in peer:
+                ns_ok = _selects(peer["namespaceSelector"], ns_labels)
+            else:  # a podSelector alone selects in the policy's own namespace
+                ns_ok = namespace == policy["metadata"]["namespace"]
+            if ns_ok and _selects(peer.get("podSelector"), labels):
+                return True
+    return False
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies_let_the_managed_prometheus_collectors_scrape(
     overlay: str, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
     docs = rendered[overlay]
     for name, port in (("gemma-server", 8000), ("gradio-chat", 7860)):
-        rules = _obj(docs, "NetworkPolicy", name)["spec"]["ingress"]
-        admitted = [
-            r
-            for r in rules
-            if {"port": port, "protocol": "TCP"} in r.get("ports", [])
-            and ("from" not in r or GMP_COLLECTOR in r["from"])
-        ]
-        assert admitted, f"{overlay}: {name} refuses the gmp-system collectors"
-    # Still nobody else on the model server.
-    gemma_sources = [
-        s for r in _obj(docs, "NetworkPolicy", "gemma-server")["spec"]["ingress"] for s in r["from"]
+        policy = _obj(docs, "NetworkPolicy", name)
+        for namespace in GMP_NAMESPACES:
+            assert _ingress_admits(policy, namespace, COLLECTOR_LABELS, port), (
+                f"{overlay}: {name} refuses the collectors of {namespace}"
+            )
+    # Still nobody else on the model server: not a collector-looking Pod elsewhere, not an address.
+    gemma = _obj(docs, "NetworkPolicy", "gemma-server")
+    assert not _ingress_admits(gemma, "default", COLLECTOR_LABELS, 8000)
+    assert not _ingress_admits(gemma, "gke-gmp-system", {"app.kubernetes.io/name": "rule-evaluator"}, 8000)
+    assert all("ipBlock" not in s for r in gemma["spec"]["ingress"] for s in r["from"])
+    # The IAP overlay's chat Pods: the collectors, and otherwise only Google's front ends.
+    if overlay == "iap":
+        chat = _obj(docs, "NetworkPolicy", "gradio-chat")
+        assert not _ingress_admits(chat, NAMESPACE, {"app.kubernetes.io/name": "gemma-server"}, 7860)
+
+
+def test_the_collector_selector_check_bites() -> None:
+    standard = {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}
+    only_standard = {
+        "metadata": {"namespace": NAMESPACE},
+        "spec": {
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": standard,
+                            "podSelector": {"matchLabels": COLLECTOR_LABELS},
+                        }
+                    ],
+                    "ports": [{"port": 8000, "protocol": "TCP"}],
+                }
+            ]
+        },
+    }
+    assert _ingress_admits(only_standard, "gmp-system", COLLECTOR_LABELS, 8000)
+    assert not _ingress_admits(only_standard, "gke-gmp-system", COLLECTOR_LABELS, 8000)
+    assert not _ingress_admits(only_standard, "gmp-system", COLLECTOR_LABELS, 7860)
+
+
+def _peer_matches(peer: dict[str, Any], policy_namespace: str, to: str | tuple[str, dict[str, str]]) -> bool:
+    """Is `to` (an IP address, or a Pod as (namespace, labels)) one of the peer's?"""
+    if isinstance(to, str):
+        if "ipBlock" not in peer:
+            return False
+        address, block = ipaddress.ip_address(to), peer["ipBlock"]
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
+    if "ipBlock" in peer:
+        return False
+    namespace, labels = to
+    if "namespaceSelector" in peer:
+        ns_ok = _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+    else:  # a podSelector alone selects in the policy's own namespace
+        ns_ok = namespace == policy_namespace
+    return ns_ok and _selects(peer.get("podSelector"), labels)
+
+
+def _egress_allows(
+    policies: list[dict[str, Any]], to: str | tuple[str, dict[str, str]], port: int, protocol: str = "TCP"
+) -> bool:
+    """Do these egress policies (all selecting the same Pod) let it connect to `to` on `port`? No policy
+    with Egress: everything is allowed."""
+    egress = [p for p in policies if "Egress" in p["spec"].get("policyTypes", [])]
+    if not egress:
+        return True
+    for policy in egress:
+        for rule in policy["spec"].get("egress", []):
+            if rule.get("ports") and {"port": port, "protocol": protocol} not in rule["ports"]:
+                continue
+            if "to" not in rule or any(
+                _peer_matches(peer, policy["metadata"]["namespace"], to) for peer in rule["to"]
+            ):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_model_server_may_resolve_names_and_reach_the_internet_over_https_only(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """vLLM holds the Hugging Face token: DNS, and HTTPS to the internet for the weights, nothing else."""
+    docs = rendered[overlay]
+    gemma_labels = _obj(docs, "Deployment", "gemma-server")["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        p
+        for p in _objs(docs, "NetworkPolicy")
+        if p["metadata"]["namespace"] == NAMESPACE and _selects(p["spec"]["podSelector"], gemma_labels)
     ]
-    assert all("ipBlock" not in s for s in gemma_sources)
+    kube_dns = ("kube-system", {"k8s-app": "kube-dns"})
+    allowed = [
+        (kube_dns, 53, "UDP"),
+        (kube_dns, 53, "TCP"),
+        ("169.254.20.10", 53, "UDP"),  # NodeLocal DNSCache, always on in Autopilot
+        ("169.254.169.254", 53, "UDP"),  # Cloud DNS for GKE, through the metadata server
+        ("18.244.28.1", 443, "TCP"),  # a public address: Hugging Face's CDN is one of many
+    ]
+    refused = [
+        ("18.244.28.1", 80, "TCP"),
+        ("18.244.28.1", 22, "TCP"),
+        ("10.8.0.1", 443, "TCP"),  # a Service or Pod address
+        ("172.16.0.2", 443, "TCP"),  # the control plane's private endpoint
+        ("169.254.169.254", 80, "TCP"),  # the metadata server: no Google Cloud API for this Pod
+        (kube_dns, 443, "TCP"),
+        ((NAMESPACE, {"app.kubernetes.io/name": "gradio-chat"}), 7860, "TCP"),
+        ((NAMESPACE, gemma_labels), 8000, "TCP"),
+    ]
+    assert [t for t in allowed if not _egress_allows(policies, *t)] == []
+    assert [t for t in refused if _egress_allows(policies, *t)] == []
+
+
+def test_metrics_on_the_dev_load_balancer_are_a_documented_choice() -> None:
+    """/metrics is served on the app's port (the collectors scrape the Pods directly): the dev overlay's L4
+    load balancer cannot filter paths, IAP puts it behind sign-in like every path. The docs say so."""
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = doc.split("### Network policies", 1)[1].split("\n## ", 1)[0]
+    for phrase in ("/metrics", "dev overlay", "IAP", "gemma-server-egress", "HF_HUB_OFFLINE=1"):
+        assert phrase in section, phrase
+    # What the docs promise: no user, session or message in any label of the app's metrics.
+    labels = set()
+    for source in [*(REPO / "graph").glob("*.py"), *(REPO / "ui").glob("*.py")]:
+        for match in re.finditer(
+            r'(?:Counter|Gauge|Histogram)\(\s*"hybrid_chat_\w+",\s*"[^"]*",\s*\[([^\]]*)\]',
+            source.read_text(encoding="utf-8"),
+        ):
+            labels |= set(re.findall(r'"(\w+)"', match.group(1)))
+    assert {"backend", "outcome"} <= labels, labels  # it found the definitions
+    assert not {name for name in labels if re.search(r"user|session|message|prompt|email", name)}, labels
 
 
 # PodMonitorings (and the ManagedCertificate) against their vendored CRDs: test_crd_schemas.py.

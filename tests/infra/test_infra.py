@@ -35,6 +35,12 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 OVERLAYS = ("dev", "iap", "weights-cache")
 INFRA_BIN = REPO / ".venv-infra" / ("Scripts" if sys.platform == "win32" else "bin")
 K8S_VERSION = "1.33.0"
+# Managed Prometheus's collectors: gke-gmp-system on Autopilot, gmp-system on Standard clusters.
+GMP_NAMESPACE_SELECTOR = {
+    "matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["gmp-system", "gke-gmp-system"]}
+    ]
+}
 TIMEOUT_S = 120
 
 # Every inline checkov skip, by framework. A new skip must be added here on purpose (and explained in its
@@ -483,10 +489,16 @@ def test_no_token_creator_impersonation_or_basic_roles_anywhere(tf: Terraform) -
         # Cloud Build (skaffold's image build), monitoring (the custom-metrics adapter):
         "roles/artifactregistry.writer",
         "roles/logging.logWriter",
-        "roles/storage.objectAdmin",
+        "roles/storage.admin",  # on skaffold's build bucket only (below)
         "roles/monitoring.viewer",
         "${google_project_iam_custom_role.chat_attachments.id}",  # objects create/get/list/delete
     }, roles
+    storage_admin = [
+        (rtype, _val(body, "bucket"))
+        for rtype, _, body in tf.resources
+        if rtype.endswith(("_iam_member", "_iam_binding")) and _val(body, "role") == "roles/storage.admin"
+    ]
+    assert storage_admin == [("google_storage_bucket_iam_member", "${google_storage_bucket.cloudbuild.name}")]
 
 
 def test_project_number_comes_from_a_data_source_and_no_project_is_hard_coded(
@@ -715,9 +727,7 @@ def test_only_chat_pods_may_call_the_unauthenticated_model_server(
     rule, scrape = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gradio-chat"}}}]
     assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
-    assert [src["namespaceSelector"]["matchLabels"] for src in scrape["from"]] == [
-        {"kubernetes.io/metadata.name": "gmp-system"}
-    ]
+    assert [src["namespaceSelector"] for src in scrape["from"]] == [GMP_NAMESPACE_SELECTOR]
 
 
 def test_namespace_and_ksa_match_the_terraform_workload_identity_binding(
@@ -759,9 +769,7 @@ def test_iap_overlay_has_no_public_load_balancer_and_trusts_the_iap_header(
     # (and Managed Prometheus's collectors, in-cluster, for /metrics: test_first_deploy.py)
     rule, scrape = _obj(docs, "NetworkPolicy", "gradio-chat")["spec"]["ingress"]
     assert {b["ipBlock"]["cidr"] for b in rule["from"]} == {"130.211.0.0/22", "35.191.0.0/16"}
-    assert [src["namespaceSelector"]["matchLabels"] for src in scrape["from"]] == [
-        {"kubernetes.io/metadata.name": "gmp-system"}
-    ]
+    assert [src["namespaceSelector"] for src in scrape["from"]] == [GMP_NAMESPACE_SELECTOR]
 
 
 def test_weights_cache_overlay_keeps_the_hugging_face_cache_on_a_pvc(

@@ -5,8 +5,9 @@ provider's schema can: cdktf's prebuilt bindings (PyPI `cdktf-cdktf-provider-goo
 from `terraform providers schema -json` of hashicorp/google 6.50.0, and schemas/extract_google_schema.py
 wrote the subset infra/ uses to schemas/google-provider-6.50.0.json. Checked here: every argument and block
 of every resource and data source exists at its place in the schema (a misspelt or misplaced argument is
-what `terraform validate` would refuse first), and every required argument is set. Not checked: value
-types and the provider's own validations (enum values, formats), which need the binary.
+what `terraform validate` would refuse first), every required argument is set, and every attribute read
+from a resource or data source (`google_x.name.attr`, `data.google_x.name[0].attr`) is one it has. Not
+checked: value types and the provider's own validations (enum values, formats), which need the binary.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from typing import Any
 
 import pytest
 
-from tests.infra.test_infra import Terraform, _val
+from tests.infra.test_infra import INFRA, Terraform, _val
 
 pytestmark = pytest.mark.infra
 
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "google-provider-6.50.0.json"
 META_ARGUMENTS = {"depends_on", "count", "for_each", "lifecycle", "provider", "provisioner", "connection"}
 PARSER_KEYS = {"__start_line__", "__end_line__"}
+# `google_x.name.attr`, `google_x.name[0].attr`, `google_x.name[*].attr`, `data.google_x.name.attr`.
+REFERENCE = re.compile(r"\b(data\.)?(google_[a-z0-9_]+)\.([a-z0-9_]+)(?:\[[^\]]*\])?\.([a-z0-9_]+)")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,26 @@ def _all_problems(tf: Terraform, schema: dict[str, Any]) -> list[str]:
     return found
 
 
+def unknown_attributes(text: str, schema: dict[str, Any]) -> list[str]:
+    """Attributes read in `text` (HCL, full-line comments dropped) that their resource or data source
+    does not have."""
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith(("#", "//")))
+    found = []
+    for match in REFERENCE.finditer(code):
+        section = "data" if match.group(1) else "resource"
+        rtype, attribute = match.group(2), match.group(4)
+        known = schema["attributes"][section].get(rtype)
+        if known is None:
+            found.append(f"{section} {rtype} has no attributes in the schema file (re-run its generator)")
+        elif attribute not in known:
+            found.append(f"{match.group(0)}: {rtype} has no attribute {attribute}")
+    return found
+
+
+def _infra_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(INFRA.glob("*.tf")))
+
+
 def test_the_schema_is_the_provider_version_infra_pins(tf: Terraform, schema: dict[str, Any]) -> None:
     constraint = next(
         _val(block, "google")["version"]
@@ -92,6 +115,21 @@ def test_every_argument_and_block_in_infra_exists_in_the_provider_schema(
     # It looked at the nested blocks, not only the top level.
     cluster = schema["resource"]["google_container_cluster"]
     assert "service_account" in cluster["cluster_autoscaling"]["block"]["auto_provisioning_defaults"]["block"]
+
+
+def test_every_attribute_infra_reads_exists_in_the_provider_schema(schema: dict[str, Any]) -> None:
+    text = _infra_text()
+    assert unknown_attributes(text, schema) == []
+    # It saw the references that matter: the build account read from Compute Engine, the bucket it is
+    # granted on, the project number.
+    read = {m.group(0) for m in REFERENCE.finditer(text)}
+    assert "data.google_compute_default_service_account.default[0].email" in read
+    assert "google_storage_bucket.cloudbuild.name" in read
+    assert "data.google_project.this.number" in read
+    # A misspelt attribute, on a resource and on a data source, is caught.
+    assert unknown_attributes("x = google_storage_bucket.cloudbuild.bucket_name", schema)
+    assert unknown_attributes("x = data.google_compute_default_service_account.default[0].mail", schema)
+    assert not unknown_attributes("# x = google_storage_bucket.cloudbuild.bucket_name", schema)
 
 
 def test_the_schema_check_bites(tf: Terraform, schema: dict[str, Any]) -> None:

@@ -1,12 +1,13 @@
 """Writes google-provider-6.50.0.json: the arguments and blocks of the Terraform google provider that
-infra/ uses, taken from the provider schema that cdktf generated its bindings from.
+infra/ uses, and the attributes each of those resources and data sources can be read for, taken from the
+provider schema that cdktf generated its bindings from.
 
 Why: `terraform validate` needs the provider binary, which cannot be downloaded where these tests run. The
 cdktf bindings (PyPI `cdktf-cdktf-provider-google`) carry a jsii assembly generated from the provider's own
 schema (`terraform providers schema -json`), with each argument's Terraform name, whether it is required,
-and the nesting of its blocks. tests/infra/test_terraform_schema.py checks infra/*.tf against the subset
-written here (resource and data types used in infra/, nothing else). Regenerate after adding a resource
-type:
+and the nesting of its blocks; each resource's class has a getter per attribute (arguments and computed
+values alike). tests/infra/test_terraform_schema.py checks infra/*.tf against the subset written here
+(resource and data types used in infra/, nothing else). Regenerate after adding a resource type:
 
     pip download --no-deps cdktf-cdktf-provider-google==16.12.1 -d /tmp/cdktf
     .venv-infra/bin/python tests/infra/schemas/extract_google_schema.py \
@@ -30,6 +31,10 @@ REPO = Path(__file__).resolve().parents[3]
 OUT_DIR = Path(__file__).resolve().parent
 LINK = re.compile(
     r"registry\.terraform\.io/providers/hashicorp/google/([0-9.]+)/docs/(resources|data-sources)/(\w+)#(\w+)"
+)
+# A resource's or data source's class: "Represents a {@link .../docs/resources/storage_bucket google_...}".
+CLASS_LINK = re.compile(
+    r"registry\.terraform\.io/providers/hashicorp/google/([0-9.]+)/docs/(resources|data-sources)/(\w+) "
 )
 
 
@@ -80,6 +85,28 @@ def _schema(types: dict[str, Any], fqn: str, depth: int = 0) -> tuple[dict[str, 
     return args, version, kind, tf_type
 
 
+def _attributes(types: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+    """{(section, type): attribute names}: the getters of each resource's and data source's class (its
+    `fooInput` getters only echo what the configuration set, and are left out)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for spec in types.values():
+        if spec.get("kind") != "class" or spec.get("base") not in (
+            "cdktf.TerraformResource",
+            "cdktf.TerraformDataSource",
+        ):
+            continue
+        match = CLASS_LINK.search(spec.get("docs", {}).get("summary", ""))
+        if not match:
+            continue
+        section = "resource" if match.group(2) == "resources" else "data"
+        found[(section, f"google_{match.group(3)}")] = sorted(
+            _snake(p["name"])
+            for p in spec.get("properties", [])
+            if not p.get("static") and not p["name"].endswith("Input")
+        )
+    return found
+
+
 def main(wheel: str) -> None:
     types = _assembly(Path(wheel))["types"]
     used = set()
@@ -109,6 +136,8 @@ def main(wheel: str) -> None:
     print(f"jsii names whose snake_case is not the Terraform name: {len(mismatched)}, e.g. {mismatched[:8]}")
     missing = used - {(s, n) for s in out for n in out[s]}
     assert not missing, f"not found in the assembly: {sorted(missing)}"
+    readable = _attributes(types)
+    attributes = {s: {n: readable[(s, n)] for n in sorted(out[s])} for s in ("resource", "data")}
     (version,) = versions
     document = {
         "provider": "registry.terraform.io/hashicorp/google",
@@ -116,6 +145,7 @@ def main(wheel: str) -> None:
         "source": f"PyPI cdktf-cdktf-provider-google, jsii assembly ({Path(wheel).name})",
         "generator": "tests/infra/schemas/extract_google_schema.py",
         **out,
+        "attributes": attributes,
     }
     path = OUT_DIR / f"google-provider-{version}.json"
     path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
