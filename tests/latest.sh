@@ -19,6 +19,8 @@ git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t 
 cp uv.lock "$LATEST_DIR/uv.lock.before"
 cp infra/tools/uv.lock "$LATEST_DIR/infra-tools-uv.lock.before"
 cd "$LATEST_DIR"
+# A repository of its own (a test reads `git status` to see what the servers leave behind).
+git init -q && git add -A && git -c user.name=canary -c user.email=canary@localhost commit -q -m copy
 "$UV" lock --upgrade --quiet
 "$UV" lock --upgrade --quiet --project infra/tools
 sh deploy/lock.sh "$UV"

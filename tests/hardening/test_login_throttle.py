@@ -115,9 +115,11 @@ async def _login(client: httpx.AsyncClient, user: str, password: str, address: s
 
 
 async def _basic(client: httpx.AsyncClient, user: str, password: str, address: str) -> httpx.Response:
-    # No body: the caller is checked first, so 401/429 come before the body matters; a signed-in
-    # caller gets 400 for the missing message.
-    return await client.post("/api/chat", auth=(user, password), headers={"x-forwarded-for": address})
+    # An empty JSON body: the caller is checked first, so 401/429 come before the body matters; a
+    # signed-in caller gets 400 for the missing message.
+    return await client.post(
+        "/api/chat", json={}, auth=(user, password), headers={"x-forwarded-for": address}
+    )
 
 
 @pytest.mark.integration
