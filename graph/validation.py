@@ -26,9 +26,14 @@ one file), with `AttachmentLimits`:
   decoded (a decompression bomb, or a few small well-compressed files of many pixels, are refused
   without one pixel being decoded);
 - an image that does not decode (truncated, corrupt);
-- a PDF without its `%%EOF` trailer, or with more than `max_pdf_pages` pages (counted from its plain
-  `/Type /Page` objects, without a PDF library: pages inside compressed object streams are not seen, so
-  the count is a lower bound; the backend's own limit still applies).
+- a PDF without its `%%EOF` trailer, or that pypdf cannot read (no cross-reference table it can find or
+  rebuild, no catalog, damaged objects), or protected by a password;
+- a PDF whose page tree is not a tree: a page count (`/Count`) other than the pages it holds (10^9, -5),
+  no page at all, a loop, more than `PDF_MAX_TREE_DEPTH` levels; or whose catalog or page-tree nodes
+  hold arrays or dictionaries nested more than `PDF_MAX_NESTING` deep (a parser that recurses would
+  crash on them);
+- a PDF with more than `max_pdf_pages` pages, counted by walking the page tree (pages inside compressed
+  object streams included).
 
 Decoding is what costs memory and CPU (a 6300x6300 PNG of 150 KB is 160 MB of pixels), so it is bounded
 (`check_message_attachments`):
@@ -43,8 +48,12 @@ Decoding is what costs memory and CPU (a 6300x6300 PNG of 150 KB is 160 MB of pi
   image they are given back to the system (glibc's `malloc_trim`), not kept by the process for good;
 - a JPEG is decoded at 1/8 scale (`Image.draft`): every byte is still read, so a truncated one fails,
   for 1/64 of the pixels;
-- bytes that decoded once are not decoded again (their digest is kept, never the bytes or pixels):
-  the way in and the graph each check a message.
+- a PDF is read (pypdf) on the same threads, after every image's header and the message's pixels were
+  checked, and its page tree walked with a bound on the nodes visited and `PDF_READ_S` of time (checked
+  at every node; one object's parse is bounded by pypdf's own limits), so a crafted file costs at most
+  that; what pypdf says about a user's file stays out of the server's log;
+- bytes that decoded once are not decoded again (their digest is kept, never the bytes or pixels; a
+  PDF's page count beside it): the way in and the graph each check a message.
 
 Everything else is plain user text: stored and read back exactly as sent (no stripping, no escaping):
 control characters, any Unicode, and strings that look like chat-template markers or serialized
@@ -54,12 +63,14 @@ messages. Answers are cleaned of lone surrogates (`clean_text`) so a backend can
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import io
+import logging
 import math
-import re
 import threading
+import time
 import unicodedata
 import warnings
 from collections import OrderedDict
@@ -214,7 +225,6 @@ _OTHER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"II*\x00", "a TIFF image"),
     (b"MM\x00*", "a TIFF image"),
 )
-_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 
 
 @dataclass(frozen=True)
@@ -284,8 +294,8 @@ def _what(name: str | None) -> str:
 
 
 def inspect_attachment(data: bytes, limits: AttachmentLimits, name: str | None = None) -> AttachmentInfo:
-    """What one attachment is, from its bytes and an image's header (nothing decoded): its type, size,
-    dimensions or pages, each within `limits`; `InvalidInput` says why not."""
+    """What one attachment is, from its bytes and an image's header (nothing decoded, no PDF read): its
+    type, size and dimensions, each within `limits`; `InvalidInput` says why not."""
     what = _what(name)
     if not data:
         raise InvalidInput(f"{what} is empty")
@@ -297,7 +307,9 @@ def inspect_attachment(data: bytes, limits: AttachmentLimits, name: str | None =
             f"{what} is not an image (PNG, JPEG, GIF, WebP) or a PDF: it looks like {_looks_like(data)}"
         )
     if mime == "application/pdf":
-        return _check_pdf(data, limits, what)
+        if b"%%EOF" not in data[-2048:]:
+            raise InvalidInput(f"{what} is not a complete PDF (no end-of-file marker: truncated?)")
+        return AttachmentInfo("pdf", "application/pdf", len(data))  # its pages: `_check_decodes`
     return _image_header(data, mime, limits, what)
 
 
@@ -311,7 +323,7 @@ def check_message_attachments(
     files: Sequence[tuple[bytes, str | None]], limits: AttachmentLimits
 ) -> list[AttachmentInfo]:
     """One message's attachments (bytes, name), checked: every limit read from the bytes and headers
-    first, the images decoded only then, so a message over a limit costs no decoding."""
+    first, the images decoded and the PDFs read only then, so a message over a limit costs neither."""
     check_attachment_count(len(files), limits)
     infos = [inspect_attachment(data, limits, name) for data, name in files]
     pixels = sum(info.pixels for info in infos)
@@ -321,10 +333,10 @@ def check_message_attachments(
             f"{limits.max_message_pixels:,} a message: send fewer or smaller images (or split them "
             "over several messages)"
         )
-    for (data, name), info in zip(files, infos, strict=True):
-        if info.kind == "image":
-            _check_decodes(data, info, limits, _what(name))
-    return infos
+    return [
+        _check_decodes(data, info, limits, _what(name))
+        for (data, name), info in zip(files, infos, strict=True)
+    ]
 
 
 def _too_many_pixels(what: str, width: int, height: int, limits: AttachmentLimits) -> InvalidInput:
@@ -363,13 +375,15 @@ def _image_header(data: bytes, mime: str, limits: AttachmentLimits, what: str) -
 
 # Decoding, bounded per process (see the module docstring).
 _decoders: dict[int, ThreadPoolExecutor] = {}
-_decoded: OrderedDict[bytes, None] = OrderedDict()  # digests of bytes that decoded, the newest last
+# Digests of bytes that decoded (a PDF: with its page count), the newest last.
+_decoded: OrderedDict[bytes, int | None] = OrderedDict()
 _DECODED_MAX = 1024  # 32 bytes each
 _decoding_lock = threading.Lock()
 
 
 def _decoder(threads: int) -> ThreadPoolExecutor:
-    """The process's image decoders: the only threads that decode, shared by every caller."""
+    """The process's decoders: the only threads that decode images and read PDFs, shared by every
+    caller."""
     with _decoding_lock:
         if (pool := _decoders.get(threads)) is None:
             pool = _decoders[threads] = ThreadPoolExecutor(threads, thread_name_prefix="image-decode")
@@ -411,30 +425,141 @@ def _malloc_trim() -> Any:
         return None
 
 
-def _check_decodes(data: bytes, info: AttachmentInfo, limits: AttachmentLimits, what: str) -> None:
-    """`InvalidInput` unless `data` decodes, on the decode threads (the caller waits for its turn)."""
+def _check_decodes(data: bytes, info: AttachmentInfo, limits: AttachmentLimits, what: str) -> AttachmentInfo:
+    """`info` once `data` decoded (an image) or was read (a PDF: with its pages), on the decode threads
+    (the caller waits for its turn); `InvalidInput` says why not."""
     digest = hashlib.sha256(data).digest()
     with _decoding_lock:
         if digest in _decoded:
             _decoded.move_to_end(digest)
-            return
-    try:
-        _decoder(limits.decode_threads).submit(_decode_and_return_memory, data, info.pixels).result()
-    except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for a broken file
-        raise _broken(what, info.mime_type) from None
+            pages = _decoded[digest]
+            return info if pages is None else _pdf_info(info, pages, limits, what)
+    pages = None
+    if info.kind == "pdf":
+        pages = _decoder(limits.decode_threads).submit(_count_pdf_pages, data, limits.max_pdf_pages).result()
+        if isinstance(pages, str):
+            raise InvalidInput(f"{what} {pages}")
+    else:
+        try:
+            _decoder(limits.decode_threads).submit(_decode_and_return_memory, data, info.pixels).result()
+        except Exception:  # Pillow raises OSError, SyntaxError, ValueError... for a broken file
+            raise _broken(what, info.mime_type) from None
+    if pages is not None:
+        info = _pdf_info(info, pages, limits, what)  # over the limit: the walk stopped, not a count to keep
     with _decoding_lock:
-        _decoded[digest] = None
+        _decoded[digest] = pages
         if len(_decoded) > _DECODED_MAX:
             _decoded.popitem(last=False)
+    return info
 
 
-def _check_pdf(data: bytes, limits: AttachmentLimits, what: str) -> AttachmentInfo:
-    if b"%%EOF" not in data[-2048:]:
-        raise InvalidInput(f"{what} is not a complete PDF (no end-of-file marker: truncated?)")
-    pages = len(_PAGE.findall(data)) or 1
+def _pdf_info(info: AttachmentInfo, pages: int, limits: AttachmentLimits, what: str) -> AttachmentInfo:
     if pages > limits.max_pdf_pages:
-        raise InvalidInput(f"{what} has {pages} pages; the limit is {limits.max_pdf_pages}")
-    return AttachmentInfo("pdf", "application/pdf", len(data), pages=pages)
+        raise InvalidInput(
+            f"{what} has over {limits.max_pdf_pages} pages; the limit is {limits.max_pdf_pages}"
+        )
+    return dataclasses.replace(info, pages=pages)
+
+
+# Reading a PDF, bounded (see the module docstring). Real page trees are a few levels deep (a balanced
+# tree of 10^6 pages needs 6) and their nodes' values a few levels of nesting.
+PDF_READ_S = 5.0
+PDF_MAX_TREE_DEPTH = 64
+PDF_MAX_NESTING = 64
+_PDF_MAX_NODES = 100_000  # page-tree nodes and the values inside them, visited in all
+
+
+class _NotAPageTree(Exception):
+    """The PDF's page tree is malformed; the message says how, to the user."""
+
+
+def _count_pdf_pages(data: bytes, max_pages: int) -> int | str:
+    """The pages of a PDF, counted by walking its page tree (at most `max_pages + 1` of them), or what
+    is wrong with it in words (returned, not raised: it crosses the decode thread)."""
+    try:
+        return _walk_page_tree(data, max_pages)
+    except _NotAPageTree as exc:
+        return str(exc)
+    except Exception:  # pypdf: PdfReadError, LimitReachedError, ValueError, KeyError... for a broken file
+        return "is a damaged PDF: it cannot be read (its structure is broken)"
+
+
+def _walk_page_tree(data: bytes, max_pages: int) -> int:
+    from pypdf import PdfReader
+    from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
+
+    _quiet_pypdf()
+    deadline = time.monotonic() + PDF_READ_S
+    reader = PdfReader(io.BytesIO(data), strict=False)  # strict=False: what viewers open, pypdf reads
+    if reader.is_encrypted and not reader.decrypt(""):  # an owner password alone still opens
+        raise _NotAPageTree("is protected by a password: send it without one")
+    root = reader.trailer["/Root"].get_object()
+    tree = root["/Pages"] if isinstance(root, DictionaryObject) else None
+    if tree is None:
+        raise _NotAPageTree("is a damaged PDF: it has no page tree")
+    declared = tree.get_object().get("/Count")
+    pages, nodes = 0, _nesting_checked(root, _PDF_MAX_NODES)
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[Any, int]] = [(tree, 1)]
+    while stack:
+        ref, depth = stack.pop()
+        if time.monotonic() > deadline:
+            raise _NotAPageTree(f"is a PDF whose page tree takes too long to read (over {PDF_READ_S:.0f} s)")
+        if depth > PDF_MAX_TREE_DEPTH:
+            raise _NotAPageTree(f"is a malformed PDF: its page tree is over {PDF_MAX_TREE_DEPTH} levels deep")
+        if isinstance(ref, IndirectObject):
+            if (ref.idnum, ref.generation) in seen:
+                raise _NotAPageTree("is a malformed PDF: its page tree loops (or names a page twice)")
+            seen.add((ref.idnum, ref.generation))
+        node = ref.get_object()
+        if not isinstance(node, DictionaryObject):
+            raise _NotAPageTree("is a damaged PDF: its page tree holds something that is not a page")
+        nodes += 1 + _nesting_checked(node, _PDF_MAX_NODES - nodes)
+        if "/Kids" in node:  # an inner node (`/Type /Pages`)
+            kids = node["/Kids"].get_object()
+            if not isinstance(kids, ArrayObject):
+                raise _NotAPageTree("is a damaged PDF: its page tree holds something that is not a page")
+            stack.extend((kid, depth + 1) for kid in reversed(kids))
+        else:
+            pages += 1
+            if pages > max_pages:
+                return pages
+    if pages == 0:
+        raise _NotAPageTree("is a PDF without any page")
+    if not isinstance(declared, int):
+        raise _NotAPageTree("is a malformed PDF: its page tree does not say how many pages it has")
+    if declared != pages:
+        raise _NotAPageTree(f"is a malformed PDF: it says it has {declared} pages but holds {pages}")
+    return pages
+
+
+def _nesting_checked(node: Any, budget: int) -> int:
+    """The values inside the catalog or one page-tree node (references not followed), counted;
+    `_NotAPageTree` if they nest over `PDF_MAX_NESTING` deep or are more than `budget`."""
+    from pypdf.generic import ArrayObject, DictionaryObject
+
+    count = 0
+    stack: list[tuple[Any, int]] = [(node, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > PDF_MAX_NESTING:
+            raise _NotAPageTree(f"is a malformed PDF: it holds values nested over {PDF_MAX_NESTING} deep")
+        if isinstance(value, DictionaryObject | ArrayObject):
+            for child in value.values() if isinstance(value, DictionaryObject) else value:
+                count += 1
+                if count > budget:
+                    raise _NotAPageTree(
+                        f"is a PDF whose page tree is too large to read (over {_PDF_MAX_NODES:,} values)"
+                    )
+                stack.append((child, depth + 1))
+    return count
+
+
+@functools.cache
+def _quiet_pypdf() -> None:
+    """pypdf logs what it finds wrong with a file (a crafted one: thousands of lines); a user's file
+    is refused in words instead, and the server's log is for the server."""
+    logging.getLogger("pypdf").setLevel(logging.CRITICAL)
 
 
 def check_attachment_count(count: int, limits: AttachmentLimits) -> None:

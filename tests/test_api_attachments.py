@@ -20,6 +20,7 @@ from PIL import Image
 
 from graph.backends import Backends
 from tests.test_api import app_for, post_chat
+from tests.test_attachments import PAGE, pdf_of
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +31,17 @@ def png(width: int = 64, height: int = 48, color: str = "red") -> bytes:
     return buf.getvalue()
 
 
+ONE_PAGE = ["<< /Type /Catalog /Pages 2 0 R >>", "<< /Type /Pages /Kids [3 0 R] /Count 1 >>", PAGE]
+
+
 def pdf(size: int = 0) -> bytes:
-    """A one-page PDF, padded with a comment to about `size` bytes."""
-    body = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
-    body += b"2 0 obj\n<< /Type /Pages /Kids [3 0 R] /Count 1 >>\nendobj\n"
-    body += b"3 0 obj\n<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>\nendobj\n"
-    tail = b"trailer\n<< /Root 1 0 R >>\n%%EOF\n"
-    pad = max(0, size - len(body) - len(tail))
-    return body + b"%" + b"x" * max(0, pad - 2) + b"\n" + tail if pad else body + tail
+    """A one-page PDF, padded with a comment to `size` bytes (when that is larger than the page)."""
+    doc = pdf_of(ONE_PAGE)
+    padding = size - len(doc)
+    while padding >= 2 and len(doc) != size:  # the padding moves the table: its offset's digits may grow
+        doc = pdf_of(ONE_PAGE, padding=padding)
+        padding += size - len(doc)
+    return doc
 
 
 def b64(data: bytes) -> str:
@@ -97,8 +101,12 @@ async def test_a_pdf_alone_without_text(tmp_path: Path, local_backends: Backends
         ([{"data": b64(png()[:60])}], "does not decode"),
         ([{"data": b64(png())}] * 5, "the limit is 4"),
         ([{"data": b64(b"")}], "is empty"),
+        (
+            [{"data": b64(pdf_of([*ONE_PAGE[:1], ONE_PAGE[1].replace("/Count 1", "/Count -5"), PAGE]))}],
+            "-5 pages",
+        ),
     ],
-    ids=["zip-named-png", "bad-base64", "truncated-png", "too-many", "empty"],
+    ids=["zip-named-png", "bad-base64", "truncated-png", "too-many", "empty", "pdf-counting-minus-5"],
 )
 async def test_a_bad_file_is_refused_with_400_saying_why(
     tmp_path: Path, local_backends: Backends, attachments: list[dict[str, str]], says: str

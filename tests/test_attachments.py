@@ -17,8 +17,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
+import os
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +54,25 @@ def gif() -> bytes:
     return buf.getvalue()
 
 
+PAGE = "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"
+
+
 def pdf(pages: int = 1) -> bytes:
     """A minimal valid PDF with `pages` empty pages (uncompressed objects)."""
     kids = " ".join(f"{3 + i} 0 R" for i in range(pages))
-    objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>",
-        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>",
-        *["<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"] * pages,
-    ]
-    out = b"%PDF-1.4\n"
+    return pdf_of(
+        [
+            "<< /Type /Catalog /Pages 2 0 R >>",
+            f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>",
+            *[PAGE] * pages,
+        ]
+    )
+
+
+def pdf_of(objects: list[str], *, padding: int = 0) -> bytes:
+    """A PDF of these objects, numbered from 1 (1: the catalog), with a correct cross-reference table;
+    `padding`: that many bytes more, in a comment."""
+    out = b"%PDF-1.4\n" + (b"%" + b"x" * (padding - 2) + b"\n" if padding >= 2 else b"")
     offsets = []
     for i, body in enumerate(objects, 1):
         offsets.append(len(out))
@@ -69,6 +82,47 @@ def pdf(pages: int = 1) -> bytes:
     out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
     out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
     return out
+
+
+def pdf_with_pages_compressed(pages: int) -> bytes:
+    """A PDF 1.5 whose pages are inside a compressed object stream, found through a cross-reference
+    stream (how most producers write PDFs now): no `/Type /Page` in its bytes."""
+    page_ids = list(range(3, 3 + pages))
+    header, objects = b"", b""
+    for i in page_ids:
+        header += f"{i} {len(objects)} ".encode()
+        objects += PAGE.encode() + b" "
+    packed = zlib.compress(header + objects)
+    stream_id, xref_id = 3 + pages, 4 + pages
+    out, at = b"%PDF-1.5\n", {}
+    kids = " ".join(f"{i} 0 R" for i in page_ids)
+    for i, body in (
+        (1, b"<< /Type /Catalog /Pages 2 0 R >>"),
+        (2, f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode()),
+        (
+            stream_id,
+            f"<< /Type /ObjStm /N {pages} /First {len(header)} /Filter /FlateDecode /Length {len(packed)} >>"
+            f"\nstream\n".encode()
+            + packed
+            + b"\nendstream",
+        ),
+    ):
+        at[i] = len(out)
+        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
+    at[xref_id] = len(out)
+
+    def row(kind: int, field: int, index: int) -> bytes:
+        return bytes([kind]) + field.to_bytes(4, "big") + index.to_bytes(2, "big")
+
+    rows = b"".join(
+        row(0, 0, 65535) if i == 0 else row(2, stream_id, i - 3) if i in page_ids else row(1, at[i], 0)
+        for i in range(xref_id + 1)
+    )
+    out += (
+        f"{xref_id} 0 obj\n<< /Type /XRef /Size {xref_id + 1} /W [1 4 2] /Root 1 0 R /Length {len(rows)} >>"
+        "\nstream\n"
+    ).encode()
+    return out + rows + f"\nendstream\nendobj\nstartxref\n{at[xref_id]}\n%%EOF\n".encode()
 
 
 def b64(data: bytes) -> str:
@@ -130,7 +184,7 @@ def test_an_image_is_known_by_its_bytes() -> None:
         (b"", "is empty"),
         (png()[:60], "does not decode"),
         (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "does not decode"),
-        (pdf(4), "has 4 pages; the limit is 3"),
+        (pdf(4), "has over 3 pages; the limit is 3"),
         (pdf(1)[:-8], "not a complete PDF"),
         (b"\x00" * 200_001, "200,001 bytes; the limit is 200,000"),
     ],
@@ -139,6 +193,97 @@ def test_an_image_is_known_by_its_bytes() -> None:
 def test_bad_files_are_refused_saying_why(data: bytes, words: str) -> None:
     with pytest.raises(InvalidInput, match=words.replace("(", r"\(").replace(")", r"\)")):
         check_attachment(data, LIMITS, "shot.png")
+
+
+# --- PDFs: read with pypdf, their page tree walked within bounds ---------------------------------
+PAGES_OF = "<< /Type /Catalog /Pages 2 0 R >>"
+PDF_LIMITS = AttachmentLimits(max_pdf_pages=3)  # and the 5 MB a file of the defaults
+
+
+def pages_counting(count: str, kids: str = "3 0 R") -> str:
+    return f"<< /Type /Pages /Kids [{kids}] /Count {count} >>"
+
+
+def nested_page_tree(levels: int) -> list[str]:
+    """A page tree `levels` deep: each node's only kid is the next node, the last one's is the page."""
+    return [PAGES_OF, *[pages_counting("1", f"{i + 1} 0 R") for i in range(2, levels + 2)], PAGE]
+
+
+def nested_in(obj: str, opening: str, closing: str, levels: int = 100_000) -> str:
+    """`obj` (a dictionary) with a value nested `levels` deep added."""
+    return obj.removesuffix(">>") + "/X " + opening * levels + closing * levels + ">>"
+
+
+def protected_pdf() -> bytes:
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    writer.add_blank_page(200, 200)
+    writer.encrypt("open-sesame")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"%PDF-1.4\n" + os.urandom(4000) + b"\n%%EOF\n", "is a damaged PDF"),
+        (pdf_of([PAGES_OF, pages_counting("1000000000"), PAGE]), "says it has 1000000000 pages but holds 1"),
+        (pdf_of([PAGES_OF, pages_counting("-5"), PAGE]), "says it has -5 pages but holds 1"),
+        (pdf_of([PAGES_OF, "<< /Type /Pages /Kids [3 0 R] >>", PAGE]), "does not say how many pages"),
+        (pdf_of([PAGES_OF, pages_counting("1"), nested_in(PAGE, "<< /A ", ">> ")]), "nested over 64 deep"),
+        (pdf_of([nested_in(PAGES_OF, "<< /A ", ">> "), pages_counting("1"), PAGE]), "nested over 64 deep"),
+        (pdf_of([PAGES_OF, pages_counting("1"), nested_in(PAGE, "[", "]")]), "is a damaged PDF"),
+        (pdf_of(nested_page_tree(1000)), "page tree is over 64 levels deep"),
+        (pdf_of([PAGES_OF, pages_counting("1", "2 0 R")]), "page tree loops"),
+        (pdf_of([PAGES_OF, pages_counting("0", "")]), "a PDF without any page"),
+        (pdf_of([PAGES_OF]), "is a damaged PDF"),
+        (protected_pdf(), "is protected by a password"),
+        (pdf_with_pages_compressed(5), "has over 3 pages; the limit is 3"),
+    ],
+    ids=[
+        "random-bytes",
+        "count-1e9",
+        "count-minus-5",
+        "no-count",
+        "page-nested-100k",
+        "catalog-nested-100k",
+        "arrays-nested-100k",
+        "tree-1000-deep",
+        "loop",
+        "no-page",
+        "no-page-tree",
+        "password",
+        "pages-compressed",
+    ],
+)
+def test_malformed_pdfs_are_refused_saying_why(
+    data: bytes, words: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The malformed PDFs that used to pass (a `%PDF-` header and a `%%EOF` were enough, and pages were
+    counted from the bytes): each refused in words, nothing from pypdf in the log (a crafted file made it
+    log 17,000 lines), and in bounded time."""
+    started = time.perf_counter()
+    with pytest.raises(InvalidInput, match=words), caplog.at_level(logging.DEBUG):
+        check_attachment(data, PDF_LIMITS, "report.pdf")
+    assert time.perf_counter() - started < validation.PDF_READ_S + 2
+    assert not [r for r in caplog.records if r.name.startswith("pypdf")]
+
+
+def test_a_pdf_counts_its_real_pages() -> None:
+    """Pages inside a compressed object stream count (the bytes' `/Type /Page` missed them all); a deep
+    tree within the bounds is read."""
+    assert check_attachment(pdf_with_pages_compressed(3), PDF_LIMITS).pages == 3
+    assert check_attachment(pdf_of(nested_page_tree(10)), PDF_LIMITS).pages == 1
+
+
+def test_reading_a_pdf_stops_at_its_time_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page tree's walk checks its deadline at every node: a file that takes longer is refused."""
+    monkeypatch.setattr(validation, "PDF_READ_S", -1.0)
+    monkeypatch.setattr(validation, "_decoded", type(validation._decoded)())
+    with pytest.raises(InvalidInput, match="takes too long to read"):
+        check_attachment(pdf(2), LIMITS)
 
 
 def test_a_decompression_bomb_is_refused_from_its_header() -> None:
