@@ -224,6 +224,22 @@ async def test_stop_after_the_answer_ended_shows_it_as_saved(tmp_path: Path) -> 
     assert await _stored(h, st.sid) == [("human", "quick one"), ("ai", "echo:quick one")]
 
 
+async def test_stop_as_the_answers_end_is_on_its_way_shows_the_end(tmp_path: Path) -> None:
+    """Stop that lands after the page's event sent the answer's end, before the browser had it: the
+    browser drops what the cancelled event had not delivered, so Stop's own reply shows the end."""
+    h, _model, _app = _setup(tmp_path)
+    request = gr.Request(username=None, session_hash="tab")
+    shown = h.send("just in time", None, *GEN, "turn-0009", request=request)
+    st = (await anext(shown))[2]
+    async for _ in shown:  # up to the end's update, which Gradio's cancel then drops
+        if st.turn_shown:
+            break
+    chat, _conv, decor = await h.stop(st, request)
+    await shown.aclose()
+    assert chat[-1]["content"] == "echo:just in time"
+    assert "hc-decor" in decor  # the answer's footer and its follow-ups come with it
+
+
 async def test_stop_mid_answer_keeps_what_streamed_marked_stopped(tmp_path: Path) -> None:
     h, _model, _app = _setup(tmp_path, delay_s=0.05, chunk_chars=2)
     request = gr.Request(username=None, session_hash="tab")

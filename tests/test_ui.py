@@ -739,6 +739,43 @@ async def test_a_message_of_files_only_goes_as_content_blocks_and_resends_with_t
     assert len(sent) == 3
 
 
+async def test_every_turn_of_the_page_runs_as_the_signed_in_user(tmp_path: Path) -> None:
+    """Send, a starter prompt, Continue, Regenerate, Edit and Retry each reach the signed-in user's
+    conversation: none loses Gradio's request on the way (as the local user, a lost request would pass
+    unnoticed: everyone is that user)."""
+    import gradio as gr
+
+    from ui.handlers import CONTINUE, ChatHandlers
+
+    settings = local_settings(tmp_path, auth_users=SecretStr("alice:a"))
+    service = _echo_service(settings)
+    h = ChatHandlers(service, Identity(settings), RateLimiter(0))
+    alice = gr.Request(username="alice", session_hash="tab")
+    gen = ("gemma", 0.0, 0.9, 16, "")
+    st: Any = None
+
+    async def run(turns: Any) -> None:
+        nonlocal st
+        async for out in turns:
+            st = out[2] if hasattr(out[2], "rows") else st
+
+    def questions() -> list[str]:
+        return [r["text"] for r in st.rows if r["role"] == "user"]
+
+    await run(h.starter(st, *gen, gr.SelectData(None, {"index": 0, "value": {"text": "Hi there"}}), alice))
+    await run(h.send("Count to three", st, *gen, request=alice))
+    await run(h.follow_up(st, *gen, gr.SelectData(None, {"index": 3, "value": "continue"}), alice))
+    assert questions() == ["Hi there", "Count to three", CONTINUE]
+    await run(h.regenerate(st, *gen, gr.RetryData(None, {"index": 5, "value": ""}), alice))
+    edit = gr.EditData(None, {"index": 4, "value": "Count to four", "previous_value": CONTINUE})
+    await run(h.edit_resend(st, *gen, edit, alice))
+    assert questions() == ["Hi there", "Count to three", "Count to four"]
+    await run(h.follow_up(st, *gen, gr.SelectData(None, {"index": 5, "value": "retry:gemini"}), alice))
+    assert st.rows[-1]["meta"]["backend"] == "gemini"
+    stored = await service.messages("alice", st.sid)
+    assert [m.text for m in stored if m.type == "human"] == questions()
+
+
 async def test_inline_rename_renames_by_id_and_only_the_owners(tmp_path: Path) -> None:
     """The list's inline rename (`ChatHandlers.rename_listed`, what the page's Enter sends): any entry is
     renamed by its id without opening it, the Title box follows only for the open conversation, another

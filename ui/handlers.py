@@ -26,7 +26,8 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,43 @@ def _index(index: Any) -> int:
     return int(index)
 
 
+@dataclass(frozen=True)
+class GenerationOptions:
+    """The page's five generation settings as the browser sent them (`turn_params` checks and clamps
+    them before a turn). One value handed on by field name, so that no setting, nor anything else, can
+    slip into another's place on the way."""
+
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: float | None = None
+    system_prompt: str | None = None
+
+
+class TurnKind(StrEnum):
+    """What a page turn does with the conversation on screen."""
+
+    NEW = "new"  # a message after the last answer: typed, a starter prompt, Continue
+    RESEND = "resend"  # the question answered at `row` (None: the last) asked again as it was
+    EDIT = "edit"  # the question at `row` asked again as edited: what came after it is forgotten
+
+
+@dataclass(frozen=True)
+class TurnAsk:
+    """One turn the page asks for, whichever control asked (Send, a starter prompt, Continue, Retry,
+    Regenerate, Edit). Built from Gradio's positional inputs by the event handler Gradio calls, then
+    handed to `ChatHandlers.page_turn`: the request travels by name, never in another input's place."""
+
+    state: Any  # the tab's gr.State value (the user's `Session` only if it is theirs: `_session`)
+    request: gr.Request | None  # who asks (`ChatHandlers.user_of`)
+    options: GenerationOptions
+    kind: TurnKind = TurnKind.NEW
+    text: str = ""  # NEW: what was typed; EDIT: the edited question (RESEND asks the stored one's)
+    files: tuple[str, ...] = ()  # NEW: the box's uploads (paths in Gradio's cache)
+    turn_id: str | None = None  # NEW: the id the page's script also sent it under (ui/live.py)
+    row: int | None = None  # RESEND, EDIT: the chat's row it is about
+
+
 class ChatHandlers:
     """The page's event handlers (see the module docstring)."""
 
@@ -328,10 +366,13 @@ class ChatHandlers:
         return await self.service.stream_slot()
 
     def check_turn(
-        self, user: str, text: str, params_in: tuple, *, files: bool = False
+        self, user: str, text: str, options: GenerationOptions | tuple, *, files: bool = False
     ) -> tuple[str, TurnParams]:
         """Limits first (length, parameters, rate): a refused message stays in the input box. With
-        `files` the text may be empty (a message of attachments only, as `/api/chat` takes)."""
+        `files` the text may be empty (a message of attachments only, as `/api/chat` takes). A tuple of
+        the five settings in `GenerationOptions`' order is taken too (ui/live.py's straight request)."""
+        if isinstance(options, tuple):
+            options = GenerationOptions(*options)
         if self.service.draining:
             raise LimitExceeded("The server is restarting: send your message again in a few seconds.")
         try:
@@ -339,7 +380,15 @@ class ChatHandlers:
                 text = ""
             else:
                 text = check_message(text, self.settings.max_message_chars)
-            params = turn_params(self.settings, *params_in, models=self.service.client.models)
+            params = turn_params(
+                self.settings,
+                model=options.model,
+                temperature=options.temperature,
+                top_p=options.top_p,
+                max_tokens=options.max_tokens,
+                system_prompt=options.system_prompt,
+                models=self.service.client.models,
+            )
         except LimitExceeded:
             UI_REJECTED.labels("message").inc()
             raise
@@ -357,27 +406,25 @@ class ChatHandlers:
         box = gr.update(value=restore) if restore is not None else gr.skip()
         return gr.skip(), box, st, gr.skip(), gr.skip()
 
-    async def send(
-        self,
-        text: Any,
-        st: Any,
-        model: str,
-        temperature: float,
-        top_p: float,
-        max_tokens: float,
-        system: str,
-        turn_id: Any = "",
-        request: gr.Request = None,
-    ) -> AsyncIterator[tuple]:
-        """`turn_id`: the id under which the page's script also sent this message straight to
-        `POST /page/turn` (ui/live.py); whichever arrives first runs the turn, the other follows it."""
-        user = self.user_of(request)
-        st = _session(st, user)
-        typed, paths = split_input(text)
-        restore = {"text": typed, "files": paths} if paths else typed
+    # --- the page's turns: one entry point, and the event handlers Gradio calls -----------------
+    async def page_turn(self, ask: TurnAsk) -> AsyncIterator[tuple]:
+        """Every turn the page asks for: the user from the request, their tab, then a new message or a
+        question asked again. Streams the outputs of `ui.page`'s turn events."""
+        user = self.user_of(ask.request)
+        st = _session(ask.state, user)
+        turns = self.new_message(user, st, ask) if ask.kind is TurnKind.NEW else self.ask_again(user, st, ask)
+        async for out in turns:
+            yield out
+
+    async def new_message(self, user: str, st: Session, ask: TurnAsk) -> AsyncIterator[tuple]:
+        """A message after the last answer. `ask.turn_id`: the id under which the page's script also
+        sent it straight to `POST /page/turn` (ui/live.py); whichever arrives first runs the turn, the
+        other follows it."""
+        paths = list(ask.files)
+        restore = {"text": ask.text, "files": paths} if paths else ask.text
         turn: LiveTurn | None = None
-        if isinstance(turn_id, str) and 8 <= len(turn_id) <= 64 and not paths:
-            turn, first = self.live.claim(user, turn_id)
+        if ask.turn_id is not None and 8 <= len(ask.turn_id) <= 64 and not paths:
+            turn, first = self.live.claim(user, ask.turn_id)
             if not first:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(turn.resolved.wait(), self.settings.stream_wait_s + 5)
@@ -395,8 +442,7 @@ class ChatHandlers:
         try:
             if st.busy:  # another tab of this session, or Enter pressed twice at once
                 raise LimitExceeded("Wait for the current answer, or press Stop.")
-            params_in = (model, temperature, top_p, max_tokens, system)
-            text, params = self.check_turn(user, typed, params_in, files=bool(paths))
+            text, params = self.check_turn(user, ask.text, ask.options, files=bool(paths))
             # A bad file is refused here, in the graph's words, with the message and its files kept.
             files = await asyncio.to_thread(read_uploads, paths, self.settings) if paths else []
             slot = await self.take_slot()
@@ -413,16 +459,29 @@ class ChatHandlers:
         async for out in self.run_turn(user, st, text, params, slot, files=files, turn=turn):
             yield out
 
-    async def resend_from(
-        self, user: str, st: Session, j: int, text: str, params_in: tuple
-    ) -> AsyncIterator[tuple]:
-        """Regenerate / edit-and-resend: forget the stored turn(s) from row j on, then send `text`, with
-        the question's files when this page still holds them (the last question sent from it)."""
+    async def ask_again(self, user: str, st: Session, ask: TurnAsk) -> AsyncIterator[tuple]:
+        """A question on screen asked again (RESEND as it was, EDIT as edited): the stored turn(s) from
+        it on are forgotten, then it is sent with its files when this page still holds them (the last
+        question sent from it)."""
+        if ask.kind is TurnKind.EDIT:
+            j = ask.row if ask.row is not None and 0 <= ask.row < len(st.rows) else None
+            if j is None or st.rows[j]["role"] != "user":
+                yield self.shown(st), gr.skip(), st, gr.skip(), self.decor(st)
+                return
+            text = ask.text
+        else:
+            last = len(st.rows) - 1
+            at = last if ask.row is None else min(ask.row, last)
+            j = next((k for k in range(at, -1, -1) if st.rows[k]["role"] == "user"), None)
+            if j is None:
+                yield self.refused(st, LimitExceeded("There is no question to ask again."))
+                return
+            text = st.rows[j]["text"]
         if st.busy:
             yield self.refused(st, LimitExceeded("Wait for the current answer, or press Stop."))
             return
-        files: list[Upload] = list(st.rows[j].get("uploads") or []) if 0 <= j < len(st.rows) else []
-        if not files and 0 <= j < len(st.rows) and st.rows[j].get("files"):
+        files: list[Upload] = list(st.rows[j].get("uploads") or [])
+        if not files and st.rows[j].get("files"):
             yield self.refused(
                 st,
                 LimitExceeded(
@@ -432,7 +491,7 @@ class ChatHandlers:
             )
             return
         try:
-            text, params = self.check_turn(user, text, params_in, files=bool(files))
+            text, params = self.check_turn(user, text, ask.options, files=bool(files))
             slot = await self.take_slot()
         except LimitExceeded as exc:
             yield self.refused(st, exc)
@@ -451,6 +510,35 @@ class ChatHandlers:
         finally:
             slot.release()
 
+    # Gradio calls these with the page's inputs in the order ui/page.py wires them: each turns its
+    # inputs into a `TurnAsk` at once, by name, and hands it to `page_turn`.
+    async def send(
+        self,
+        box: Any,
+        st: Any,
+        model: str,
+        temperature: float,
+        top_p: float,
+        max_tokens: float,
+        system: str,
+        turn_id: Any = "",
+        request: gr.Request = None,
+    ) -> AsyncIterator[tuple]:
+        """Enter or Send: the box's text and files (taken from the box in the browser: ui.page.TAKE_INPUT)."""
+        text, paths = split_input(box)
+        ask = TurnAsk(
+            state=st,
+            request=request,
+            options=GenerationOptions(
+                model=model, temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=system
+            ),
+            text=text,
+            files=tuple(paths),
+            turn_id=turn_id if isinstance(turn_id, str) and turn_id else None,
+        )
+        async for out in self.page_turn(ask):
+            yield out
+
     async def regenerate(
         self,
         st: Any,
@@ -462,16 +550,17 @@ class ChatHandlers:
         retry: gr.RetryData,
         request: gr.Request,
     ) -> AsyncIterator[tuple]:
-        user = self.user_of(request)
-        st = _session(st, user)
-        i = min(_index(retry.index), len(st.rows) - 1)
-        j = next((k for k in range(i, -1, -1) if st.rows[k]["role"] == "user"), None)
-        if j is None:
-            yield self.refused(st, LimitExceeded("Nothing to regenerate."))
-            return
-        async for out in self.resend_from(
-            user, st, j, st.rows[j]["text"], (model, temperature, top_p, max_tokens, system)
-        ):
+        """The chat's Retry button on an answer: its question asked again."""
+        ask = TurnAsk(
+            state=st,
+            request=request,
+            options=GenerationOptions(
+                model=model, temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=system
+            ),
+            kind=TurnKind.RESEND,
+            row=_index(retry.index),
+        )
+        async for out in self.page_turn(ask):
             yield out
 
     async def edit_resend(
@@ -485,18 +574,21 @@ class ChatHandlers:
         edit: gr.EditData,
         request: gr.Request,
     ) -> AsyncIterator[tuple]:
-        user = self.user_of(request)
-        st = _session(st, user)
-        j = _index(edit.index)
+        """A question edited in the chat, sent as edited."""
         value = edit.value
         if isinstance(value, list):  # content blocks
             value = "".join(b.get("text", "") for b in value if isinstance(b, dict))
-        if not (0 <= j < len(st.rows)) or st.rows[j]["role"] != "user":
-            yield self.shown(st), gr.skip(), st, gr.skip(), self.decor(st)
-            return
-        async for out in self.resend_from(
-            user, st, j, str(value), (model, temperature, top_p, max_tokens, system)
-        ):
+        ask = TurnAsk(
+            state=st,
+            request=request,
+            options=GenerationOptions(
+                model=model, temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=system
+            ),
+            kind=TurnKind.EDIT,
+            text=str(value),
+            row=_index(edit.index),
+        )
+        async for out in self.page_turn(ask):
             yield out
 
     async def follow_up(
@@ -512,23 +604,20 @@ class ChatHandlers:
     ) -> AsyncIterator[tuple]:
         """An option under the last answer: "retry:<model>" asks the last question again of that model
         (a failed answer's "Retry with Gemini"); "continue" asks the model to go on where it was cut."""
-        user = self.user_of(request)
-        st = _session(st, user)
         value = str(choice.value or "")
-        params_in = (model, temperature, top_p, max_tokens, system)
+        options = GenerationOptions(
+            model=model, temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=system
+        )
         if value.startswith("retry:"):
-            j = next((k for k in range(len(st.rows) - 1, -1, -1) if st.rows[k]["role"] == "user"), None)
-            if j is None:
-                yield self.refused(st, LimitExceeded("Nothing to retry."))
-                return
-            params_in = (value.removeprefix("retry:"), *params_in[1:])
-            async for out in self.resend_from(user, st, j, st.rows[j]["text"], params_in):
-                yield out
+            options = replace(options, model=value.removeprefix("retry:"))
+            ask = TurnAsk(state=st, request=request, options=options, kind=TurnKind.RESEND)
         elif value == "continue":
-            async for out in self.send(CONTINUE, st, *params_in, request):
-                yield out
+            ask = TurnAsk(state=st, request=request, options=options, text=CONTINUE)
         else:
-            yield gr.skip(), gr.skip(), st, gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        async for out in self.page_turn(ask):
+            yield out
 
     async def starter(
         self,
@@ -543,8 +632,15 @@ class ChatHandlers:
     ) -> AsyncIterator[tuple]:
         """A starter prompt of the empty chat, sent as if typed."""
         value = choice.value
-        text = value.get("text", "") if isinstance(value, dict) else str(value or "")
-        async for out in self.send(text, st, model, temperature, top_p, max_tokens, system, request):
+        ask = TurnAsk(
+            state=st,
+            request=request,
+            options=GenerationOptions(
+                model=model, temperature=temperature, top_p=top_p, max_tokens=max_tokens, system_prompt=system
+            ),
+            text=value.get("text", "") if isinstance(value, dict) else str(value or ""),
+        )
+        async for out in self.page_turn(ask):
             yield out
 
     async def stop(self, st: Any, request: gr.Request) -> tuple:
@@ -552,27 +648,30 @@ class ChatHandlers:
         streamed, or whole when the model had finished before Stop landed (a reload shows the same)."""
         user = self.user_of(request)
         st = _session(st, user)
-        # The tab's turn, whose end is not on screen yet: streaming, no longer followed (Gradio's
-        # cancel of the event may come first), or just ended (then its end is what was saved).
         running = self.live.turns.get((user, st.turn)) if st.turn else None
-        if running is None or st.turn_shown:
+        if running is None:
             return gr.skip(), gr.skip(), gr.skip()
-        st.stopped, st.turn_shown = True, True
-        human_id = running.human_id
-        done = await running.stop()
-        if done is not None:  # it had ended on its own before Stop landed: shown (and saved) whole
-            self.finish(st, done, human_id)
-        else:
-            row = answer_row(st.live, {"interrupted": "stopped"}, turn=human_id)
-            # The stopped turn is saved in the background (graph.turns): once it is, show what was
-            # kept, which holds the pieces that came after the last update on screen, and is whole if
-            # the model finished just as Stop landed.
-            await self.service.saved(3)
-            row = await self.saved_answer(user, st.sid, human_id) or row
-            if st.rows and st.rows[-1]["role"] == "assistant":
-                st.rows[-1] = row
-            elif row["text"]:
-                st.rows.append(row)
+        # Its end not in the rows yet: streaming, no longer followed (Gradio's cancel of the event may
+        # come first), or just ended (then its end is what was saved).
+        if not st.turn_shown:
+            st.stopped, st.turn_shown = True, True
+            human_id = running.human_id
+            done = await running.stop()
+            if done is not None:  # it had ended on its own before Stop landed: shown (and saved) whole
+                self.finish(st, done, human_id)
+            else:
+                row = answer_row(st.live, {"interrupted": "stopped"}, turn=human_id)
+                # The stopped turn is saved in the background (graph.turns): once it is, show what was
+                # kept, which holds the pieces that came after the last update on screen, and is whole
+                # if the model finished just as Stop landed.
+                await self.service.saved(3)
+                row = await self.saved_answer(user, st.sid, human_id) or row
+                if st.rows and st.rows[-1]["role"] == "assistant":
+                    st.rows[-1] = row
+                elif row["text"]:
+                    st.rows.append(row)
+        # An end already in the rows is sent again as well: the browser drops what the event Stop
+        # cancels had not delivered yet, and the end may have been on its way.
         shown = self.shown(st)
         for _ in range(30):
             if not st.busy:
@@ -802,15 +901,14 @@ class ChatHandlers:
         self,
         user: str,
         message: str,
-        model: str,
         session_id: str,
-        params_in: tuple,
+        options: GenerationOptions,
         *,
         files: bool = False,
     ) -> tuple[str, str, TurnParams]:
         """(conversation id, text, parameters) for Gradio's API, or `gr.Error` with the limit's words."""
         try:
-            text, params = self.check_turn(user, message, (model or None, *params_in), files=files)
+            text, params = self.check_turn(user, message, options, files=files)
         except LimitExceeded as exc:
             raise gr.Error(str(exc)) from None
         sid = session_id.strip() if isinstance(session_id, str) and session_id.strip() else uuid.uuid4().hex
@@ -830,9 +928,8 @@ class ChatHandlers:
         Its five inputs stay as they were (a raw `/gradio_api/call/chat` sends every one); `/turn` takes
         `top_p` and `system_prompt` too."""
         user = self.user_of(request)
-        sid, text, params = self.api_turn_args(
-            user, message, model, session_id, (temperature, None, max_tokens, None)
-        )
+        options = GenerationOptions(model=model or None, temperature=temperature, max_tokens=max_tokens)
+        sid, text, params = self.api_turn_args(user, message, session_id, options)
         async for event in self.service.turn(user, sid, text, params):
             if isinstance(event, Done) and event.kind == "failed":
                 raise gr.Error(event.text)  # refused (another user's conversation, store down)
@@ -856,14 +953,14 @@ class ChatHandlers:
         with files the message may be empty."""
         user = self.user_of(request)
         paths = [p for p in (_file_path(f) for f in files or []) if p]
-        sid, text, params = self.api_turn_args(
-            user,
-            message,
-            model,
-            session_id,
-            (temperature, top_p, max_tokens, system_prompt),
-            files=bool(paths),
+        options = GenerationOptions(
+            model=model or None,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            system_prompt=system_prompt,
         )
+        sid, text, params = self.api_turn_args(user, message, session_id, options, files=bool(paths))
         try:
             uploads = await asyncio.to_thread(read_uploads, paths, self.settings) if paths else []
         except LimitExceeded as exc:

@@ -30,7 +30,9 @@ FOCUS_INPUT = """() => {
 # answer). The text still goes to `send`, which puts it back if a limit refuses it. While an answer
 # streams, Enter does nothing (Gradio runs one `submit` at a time) and the text stays: only Send waits.
 # Attached files leave the box the same way (a copy of the values goes to `send`, then each file's
-# Remove button is clicked), so the first reply need not set the box's value either.
+# Remove button is clicked), so the first reply need not set the box's value either. Last file first:
+# a Remove button removes the file at its position when it was drawn, so after the first file went the
+# second button would miss (an image and a PDF sent together left the PDF in the box).
 # The last input is the id under which EARLY_TOKENS sent the same message straight to the server.
 TAKE_INPUT = """(...args) => {
   const out = structuredClone(args);
@@ -38,7 +40,8 @@ TAKE_INPUT = """(...args) => {
   window.__hcTurn = '';
   const box = document.querySelector('#hc-input textarea');
   if (box) { box.value = ''; box.dispatchEvent(new Event('input', {bubbles: true})); }
-  document.querySelectorAll('#hc-input button[aria-label="Remove file"]').forEach((b) => b.click());
+  const removes = document.querySelectorAll('#hc-input button[aria-label="Remove file"]');
+  Array.from(removes).reverse().forEach((b) => b.click());
   return out;
 }"""
 # What the page draws beside Gradio's chat, from the hidden `#hc-decor` element (ui.chat.decorations):

@@ -2,11 +2,14 @@
 
 The app runs in-process on the session's real local stand-ins (llama.cpp + the Vertex-shaped endpoint),
 temperature 0 and short answers. Fallback is off so that a failing Gemma shows its error in the chat.
+A test of the page runs as the local user; parametrized with PAGE_MODES it also runs signed in (on one
+signed-in app for the whole run).
 Screenshots and measured timings go to .pytest_cache/browser/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import expect
+from pydantic import SecretStr
 
 from graph.backends import Backends
 from graph.client import ChatClient
@@ -35,6 +39,9 @@ CHROMIUM_ARGS = [
 expect.set_options(timeout=30_000)  # a cold first Gemini call imports ChatVertexAI (~3 s on 2 cores)
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".pytest_cache" / "browser"
 MEASUREMENTS: dict[str, Any] = {}
+SIGNED_IN = ("alice", "alices-pw")  # the user of `signed_in_env`
+# For a test of the page that must hold for a named user as well as for the local user.
+PAGE_MODES = ["local", "signed-in"]
 
 
 @pytest.fixture(scope="session")
@@ -61,15 +68,14 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def app_env(
-    tmp_path_factory: pytest.TempPathFactory, local_backends: Backends
+@contextlib.contextmanager
+def _served_app(
+    tmp_path: Path, local_backends: Backends, **overrides: Any
 ) -> Iterator[tuple[str, SwitchableBackends]]:
+    """The app on the shared stand-ins, fallback off and no rate limit; `overrides`: more settings."""
     from ui.server import create_app
 
-    settings = local_settings(
-        tmp_path_factory.mktemp("browser"), fallback_enabled=False, rate_limit_per_minute=0
-    )
+    settings = local_settings(tmp_path, fallback_enabled=False, rate_limit_per_minute=0, **overrides)
     backends = SwitchableBackends(settings, **local_backends.shared_standins())
     started = time.perf_counter()
     app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
@@ -78,10 +84,42 @@ def app_env(
         yield url, backends
 
 
+@pytest.fixture(scope="module")
+def app_env(
+    tmp_path_factory: pytest.TempPathFactory, local_backends: Backends
+) -> Iterator[tuple[str, SwitchableBackends]]:
+    """The app as `hybrid-chat run` serves it: no sign-in, everyone is the local user."""
+    with _served_app(tmp_path_factory.mktemp("browser"), local_backends) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def signed_in_env(
+    tmp_path_factory: pytest.TempPathFactory, local_backends: Backends
+) -> Iterator[tuple[str, SwitchableBackends]]:
+    """The same app behind a user name and password: what depends on the user runs for a named one
+    (the local user is everyone, so a handler that lost the request passes there unnoticed). One for
+    the whole run: each test opens a new conversation, and an app's start costs seconds."""
+    user, password = SIGNED_IN
+    with _served_app(
+        tmp_path_factory.mktemp("signed-in"), local_backends, auth_users=SecretStr(f"{user}:{password}")
+    ) as env:
+        yield env
+
+
+def sign_in(page: Any, user: str, password: str) -> None:
+    """Fill and send the sign-in form, as a person does."""
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
 @pytest.fixture
-def page(browser: Any, app_env: tuple[str, SwitchableBackends]) -> Iterator[Any]:
-    """A fresh browser context (a new Gradio session) on the chat page, ready for input."""
-    url, _ = app_env
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context (a new Gradio session) on the chat page, ready for input. Local by
+    default; `@pytest.mark.parametrize("page", PAGE_MODES, indirect=True)` runs a test signed in too."""
+    mode = getattr(request, "param", "local")
+    url, _ = request.getfixturevalue("signed_in_env" if mode == "signed-in" else "app_env")
     context = browser.new_context(
         viewport={"width": 1280, "height": 800}, permissions=["clipboard-read", "clipboard-write"]
     )
@@ -89,6 +127,8 @@ def page(browser: Any, app_env: tuple[str, SwitchableBackends]) -> Iterator[Any]
     page.set_default_timeout(20_000)
     started = time.perf_counter()
     page.goto(url)
+    if mode == "signed-in":
+        sign_in(page, *SIGNED_IN)
     page.locator("#hc-input textarea").wait_for()
     MEASUREMENTS.setdefault("page_ready_s", []).append(round(time.perf_counter() - started, 2))
     yield page

@@ -20,7 +20,8 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from tests.browser.appserver import SwitchableBackends
-from tests.browser.test_chat_ui import bots, pick_model
+from tests.browser.conftest import PAGE_MODES
+from tests.browser.test_chat_ui import bots, pick_model, wait_answer
 from tests.browser.test_first_minutes import users
 
 pytestmark = [
@@ -174,7 +175,8 @@ def test_a_file_over_the_size_limit_is_refused_in_words(page: Any) -> None:
     expect(page.locator(THUMBS)).to_have_count(0)
 
 
-def test_an_image_and_a_pdf_go_together(page: Any) -> None:
+@pytest.mark.parametrize("page", PAGE_MODES, indirect=True)
+def test_an_image_and_a_pdf_go_together_and_leave_the_box(page: Any) -> None:
     from tests.test_api_attachments import pdf
 
     pick_model(page, "Auto")
@@ -182,14 +184,25 @@ def test_an_image_and_a_pdf_go_together(page: Any) -> None:
     attach(page, "button", "chart.png", image)
     expect(page.locator(THUMBS)).to_have_count(1)
     attach(page, "drop", "report.pdf", doc, "application/pdf")
-    expect(page.locator('#hc-input [aria-label="File thumbnail"]')).to_have_count(2)  # a PDF has an icon
+    tiles = page.locator('#hc-input [aria-label="File thumbnail"]')
+    expect(tiles).to_have_count(2)  # a PDF has an icon
     box = page.locator("#hc-input textarea")
     box.fill("Compare these")
     box.press("Enter")
+    expect(tiles).to_have_count(0)  # both files left the box with the message, and the text too
+    expect(box).to_have_value("")
     answer = bots(page).first
     expect(answer).to_contain_text(f"image/png 16x16, {len(image):,} bytes")
     expect(answer).to_contain_text("application/pdf")
+    expect(answer.locator(".hc-meta")).to_be_visible()
     chips = users(page).first.locator(".hc-file")
     expect(chips).to_have_text(
         [f"chart.png · image/png · {len(image)} bytes", f"report.pdf · application/pdf · {len(doc)} bytes"]
     )
+    expect(tiles).to_have_count(0)
+    box.fill("Thanks")
+    box.press("Enter")  # the next message carries nothing of the last one's
+    wait_answer(page, 1)
+    expect(users(page).nth(1)).to_have_text("Thanks", use_inner_text=True)
+    expect(users(page).nth(1).locator(".hc-file")).to_have_count(0)
+    expect(page.get_by_text("no longer on the server")).to_have_count(0)

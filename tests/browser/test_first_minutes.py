@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 from graph.backends import Backends
 from graph.client import ChatClient
 from tests.browser.appserver import SwitchableBackends, serve_app
-from tests.browser.conftest import MEASUREMENTS
+from tests.browser.conftest import MEASUREMENTS, PAGE_MODES
 from tests.browser.test_chat_ui import INPUT, SEND, STOP, bots, send, wait_answer
 from tests.conftest import local_settings
 
@@ -214,6 +214,7 @@ def test_a_fallback_is_a_badge(browser: Any, fallback_url: str) -> None:
         context.close()
 
 
+@pytest.mark.parametrize("page", PAGE_MODES, indirect=True)
 def test_an_empty_chat_offers_starters_and_hides_what_needs_a_conversation(page: Any) -> None:
     manage = page.locator("#hc-manage")
     expect(manage).to_be_hidden()  # nothing open: no Title, Rename, Delete
@@ -222,6 +223,7 @@ def test_an_empty_chat_offers_starters_and_hides_what_needs_a_conversation(page:
     starter.click()
     wait_answer(page, 0)
     expect(users(page)).to_have_text(["Suggest a name for a team chat bot."], use_inner_text=True)
+    expect(bots(page).first.locator(".hc-meta-error")).to_have_count(0)
     expect(manage).to_be_visible()
     expect(page.locator("#hc-chatbot").get_by_role("button", name="Clear")).to_be_hidden()  # one meaning
     page.locator("#hc-new").click()
@@ -250,6 +252,33 @@ def test_a_reload_during_an_answer_keeps_what_streamed_and_offers_to_continue(pa
     expect(users(page)).to_have_count(2)
     expect(users(page).nth(1)).to_have_text("Continue from where you stopped.", use_inner_text=True)
     wait_answer(page, 1)
+
+
+@pytest.mark.parametrize("page", ["signed-in"], indirect=True)  # as the local user a lost request passes
+def test_a_stopped_answer_continues(page: Any) -> None:
+    """Continue under a stopped answer sends the follow-up as the same user, into the same conversation."""
+    set_max_tokens(page, 2000)  # still streaming when Stop lands
+    send(page, "Count from 1 to 1000, one number per line.")
+    expect(bots(page).first).not_to_have_text("")
+    page.locator(STOP).click()
+    expect(page.locator(SEND)).to_be_visible()
+    # Stop's reply: the answer offers Continue, or its footer says it ended whole (the footer may be
+    # missing when the stopped answer was not saved within Stop's wait: Continue is what matters here).
+    go_on = page.locator("#hc-chatbot").get_by_role("button", name="Continue")
+    meta = bots(page).first.locator(".hc-meta")
+    expect(go_on.or_(meta)).not_to_have_count(0)
+    if not go_on.count() and not re.search("stopped|cut at the token limit", meta.inner_text()):
+        pytest.skip("the small model ended its answer before Stop landed: nothing to continue")
+    set_max_tokens(page, 30)  # keep the continuation short
+    go_on.click()
+    expect(users(page)).to_have_count(2)
+    expect(users(page).nth(1)).to_have_text("Continue from where you stopped.", use_inner_text=True)
+    answer = wait_answer(page, 1)
+    expect(answer.locator(".hc-meta-error")).to_have_count(0)
+    expect(users(page).first).to_have_text("Count from 1 to 1000, one number per line.", use_inner_text=True)
+    page.reload()  # both turns were saved in the one conversation
+    expect(users(page)).to_have_count(2)
+    expect(bots(page)).to_have_count(2)
 
 
 def test_the_conversation_list_is_grouped_by_day(page: Any) -> None:

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from graph.backends import Backends
 from graph.client import ChatClient
 from tests.browser.appserver import serve_app
+from tests.browser.conftest import sign_in
 from tests.browser.test_chat_ui import INPUT, send, wait_answer
 from tests.browser.test_first_minutes import EARLY
 from tests.conftest import local_settings
@@ -51,12 +52,6 @@ def visitor(browser: Any) -> Iterator[Any]:
     page.set_default_timeout(20_000)
     yield page
     context.close()
-
-
-def sign_in(page: Any, user: str, password: str) -> None:
-    page.get_by_label("User name").fill(user)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
 
 
 def test_the_sign_in_form_wears_the_chat_theme(visitor: Any, signin_url: str) -> None:
