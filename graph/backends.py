@@ -30,7 +30,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -41,6 +41,8 @@ from graph.settings import Settings
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage
+    from langchain_core.runnables import Runnable
 
     from graph.local.vertex_standin import VertexStandIn
 
@@ -137,6 +139,13 @@ class GenerationParams:
     top_p: float
     max_tokens: int
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # stop sequences (checked: graph.output)
+
+    def for_client(self) -> GenerationParams:
+        """What a chat model is built with (its cache key). Stop sequences are bound per request
+        instead (`Backends.model`): callers send new ones at will, and a client built for each (seconds
+        for ChatVertexAI) would empty the cache for everyone."""
+        return replace(self, stop=())
 
 
 class Backends:
@@ -208,23 +217,31 @@ class Backends:
         )
 
     # --- models ------------------------------------------------------------------------------
-    def model(self, name: BackendName, params: GenerationParams) -> BaseChatModel:
-        """The chat model for `name`; may start a local stand-in (blocking, <= 1 s, once)."""
-        key = (name, params)
+    def model(self, name: BackendName, params: GenerationParams) -> Runnable[Any, BaseMessage]:
+        """The chat model for `name` with this request's stop sequences bound (LangChain's own `stop`,
+        which ChatOpenAI sends as OpenAI's `stop` and ChatVertexAI as `stopSequences`); may start a
+        local stand-in (blocking, <= 1 s, once)."""
+        key = (name, params.for_client())
         if (model := self._models.get(key)) is None:
             with self._locks[name]:
                 if (model := self._models.get(key)) is None:
-                    model = self._make_gemma(params) if name == "gemma" else self._make_gemini(params)
+                    built = key[1]
+                    model = self._make_gemma(built) if name == "gemma" else self._make_gemini(built)
                     if len(self._models) > 64:  # parameters come from users: bound the cache
                         self._models.clear()
                     self._models[key] = model
-        return model
+        return self._per_request(model, params)
 
-    async def amodel(self, name: BackendName, params: GenerationParams) -> BaseChatModel:
+    async def amodel(self, name: BackendName, params: GenerationParams) -> Runnable[Any, BaseMessage]:
         """`model` for async callers: a first-use start of a local stand-in runs in a thread."""
-        if (model := self._models.get((name, params))) is not None:
-            return model
+        if (model := self._models.get((name, params.for_client()))) is not None:
+            return self._per_request(model, params)
         return await asyncio.to_thread(self.model, name, params)
+
+    @staticmethod
+    def _per_request(model: BaseChatModel, params: GenerationParams) -> Runnable[Any, BaseMessage]:
+        """`model` with what varies per request bound to it (see `GenerationParams.for_client`)."""
+        return model.bind(stop=list(params.stop)) if params.stop else model
 
     def warm(self) -> None:
         """Build both default models now (imports, clients, local stand-ins) instead of on first use.

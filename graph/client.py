@@ -124,11 +124,13 @@ class ChatClient:
         *,
         human_id: str | None = None,
         stateless: bool = False,
+        caller_label: str | None = None,
     ) -> AsyncIterator[Delta | Done]:
         """Stream one turn: `Delta`s at most every `stream_interval_ms` (the first at once), then `Done`.
 
         `text` is this turn's message; or, with `stateless=True`, the whole conversation as messages (an
-        OpenAI client's `messages`), in which case memory is neither read nor written."""
+        OpenAI client's `messages`), in which case memory is neither read nor written. `caller_label`:
+        who the caller says is asking (an OpenAI client's `user`), written with the turn's log line."""
         if isinstance(text, str):
             sent: list[BaseMessage] = [HumanMessage(content=text, id=human_id or str(uuid.uuid4()))]
         else:
@@ -137,6 +139,8 @@ class ChatClient:
         payload = {"messages": sent, **{k: v for k, v in (options or {}).items() if v is not None}}
         config = {"configurable": {"session_id": session_id or uuid.uuid4().hex}}
         context: dict[str, Any] = {"user_id": user, **({"stateless": True} if stateless else {})}
+        if caller_label:
+            context["caller_label"] = caller_label
         interval = self.settings.stream_interval_ms / 1000
         last_yield, shown, streamed = float("-inf"), 0, ""
         answer: AIMessage | None = None

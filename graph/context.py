@@ -28,12 +28,16 @@ class Context(TypedDict, total=False):
     # True: the input holds the whole conversation (as OpenAI clients send it); nothing is read from
     # or written to memory.
     stateless: bool
+    # Who the caller says is asking (an OpenAI client's `user`): a label for the turn's log line, never
+    # an identity (the signed-in user is `user_id`).
+    caller_label: str
     model: ModelChoice
     temperature: float
     top_p: float
     max_tokens: int
     system_prompt: str
     seed: int
+    stop: str | list[str]
 
 
 @dataclass(frozen=True)

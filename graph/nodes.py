@@ -42,6 +42,7 @@ from graph.context import Context, Services
 from graph.finish import finish_reason
 from graph.health import http_status
 from graph.memory.contract import AccessDenied, ChatHistory, ConversationNotFound, MemoryUnavailable
+from graph.output import check_seed, stop_sequences
 from graph.router import SHORT_NAMES, RouteRequest, Signals
 from graph.sanitize import for_model
 from graph.settings import Settings
@@ -110,9 +111,11 @@ def resolve_options(
         "max_tokens": s.max_tokens,
         "system_prompt": s.system_prompt,
         "seed": None,
+        "stop": None,
     }
     sources = (state, runtime.context or {}, config.get("configurable") or {})
     out = {k: next((src[k] for src in sources if src.get(k) is not None), defaults[k]) for k in OPTION_KEYS}
+    out["seed"], out["stop"] = check_seed(out["seed"]), stop_sequences(out["stop"])
     if out["model"] not in services.router.policies:
         choices = ", ".join(sorted(services.router.policies))
         raise InvalidInput(f"unknown model {str(out['model'])[:40]!r}: choose one of {choices}")
@@ -413,6 +416,7 @@ def _params(options: dict[str, Any]) -> GenerationParams:
         top_p=options["top_p"],
         max_tokens=options["max_tokens"],
         seed=options.get("seed"),
+        stop=tuple(options.get("stop") or ()),
     )
 
 
@@ -803,12 +807,14 @@ def _to_save(state: State) -> list[BaseMessage]:
     return keep
 
 
-def _log_turn(state: State, answer: BaseMessage | None) -> None:
-    """One line per turn, with what operators need and no message content."""
+def _log_turn(state: State, answer: BaseMessage | None, caller_label: str | None = None) -> None:
+    """One line per turn, with what operators need and no message content. `caller_label`: who the
+    caller says is asking, as it says it (bounded, quoted: it is the caller's word, not an identity)."""
     meta = (answer.response_metadata.get(META) if answer else None) or {}
     log.info(
-        "turn session=%s backend=%s route=%r ttft_ms=%s latency_ms=%s output_tokens=%s error=%s",
+        "turn session=%s caller=%s backend=%s route=%r ttft_ms=%s latency_ms=%s output_tokens=%s error=%s",
         state.get("session_id"),
+        repr(caller_label[:128]) if caller_label else "-",
         state.get("backend"),
         state.get("route_reason"),
         meta.get("ttft_ms"),
@@ -832,11 +838,11 @@ async def _replayed(history: ChatHistory, state: State, to_save: list[BaseMessag
         await history.atruncate(ids[ids.index(humans[-1]) + 1])
 
 
-async def save_turn(state: State, *, services: Services) -> dict[str, Any]:
+async def save_turn(state: State, runtime: Runtime[Context], *, services: Services) -> dict[str, Any]:
     """Saves the turn, then clears what must not outlive it."""
     to_save = _to_save(state)
     answer = state["messages"][-1] if state["messages"] and state["messages"][-1].type == "ai" else None
-    _log_turn(state, answer)
+    _log_turn(state, answer, (runtime.context or {}).get("caller_label"))
     done: dict[str, Any] = {"history": {}, "refused": None}
     if state.get("stateless"):
         return done

@@ -13,7 +13,7 @@ from graph.settings import ModelChoice
 
 __all__ = ["OPTION_KEYS", "InputState", "ModelChoice", "OutputState", "State"]
 
-OPTION_KEYS = ("model", "temperature", "top_p", "max_tokens", "system_prompt", "seed")
+OPTION_KEYS = ("model", "temperature", "top_p", "max_tokens", "system_prompt", "seed", "stop")
 """Per-turn options: from the input, else the run's context, else `configurable`, else settings."""
 
 
@@ -32,6 +32,7 @@ class InputState(TypedDict, total=False):
     max_tokens: Annotated[int, EphemeralValue]
     system_prompt: Annotated[str, EphemeralValue]
     seed: Annotated[int, EphemeralValue]  # sampling seed, for reproducible runs (evals)
+    stop: Annotated[str | list[str], EphemeralValue]  # stop sequences (OpenAI's `stop`; graph.output)
 
 
 class OutputState(TypedDict, total=False):

@@ -90,6 +90,8 @@ class TurnParams:
     max_tokens: int
     system_prompt: str
     seed: int | None = None  # sampling seed (the OpenAI endpoint's `seed`)
+    stop: tuple[str, ...] = ()  # stop sequences (its `stop`, checked by graph.output)
+    caller_label: str | None = None  # who the caller says is asking (its `user`): logged, never identity
 
 
 def turn_params(
@@ -101,6 +103,8 @@ def turn_params(
     system_prompt: Any = None,
     seed: int | None = None,
     *,
+    stop: Sequence[str] = (),
+    caller_label: str | None = None,
     models: Collection[str] = CLIENT_MODELS,
 ) -> TurnParams:
     """Parameters from the browser (or an API client), validated and clamped: never trusted as sent.
@@ -128,6 +132,8 @@ def turn_params(
         max_tokens=int(num(max_tokens, settings.max_tokens, 1, MAX_TOKENS_CEILING)),
         system_prompt=system,
         seed=seed,
+        stop=tuple(stop),
+        caller_label=caller_label,
     )
 
 
@@ -480,6 +486,7 @@ class ChatService:
             "max_tokens": params.max_tokens,
             "system_prompt": params.system_prompt,
             "seed": params.seed,
+            "stop": list(params.stop) or None,
         }
         started = time.perf_counter()
         first = True
@@ -488,7 +495,13 @@ class ChatService:
             self.active.add(task)
         UI_ACTIVE.inc()
         turn = self.client.stream_turn(
-            user, session_id, text, options, human_id=human_id, stateless=stateless
+            user,
+            session_id,
+            text,
+            options,
+            human_id=human_id,
+            stateless=stateless,
+            caller_label=params.caller_label,
         )
         try:
             async with contextlib.aclosing(turn):

@@ -29,14 +29,18 @@ responses carry `x-hybrid-chat-backend`, `x-hybrid-chat-route` and `x-hybrid-cha
 both carry the extension field `hybrid_chat` (`backend`, `requested_backend`, `route_reason`,
 `fallback`, `interrupted`, `ttft_ms`) on the completion or on the final chunk of a stream.
 
-Refused with 400 rather than ignored: `n` other than 1, `stop` (the graph has no stop sequences yet),
-tools and functions, `response_format` other than text, `logprobs`, non-zero penalties, parts other
-than text in system and assistant messages and other than text, `image_url` and `file` in user ones,
-`tool`/`function` messages. Images and files (`data:` URLs, `file_data`) go through to the graph, which
-checks them from their bytes and routes the turn to a backend that can read them (links are refused:
-the graph never fetches a URL for a user). Errors come in OpenAI's shape
-`{"error": {"message", "type", "param", "code"}}`; an error after a stream started comes as one
-`data: {"error": ...}` event (the `openai` SDK raises it as `APIError`).
+Honoured as OpenAI does: `stop` (a string or up to 4, sent to either backend), `seed` (within the int32
+range Gemini takes), `stream_options.include_usage` (`usage`: null on every chunk, then one chunk with
+the usage), `user` (the caller's label for who is asking, at most 128 printable characters: written with
+the turn's log line, never taken for an identity).
+
+Refused with 400 rather than ignored: `n` other than 1, tools and functions, `response_format` other
+than text, `logprobs`, non-zero penalties, parts other than text in system and assistant messages and
+other than text, `image_url` and `file` in user ones, `tool`/`function` messages. Images and files
+(`data:` URLs, `file_data`) go through to the graph, which checks them from their bytes and routes the
+turn to a backend that can read them (links are refused: the graph never fetches a URL for a user).
+Errors come in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`; an error after a stream
+started comes as one `data: {"error": ...}` event (the `openai` SDK raises it as `APIError`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from graph.finish import CONTENT_FILTER, LENGTH, STOP, TOOL_CALLS, finish_reason
 from graph.memory.codec import message_text
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
 from graph.memory.keys import KeyStore, key_store
+from graph.output import OptionError, check_seed, stop_sequences
 from graph.validation import InvalidInput, check_session_id
 from ui.api import EventStream, api_user
 from ui.auth import Identity, KeyRefused, key_user
@@ -71,6 +76,7 @@ PREFIX = "hybrid-chat/"
 CONVERSATION_HEADER = "x-hybrid-chat-conversation"  # names the conversation to save the turn into
 FILE_PARTS = frozenset({"image_url", "file"})  # OpenAI's content parts that carry a file
 CREATED = 1_767_225_600  # the models' "created" (2026-01-01): fixed, so the list is stable
+MAX_CALLER_LABEL = 128  # OpenAI's `user`: enough for a hash or an e-mail address
 
 
 class CompletionRequest(BaseModel):
@@ -147,10 +153,12 @@ def unsupported(body: CompletionRequest) -> None:
     """Parameters this endpoint cannot honour: refused clearly, never silently ignored."""
     extra = body.model_extra or {}
     if body.n not in (None, 1):
-        raise APIError(400, "Only n=1 is supported: one answer per request.", param="n", code="unsupported_n")
-    if body.stop:
         raise APIError(
-            400, "`stop` sequences are not supported yet.", param="stop", code="unsupported_parameter"
+            400,
+            "Only n=1 is supported: one answer per request. Send n=1 (or leave n out), and one request "
+            "per answer you want.",
+            param="n",
+            code="unsupported_n",
         )
     for name in ("tools", "functions", "tool_choice", "function_call"):
         if extra.get(name) not in (None, [], "none", "auto"):
@@ -159,12 +167,49 @@ def unsupported(body: CompletionRequest) -> None:
     if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         raise APIError(400, "Only text responses are supported.", param="response_format")
     if extra.get("logprobs") or extra.get("top_logprobs"):
-        raise APIError(400, "`logprobs` are not supported.", param="logprobs")
+        raise APIError(
+            400, "`logprobs` are not supported: leave out logprobs and top_logprobs.", param="logprobs"
+        )
     for name in ("presence_penalty", "frequency_penalty"):
         if extra.get(name) not in (None, 0, 0.0):
-            raise APIError(400, f"`{name}` is not supported.", param=name, code="unsupported_parameter")
+            raise APIError(
+                400,
+                f"`{name}` is not supported: leave it out or send 0.",
+                param=name,
+                code="unsupported_parameter",
+            )
     if body.stream_options is not None and not body.stream:
         raise APIError(400, "`stream_options` needs `stream: true`.", param="stream_options")
+    if not isinstance((body.stream_options or {}).get("include_usage", False), bool):
+        raise APIError(
+            400, "`stream_options.include_usage` must be true or false.", param="stream_options.include_usage"
+        )
+
+
+def caller_label(user: str | None) -> str | None:
+    """OpenAI's `user`: the caller's own label for who is asking, written with the turn's log line and
+    nothing else (never an identity: the API key or sign-in says who calls). Bounded and printable, so it
+    cannot flood or forge log lines."""
+    if user is None or user == "":
+        return None
+    if len(user) > MAX_CALLER_LABEL:
+        raise APIError(
+            400,
+            f"`user` is {len(user):,} characters long; the limit is {MAX_CALLER_LABEL}: send a shorter "
+            "label (a hash of your user's id, for one).",
+            param="user",
+        )
+    if not user.isprintable():
+        raise APIError(400, "`user` must be printable text: remove its control characters.", param="user")
+    return user
+
+
+def output_options(body: CompletionRequest) -> tuple[list[str], int | None]:
+    """`stop` and `seed` checked as the graph checks them (graph.output), refused with their `param`."""
+    try:
+        return stop_sequences(body.stop), check_seed(body.seed)
+    except OptionError as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
 
 
 def _text(content: Any, index: int) -> str:
@@ -378,6 +423,8 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 code="model_not_found",
             )
         unsupported(body)
+        stop, seed = output_options(body)
+        label = caller_label(body.user)
         saving = conversation_id(request.headers.get(CONVERSATION_HEADER), body.metadata)
         messages, system = conversation(body.messages)
         # The new question of a saved turn: its text (checked like the page's), or the message itself
@@ -396,7 +443,9 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 body.top_p,
                 body.max_completion_tokens or body.max_tokens,
                 system,
-                seed=body.seed,
+                seed=seed,
+                stop=stop,
+                caller_label=label,
                 models=service.client.models,
             )
         except LimitExceeded as exc:
@@ -544,6 +593,8 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
 
         def chunk(model: str, delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            # With include_usage, OpenAI's chunks all carry `usage`: null but on the last, extra one.
+            usage = {"usage": None} if include_usage else {}
             return _data(
                 {
                     "id": cid,
@@ -551,6 +602,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                     "created": created,
                     "model": model,
                     "choices": [choice],
+                    **usage,
                     **extra,
                 }
             )
