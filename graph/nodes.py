@@ -555,10 +555,14 @@ class _Answer:
 
 
 def _error_answer(
-    backend: BackendName, routed: BackendName, label: str, reason: str, exc: BaseException
+    backend: BackendName, routed: BackendName, label: str, reason: str, exc: BaseException, saved: bool
 ) -> AIMessage:
+    """`saved`: the turn's question is kept (not for a stateless turn, which stores nothing)."""
     log.warning("no backend answered (last: %s, %s): %s", backend, _kind(exc), str(exc)[:300])
-    text = f"{label} is unavailable right now. Your message is saved; try again or pick another model."
+    if saved:
+        text = f"{label} is unavailable right now. Your message is saved; try again or pick another model."
+    else:
+        text = f"{label} is unavailable right now: try again or pick another model."
     return _note(text, backend, routed, reason, _kind(exc))
 
 
@@ -600,10 +604,13 @@ def rejected_input(exc: BaseException) -> bool:
     return any(w in text for w in _REJECTED_WORDS)
 
 
-def _rejected_answer(backend: BackendName, routed: BackendName, label: str, reason: str) -> AIMessage:
+def _rejected_answer(
+    backend: BackendName, routed: BackendName, label: str, reason: str, saved: bool
+) -> AIMessage:
+    kept = "Your message is saved; send it" if saved else "Send it"
     text = (
         f"{label} did not accept the attachment: it cannot read this kind of file, or the file is not "
-        "valid. Your message is saved; send it to another model, or without the attachment."
+        f"valid. {kept} to another model, or without the attachment."
     )
     return _note(text, backend, routed, reason, "rejected_input")
 
@@ -753,7 +760,8 @@ async def _answer(state: State, config: RunnableConfig, services: Services) -> d
             if has_files and not answer.has_tokens and rejected_input(exc):
                 metrics.ERRORS.labels(backend, "rejected_input").inc()
                 log.warning("backend %s refused the attachments: %s", backend, str(exc)[:300])
-                note = _rejected_answer(backend, routed, services.backends.label(backend), reason)
+                label = services.backends.label(backend)
+                note = _rejected_answer(backend, routed, label, reason, saved=not state.get("stateless"))
                 return _result(note, reason, "rejected_input: the backend did not accept the attachment")
             _failed(backend, exc, services)
             if answer.has_tokens:  # never splice two models' text: keep the partial, say so
@@ -767,7 +775,8 @@ async def _answer(state: State, config: RunnableConfig, services: Services) -> d
         return _result(message, reason, None)
     assert last is not None
     backend, reason, exc = last
-    note = _error_answer(backend, routed, services.backends.label(backend), reason, exc)
+    label = services.backends.label(backend)
+    note = _error_answer(backend, routed, label, reason, exc, saved=not state.get("stateless"))
     return _result(note, reason, f"no backend answered: {_kind(exc)}")
 
 

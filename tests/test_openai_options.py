@@ -4,26 +4,40 @@ against an echo model where only the endpoint's own behaviour is under test."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGenerationChunk
 
 from graph.backends import Backends
 from graph.client import ChatClient
 from tests.browser.appserver import serve_app
 from tests.conftest import local_settings
-from tests.fakes import ScriptedBackends
+from tests.fakes import FailingChatModel, ScriptedBackends
 from tests.test_openai_api import EchoModel, app_for, post
 
 pytestmark = pytest.mark.integration
 
 HI = [{"role": "user", "content": "hi"}]
 COUNT = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+
+
+class SlowModel(EchoModel):
+    """Answers a token every 0.1 s, for 20 s: a stream that is still running when its client leaves."""
+
+    async def _astream(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        for _ in range(200):
+            yield ChatGenerationChunk(message=AIMessageChunk(content="tick "))
+            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -134,3 +148,118 @@ async def test_user_is_the_turns_label_in_the_log_never_an_identity(
     # Saved for the signed-in user (the local one here), whatever `user` says.
     assert [c.session_id for c in (await app.state.chat.conversations("local")).conversations] == ["labelled"]
     assert (await app.state.chat.conversations("team-a:alice")).conversations == []
+
+
+# --- what operators and clients are told when a request is refused or fails ------------------------
+def _failing_app(tmp_path: Path, **overrides: Any) -> Any:
+    """Both backends fail before their first token (the fallback is tried, then the note)."""
+    from ui.server import create_app
+
+    settings = local_settings(tmp_path, **overrides)
+    failing = lambda: FailingChatModel(messages=iter([AIMessage("never")]))  # noqa: E731
+    backends = ScriptedBackends(settings, {"gemma": failing, "gemini": failing})
+    return create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
+
+
+def _v1_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ui.openai_api"]
+
+
+async def test_each_refused_request_is_one_log_line_without_its_content(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Status, code, parameter and the key's public id, once per request; never what was asked."""
+    from graph.memory.keys import key_store
+
+    app = _failing_app(tmp_path, auth_users="alice:wonder")
+    key = (await key_store(app.state.chat.client.store).acreate("alice")).key
+    key_id = key.split("_")[1]
+    content = "the plan nobody logs"
+    ask = [{"role": "user", "content": content}]
+    bearer = {"Authorization": f"Bearer {key}"}
+    caplog.set_level(logging.INFO)
+    stream = {"model": "hybrid-chat/gemma", "messages": ask, "stream": True}
+    cases: list[tuple[dict[str, Any], dict[str, str], int, list[str]]] = [
+        ({"model": "hybrid-chat/gemma", "messages": ask, "n": 3}, bearer, 400, ["refused", "param=n"]),
+        ({"model": "gpt-4o", "messages": ask}, bearer, 404, ["code=model_not_found", "param=model"]),
+        (
+            {"model": "hybrid-chat/gemma", "messages": ask},
+            {"Authorization": f"Bearer hck_{'0' * 12}_{'x' * 43}"},
+            401,
+            ["code=invalid_api_key", "key=000000000000"],
+        ),
+        (  # no backend answered: the failure after the turn ran is logged the same way
+            {"model": "hybrid-chat/gemma", "messages": ask},
+            bearer,
+            503,
+            ["failed", "code=no_backend_available", "param=-"],
+        ),
+        (stream, bearer, 200, ["failed mid-stream", "status=503", "code=no_backend_available"]),
+    ]
+    for body, headers, status, words in cases:
+        caplog.clear()
+        r = await post(app, body, headers=headers)
+        assert r.status_code == status, r.text
+        lines = _v1_lines(caplog)
+        assert len(lines) == 1, (body, lines)
+        assert lines[0].startswith("POST /v1/chat/completions "), lines
+        if status != 200:
+            words = [*words, f"status={status}"]
+        if headers is bearer:
+            words = [*words, f"key={key_id}"]
+        assert all(w in lines[0] for w in words), (words, lines[0])
+        assert not any(content in r.getMessage() for r in caplog.records)
+
+
+async def test_error_texts_say_what_is_true_for_this_endpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stateless call stores nothing and says nothing of saving; a saved turn says its message is
+    saved; the models named are this endpoint's ids, the one asked for and the fallback that failed too."""
+    app = _failing_app(tmp_path)
+    body = {"model": "hybrid-chat/gemma", "messages": [{"role": "user", "content": "hello"}]}
+    r = await post(app, body)
+    assert r.status_code == 503, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith("hybrid-chat/gemma did not answer, nor did its fallback hybrid-chat/gemini")
+    assert "saved" not in message, message
+
+    # The graph's own note for a stateless turn (any way in) says nothing of saving either.
+    turn = app.state.chat.client.stream_turn(
+        "local", None, [HumanMessage("hello")], {"model": "gemma"}, stateless=True
+    )
+    done = [event async for event in turn][-1]
+    assert done.kind == "backend_error" and "saved" not in done.text, done.text
+
+    r = await post(app, body, headers={"x-hybrid-chat-conversation": "kept"})
+    assert r.status_code == 503 and "Your message is saved" in r.json()["error"]["message"], r.text
+    stored = await app.state.chat.messages("local", "kept")
+    assert [m.text for m in stored] == ["hello"]
+
+    pinned = _failing_app(tmp_path / "pinned", fallback_enabled=False)
+    r = await post(pinned, {**body, "model": "hybrid-chat/gemini"})
+    assert r.json()["error"]["message"].startswith("hybrid-chat/gemini did not answer"), r.text
+    assert "gemma" not in r.json()["error"]["message"]
+
+
+def test_a_v1_client_gone_is_logged_as_v1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The stream's own log lines name the way in the client used."""
+    import time
+
+    import httpx
+
+    from ui.server import create_app
+
+    settings = local_settings(tmp_path)
+    backends = ScriptedBackends(settings, {"gemma": SlowModel(), "gemini": SlowModel()})
+    app = create_app(settings, client=ChatClient.from_settings(settings, backends=backends))
+    caplog.set_level(logging.INFO, logger="ui.api")
+    body = {"model": "hybrid-chat/gemma", "messages": HI, "stream": True}
+    with serve_app(app) as base:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30) as r:
+            next(r.iter_lines())  # the stream started; then the client goes away
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not [x for x in caplog.records if x.name == "ui.api"]:
+            time.sleep(0.05)
+    lines = [x.getMessage() for x in caplog.records if x.name == "ui.api"]
+    assert lines == ["a /v1/chat/completions client went away: its answer was stopped"], lines

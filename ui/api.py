@@ -173,11 +173,18 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, events: AsyncIterator[bytes], slot: StreamSlot | None, *, write_timeout_s: float
+        self,
+        events: AsyncIterator[bytes],
+        slot: StreamSlot | None,
+        *,
+        write_timeout_s: float,
+        route: str = "/api/chat",
     ) -> None:
+        """`route`: the way in whose client the log lines speak of."""
         self.events = events
         self.slot = slot
         self.write_timeout_s = write_timeout_s
+        self.route = route
         self.status_code = 200
         self.background = None
         self.init_headers({"cache-control": "no-store"})  # no body attribute: no content-length
@@ -216,9 +223,9 @@ class EventStream(Response):
             await asyncio.gather(streaming, watching, return_exceptions=True)
         if not streaming.cancelled() and isinstance(streaming.exception(), TimeoutError):
             # Returning with the response unfinished makes the server close the connection.
-            log.warning("dropped an /api/chat client that stopped reading for %g s", self.write_timeout_s)
+            log.warning("dropped a %s client that stopped reading for %g s", self.route, self.write_timeout_s)
         elif streaming.cancelled():
-            log.info("an /api/chat client went away: its answer was stopped")
+            log.info("a %s client went away: its answer was stopped", self.route)
         elif streaming.exception() is not None:
             raise streaming.exception()  # type: ignore[misc]
 

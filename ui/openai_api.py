@@ -40,7 +40,11 @@ other than text, `image_url` and `file` in user ones, `tool`/`function` messages
 (`data:` URLs, `file_data`) go through to the graph, which checks them from their bytes and routes the
 turn to a backend that can read them (links are refused: the graph never fetches a URL for a user).
 Errors come in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`; an error after a stream
-started comes as one `data: {"error": ...}` event (the `openai` SDK raises it as `APIError`).
+started comes as one `data: {"error": ...}` event (the `openai` SDK raises it as `APIError`). Their
+texts are this endpoint's: models by their ids here (the one asked for, and the fallback when it failed
+too), "Your message is saved" only for a turn saved into a conversation. Each request answered with an
+error is one log line (`log_refusal`: status, type, code, parameter, the API key's public id; never the
+request's content), so operators see what clients are refused.
 """
 
 from __future__ import annotations
@@ -62,11 +66,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from graph.finish import CONTENT_FILTER, LENGTH, STOP, TOOL_CALLS, finish_reason
 from graph.memory.codec import message_text
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
-from graph.memory.keys import KeyStore, key_store
+from graph.memory.keys import KEY_RE, KeyStore, key_store, looks_like_key
 from graph.output import OptionError, check_seed, stop_sequences
 from graph.validation import InvalidInput, check_session_id
 from ui.api import EventStream, api_user
-from ui.auth import Identity, KeyRefused, key_user
+from ui.auth import Identity, KeyRefused, bearer_token, key_user
 from ui.chat import NOT_AVAILABLE, ChatService, Delta, Done, turn_params
 from ui.limits import Busy, LimitExceeded, RateLimiter, StreamSlot, check_message
 
@@ -133,13 +137,15 @@ def _from_http(exc: HTTPException) -> APIError:
     return APIError(exc.status_code, str(exc.detail), type_, code=code, headers=dict(exc.headers or {}))
 
 
-def _from_failed(done: Done) -> APIError:
-    """A turn refused before any model (`Done("failed")`) or one no backend answered (`backend_error`)."""
+def _from_failed(done: Done, saved: bool = False) -> APIError:
+    """A turn refused before any model (`Done("failed")`) or one no backend answered (`backend_error`).
+    `saved`: the turn went into a conversation and its question is stored (a stateless call stores
+    nothing, and its texts do not say otherwise)."""
     if done.kind == "backend_error":
-        return APIError(503, done.text, "service_unavailable", code="no_backend_available")
+        return _backend_failure(done.meta, saved and done.human_saved)
     err = done.error
     if isinstance(err, InvalidInput | LimitExceeded):
-        return APIError(400, done.text, param="messages")
+        return APIError(400, done.text, param=getattr(err, "param", "messages"))
     if isinstance(err, AccessDenied | ConversationNotFound):
         return APIError(404, done.text, code="conversation_not_found")
     if isinstance(err, MemoryUnavailable):
@@ -147,6 +153,39 @@ def _from_failed(done: Done) -> APIError:
     if "busy" in done.text.lower():  # the stream limit, when the turn took its own place
         return APIError(503, done.text, "service_unavailable", code="overloaded")
     return APIError(500, done.text, "server_error")
+
+
+# A backend's failure (graph.nodes' error kinds) in words for the error text.
+FAILURE_WORDS = {
+    "first_token_timeout": "no first token in time",
+    "timeout": "it timed out",
+    "circuit_open": "it is marked down after repeated failures",
+    "connection": "it cannot be reached",
+    "http_429": "it is rate-limited",
+}
+
+
+def _backend_failure(meta: dict[str, Any], saved: bool) -> APIError:
+    """No answer, in this endpoint's words: the models named by their ids here, the one that failed
+    last and, after a fallback, the one asked for as well; "saved" only when it is."""
+    failed = f"{PREFIX}{meta.get('backend')}"
+    asked = f"{PREFIX}{meta.get('requested_backend') or meta.get('backend')}"
+    kept = " Your message is saved in the conversation; its answer is not." if saved else ""
+    kind = str(meta.get("error") or "")
+    if kind == "rejected_input":
+        return APIError(
+            400,
+            f"{failed} did not accept the attachment: it cannot read this kind of file, or the file is not "
+            f"valid. Send it to another model, or without the attachment.{kept}",
+            param="messages",
+            code="unsupported_attachment",
+        )
+    why = FAILURE_WORDS.get(kind, f"error: {kind or 'unknown'}")
+    if failed == asked:
+        text = f"{failed} did not answer ({why}): try again in a moment, or use another model."
+    else:
+        text = f"{asked} did not answer, nor did its fallback {failed} ({why}): try again in a moment."
+    return APIError(503, text + kept, "service_unavailable", code="no_backend_available")
 
 
 def unsupported(body: CompletionRequest) -> None:
@@ -356,6 +395,33 @@ def _data(payload: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+def key_id(request: Request) -> str:
+    """The public id of the API key a request carries ("none": no key; "malformed": a token that claims
+    to be one of ours and is not), for the log: never the key itself."""
+    token = bearer_token(request)
+    if token is None or not looks_like_key(token):
+        return "none"
+    match = KEY_RE.match(token)
+    return match.group(1) if match else "malformed"
+
+
+def log_refusal(request: Request, error: APIError, *, streaming: bool = False) -> None:
+    """One line per /v1 request answered with an error, so operators see what clients are refused:
+    the status, the code, the parameter and the key's public id; never the request's content."""
+    log.warning(
+        "%s %s %s%s: status=%d type=%s code=%s param=%s key=%s",
+        request.method,
+        request.url.path,
+        "refused" if error.status < 500 else "failed",
+        " mid-stream" if streaming else "",
+        error.status,
+        error.type,
+        error.code or "-",
+        error.param or "-",
+        key_id(request),
+    )
+
+
 def model_ids(service: ChatService) -> dict[str, str]:
     """OpenAI model id -> what the router calls it (`hybrid-chat/auto` -> `auto`)."""
     return {f"{PREFIX}{m}": m for m in service.client.models}
@@ -388,6 +454,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         try:
             await caller(request)
         except APIError as exc:
+            log_refusal(request, exc)
             return exc.response()
         data = [
             {"id": m, "object": "model", "created": CREATED, "owned_by": "hybrid-chat"}
@@ -400,6 +467,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         try:
             return await _completions(request)
         except APIError as exc:
+            log_refusal(request, exc)
             return exc.response()
 
     async def _completions(request: Request) -> Response:
@@ -483,8 +551,13 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             turn = service.turn(user, saving, question, params, slot=slot)
         if body.stream:
             usage = bool((body.stream_options or {}).get("include_usage"))
-            events = _chunks(turn, completion_id, body.model, usage, saved_to)
-            return EventStream(events, slot, write_timeout_s=service.settings.stream_write_timeout_s)
+            events = _chunks(request, turn, completion_id, body.model, usage, saved_to)
+            return EventStream(
+                events,
+                slot,
+                write_timeout_s=service.settings.stream_write_timeout_s,
+                route=request.url.path,
+            )
         return await _whole(request, turn, slot, completion_id, saved_to)
 
     async def _check_owner(user: str, session_id: str) -> None:
@@ -551,7 +624,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         if done is None:
             raise APIError(500, "No answer came back.", "server_error")
         if done.kind != "answer":
-            raise _from_failed(done)
+            raise _from_failed(done, saved=saved_to is not None)
         ext = _extension(done, saved_to)
         body = {
             "id": cid,
@@ -581,6 +654,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         return JSONResponse(body, headers=headers)
 
     async def _chunks(
+        request: Request,
         turn: AsyncIterator[Delta | Done],
         cid: str,
         requested: str,
@@ -617,7 +691,9 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                         sent = len(event.text)
                     continue
                 if event.kind != "answer":
-                    yield _data(_from_failed(event).body())
+                    error = _from_failed(event, saved=saved_to is not None)
+                    log_refusal(request, error, streaming=True)
+                    yield _data(error.body())
                     return
                 model = f"{PREFIX}{event.meta.get('backend')}"
                 if len(event.text) > sent:
