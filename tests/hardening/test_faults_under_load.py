@@ -99,7 +99,9 @@ async def stored_rows(
 def gemma_graph(store: ConversationStore, base_url: str, **overrides: Any) -> tuple[Any, ScriptedModel]:
     values: dict[str, Any] = {
         "gemma_base_url": base_url,
-        "first_token_timeout_s": 0.5,
+        # Long enough for eight concurrent first tokens on a busy 2-core machine ("ok" waves failed at
+        # 0.5 s under load), short enough for "hang" waves to stay well within their time limit.
+        "first_token_timeout_s": 2.0,
         "request_timeout_s": 10,
         "breaker_failures": 1000,  # every turn reaches the fault: the breaker has its own test
         "max_tokens": 8,
