@@ -246,7 +246,8 @@ async def test_iap_jwt_verification() -> None:
 async def test_identity_modes(tmp_path: Path) -> None:
     s = local_settings(tmp_path)
     local = Identity(s)
-    assert local.gradio_kwargs() == {} and local.user_of(SimpleNamespace(username="x")) == "local"
+    assert not {"auth", "auth_dependency"} & local.gradio_kwargs().keys()  # no sign-in in front of Gradio
+    assert local.user_of(SimpleNamespace(username="x")) == "local"
 
     pw = Identity(local_settings(tmp_path, auth_users=SecretStr("alice:pw")))
     assert pw.gradio_kwargs()["auth"] == [("alice", "pw")]

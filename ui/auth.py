@@ -49,6 +49,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graph.memory.keys import KeyStore, looks_like_key
 from graph.settings import Settings
+from ui.gradio_errors import GradioCallErrors
+from ui.logs import LogLimiter
 from ui.security import gradio_app_kwargs
 from ui.signin import SignInPage
 from ui.throttle import LoginThrottle
@@ -82,29 +84,6 @@ class IapError(ValueError):
     def __init__(self, message: str, reason: str = "invalid assertion") -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class LogLimiter:
-    """Logs a warning once per distinct reason per `period_s`, with how many were left out since."""
-
-    def __init__(self, period_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.period_s = period_s
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-
-    def warning(self, what: str, reason: str) -> None:
-        now = self.clock()
-        last = self._last.get(reason)
-        if last is not None and now - last < self.period_s:
-            self._skipped[reason] = self._skipped.get(reason, 0) + 1
-            return
-        skipped = self._skipped.pop(reason, 0)
-        self._last[reason] = now
-        if len(self._last) > 1000:  # reasons are a fixed set; bound it anyway
-            self._last = {reason: now}
-        more = f" (and {skipped} more in the last {self.period_s:.0f} s)" if skipped else ""
-        log.warning("%s: %s%s", what, reason, more)
 
 
 def parse_iap_email_header(value: str | None) -> str | None:
@@ -220,7 +199,7 @@ class Identity:
         # Why nobody can sign in (the server answers 503 and is not ready); None when sign-in works.
         self.unconfigured: str | None = None
         self.throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_s, clock=clock)
-        self.rejections = LogLimiter(clock=clock)
+        self.rejections = LogLimiter(log, clock=clock)
         if settings.trust_iap and settings.auth_users is not None:
             raise ValueError("set either HYBRID_CHAT_TRUST_IAP or HYBRID_CHAT_AUTH_USERS, not both")
         if settings.trust_iap:
@@ -265,15 +244,23 @@ class Identity:
         return email
 
     def gradio_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `gr.mount_gradio_app` enforcing this mode on every Gradio route."""
+        """Keyword arguments for `gr.mount_gradio_app` enforcing this mode on every Gradio route (and,
+        innermost, `GradioCallErrors`: its `call` routes' 500s for a wrong request answered in words)."""
+        inner = Middleware(GradioCallErrors)
         if self.mode == "iap":
-            return {"auth_dependency": self.iap_user, "app_kwargs": gradio_app_kwargs(None)}
+            app_kwargs = gradio_app_kwargs(None)
+            app_kwargs["middleware"] = [*app_kwargs["middleware"], inner]
+            return {"auth_dependency": self.iap_user, "app_kwargs": app_kwargs}
         if self.mode == "password":
             app_kwargs = gradio_app_kwargs(self.throttle)
             # Our form in place of Gradio's (ui/signin.py); outermost, so its sign-ins are throttled too.
-            app_kwargs["middleware"] = [Middleware(SignInPage, message=SIGN_IN), *app_kwargs["middleware"]]
+            app_kwargs["middleware"] = [
+                Middleware(SignInPage, message=SIGN_IN),
+                *app_kwargs["middleware"],
+                inner,
+            ]
             return {"auth": self.users, "auth_message": SIGN_IN, "app_kwargs": app_kwargs}
-        return {}
+        return {"app_kwargs": {"middleware": [inner]}}
 
     def user_of(self, request: Any) -> str:
         """The user of a Gradio event (`gr.Request`): the signed-in name, else the single local user."""

@@ -88,6 +88,7 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
 def _serve(settings: Any, host: str | None, port: int | None) -> int:
     import uvicorn
 
+    from ui.logs import install_server_logging
     from ui.server import create_app
 
     settings = settings.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
@@ -97,6 +98,7 @@ def _serve(settings: Any, host: str | None, port: int | None) -> int:
     # reach, so full collections under load stop scanning it (they cost 70-250 ms pauses otherwise).
     gc.collect()
     gc.freeze()
+    install_server_logging()  # nothing a user typed in the log, one line for a failure anyone repeats
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 

@@ -11,6 +11,9 @@ Per key (a user name, known or not, and a client address):
 - then each failure makes the next attempt wait 1, 2, 4, ... seconds (backing off);
 - at `max_failures` the key is locked for `lockout_s` (logged once: user name and address, never the
   password);
+- refusals are summed up in the log, wrong passwords and attempts refused unchecked apart: the first of
+  each kind at once, then at most one line a minute with how many came since (`LogLimiter`); a line
+  names the user name and address of the attempt it was written for, never a password;
 - an attempt while waiting is refused without looking at the password: a correct password is refused
   too (429 with `Retry-After`), and works again once the wait is over;
 - failures are forgotten after `lockout_s` without one.
@@ -28,12 +31,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ui.logs import LogLimiter
+
 log = logging.getLogger(__name__)
 
 ADDRESS_FACTOR = 5
 MAX_KEYS = 10_000
 FREE_FAILURES = 3  # typos cost nothing
 MAX_NAME_CHARS = 64  # of a user name kept as a key or logged
+REFUSED_WRONG = "sign-in refused, wrong password"
+REFUSED_UNCHECKED = "sign-in refused unchecked, too many failed attempts"
 
 
 @dataclass
@@ -56,6 +63,7 @@ class LoginThrottle:
         self.clock = clock
         self._keys: dict[tuple[str, str], _Key] = {}
         self._lock = threading.Lock()
+        self.refusals = LogLimiter(log, clock=clock)  # a summary: one line a minute per kind of refusal
 
     @property
     def enabled(self) -> bool:
@@ -93,19 +101,25 @@ class LoginThrottle:
         if not self.enabled:
             return 0.0
         now = self.clock()
+        self.refusals.flush()
         with self._lock:
             self._prune(now)
             states = [(key[0], self._get(key, now)) for key in self._ids(user, address)]
             wait = max(self._wait(kind, state, now) for kind, state in states)
-            if wait > 0:
-                return wait
-            for _kind, state in states:
-                state.failures += 1
-                state.last = now
-            return 0.0
+            if wait == 0:
+                for _kind, state in states:
+                    state.failures += 1
+                    state.last = now
+        if wait > 0:
+            self.refusals.log(
+                logging.WARNING, REFUSED_UNCHECKED, "user name %r from %s", user[:MAX_NAME_CHARS], address
+            )
+        return wait
 
     def failed(self, user: str, address: str) -> None:
-        """The attempt `begin` let through had a wrong password: log a lockout it caused (once)."""
+        """The attempt `begin` let through had a wrong password: counted in the log's summary of refusals,
+        and a lockout it caused logged (once)."""
+        self.refusals.log(logging.INFO, REFUSED_WRONG, "user name %r from %s", user[:MAX_NAME_CHARS], address)
         if not self.enabled:
             return
         with self._lock:

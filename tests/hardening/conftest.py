@@ -173,7 +173,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 # One user per purpose: the rate limit is per user and per minute, and the tests share one server.
 SERVER_USERS = [f"{p}{i}" for p in ("user", "api") for i in range(20)] + [
     *("spammer", "alice", "eve", "smoke", "mallory", "logger", "tab_a", "tab_b", "uploader", "leaver"),
-    *("tab_owner_twice", "tab_owner_once", "tab_intruder"),
+    *("tab_owner_twice", "tab_owner_once", "tab_intruder", "typist", "prober"),
 ]
 SERVER_PASSWORD = "pw-Zq8-hardening"  # noqa: S105 - a throwaway password of a local test server
 SERVER_SECRET = "sk-hardening-SECRET-4f9c2e"  # noqa: S105 - must never appear in a log

@@ -47,8 +47,9 @@ def test_backing_off_then_a_lockout_then_forgotten(caplog: pytest.LogCaptureFixt
     assert waits == [1, 2, 4]
     with caplog.at_level(logging.WARNING, logger="ui.throttle"):
         t.failed("alice", "10.0.0.1")  # logged once
-    assert len(caplog.records) == 1
-    assert "alice" in caplog.text and "10.0.0.1" in caplog.text
+    locks = [r.getMessage() for r in caplog.records if "sign-in locked" in r.getMessage()]
+    assert len(locks) == 1
+    assert "alice" in locks[0] and "10.0.0.1" in locks[0]
     # Locked: a right password is refused too, from anywhere, until the lockout is over.
     assert t.begin("alice", "10.0.0.2") == pytest.approx(60)
     clock.now += 59
@@ -59,6 +60,31 @@ def test_backing_off_then_a_lockout_then_forgotten(caplog: pytest.LogCaptureFixt
     assert t.begin("alice", "10.0.0.1") == 0  # over: forgotten, a fresh allowance
     t.succeeded("alice", "10.0.0.1")
     assert t.begin("alice", "10.0.0.1") == 0
+
+
+def test_refused_guesses_are_summed_up_in_the_log_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """The issue's burst (3 wrong passwords checked, 197 refused unchecked) left nothing behind short of a
+    lockout: each kind of refusal is logged at once, then once a minute with the count, never the
+    password (the throttle never sees it)."""
+    clock = Clock()
+    t = LoginThrottle(max_failures=10, lockout_s=600, clock=clock)
+    with caplog.at_level(logging.INFO, logger="ui.throttle"):
+        for _ in range(200):  # at once, as a burst of parallel guesses arrives
+            if t.begin("carol", "203.0.113.3") == 0:
+                t.failed("carol", "203.0.113.3")  # a wrong password (the 3 free attempts)
+        during = [r.getMessage() for r in caplog.records]
+        clock.now += 60
+        assert t.begin("dave", "198.51.100.1") == 0  # any next attempt says what the minute held
+    lines = [r.getMessage() for r in caplog.records]
+    assert during == [
+        "sign-in refused, wrong password: user name 'carol' from 203.0.113.3",
+        "sign-in refused unchecked, too many failed attempts: user name 'carol' from 203.0.113.3",
+    ], during
+    assert lines[2:] == [
+        "sign-in refused, wrong password: 2 more in the last 60 s",
+        "sign-in refused unchecked, too many failed attempts: 196 more in the last 60 s",
+    ], lines
+    assert WRONG not in caplog.text
 
 
 def test_an_address_spraying_user_names_is_throttled_too() -> None:
@@ -175,6 +201,12 @@ async def test_a_burst_of_guesses_mostly_never_reaches_the_password_check(
         statuses = [r.status_code for r in await asyncio.gather(*form, *basic)]
     assert statuses[:100].count(400) <= 5 and statuses[:100].count(429) >= 95, statuses[:100]
     assert statuses[100:].count(401) <= 5 and statuses[100:].count(429) >= 95, statuses[100:]
+    # The refusals leave a trace (they left none short of a lockout), a line or two, not one each.
+    log = throttled_server["log"].read_text()
+    refusals = [line for line in log.splitlines() if "sign-in refused" in line]
+    assert any("refused unchecked" in line for line in refusals), log[-2000:]
+    assert len(refusals) <= 4, refusals
+    assert WRONG not in log and SERVER_PASSWORD not in log
 
 
 @pytest.mark.integration
