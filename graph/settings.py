@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     login_lockout_s: float = Field(
         default=300.0, gt=0, description="How long a lockout lasts; failures are forgotten after as long."
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection that has not sent a whole request's headers this long after it opened "
+        "(or after its next request began) is closed: uvicorn has no such limit of its own.",
+    )
     max_request_bytes: int = Field(
         default=7_340_032,  # 7 MiB: one 5 MB attachment (6,666,668 bytes of base64) and the text fit
         ge=1024,

@@ -88,6 +88,7 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
 def _serve(settings: Any, host: str | None, port: int | None) -> int:
     import uvicorn
 
+    from ui.header_timeout import with_header_timeout
     from ui.logs import install_server_logging
     from ui.server import create_app
 
@@ -99,7 +100,13 @@ def _serve(settings: Any, host: str | None, port: int | None) -> int:
     gc.collect()
     gc.freeze()
     install_server_logging()  # nothing a user typed in the log, one line for a failure anyone repeats
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        http=with_header_timeout(settings.header_timeout_s),  # stalled requests are closed
+    )
     return 0
 
 
