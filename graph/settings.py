@@ -178,6 +178,13 @@ class Settings(BaseSettings):
     max_concurrent_streams: int = Field(
         default=32, ge=1, description="Answers streaming at once, per replica (page and API share it)."
     )
+    streams_per_user: int | None = Field(
+        default=None,
+        ge=1,
+        description="Answers one signed-in user may stream at once, of max_concurrent_streams (a user at "
+        "it waits stream_wait_s for one of their own to end). Unset: a quarter of the limit, at least 2. "
+        "Without sign-in everyone is one user, and there is no share.",
+    )
     stream_wait_s: float = Field(
         default=5.0,
         ge=0,

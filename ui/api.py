@@ -274,7 +274,7 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
         # A place among the answers streaming at once (shared with the page), before the response
         # starts: a busy server can still say 503 and when to come back.
         try:
-            slot = await service.stream_slot()
+            slot = await service.stream_slot(user)
         except Busy as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
 

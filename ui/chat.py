@@ -422,14 +422,18 @@ class ChatService:
         self.health = health or HealthBoard(client.services.router)
         self.active: set[asyncio.Task[Any]] = set()
         self.draining = False  # set on shutdown: no new turns
-        self.streams = StreamSlots(self.settings.max_concurrent_streams, self.settings.stream_wait_s)
+        s = self.settings
+        per_user = s.streams_per_user or max(2, s.max_concurrent_streams // 4)
+        self.streams = StreamSlots(s.max_concurrent_streams, s.stream_wait_s, per_user=per_user)
+        # Without sign-in everyone is the one local user: a share of the places would be all of them.
+        self.shared_user = s.user_id if s.auth_users is None and not s.trust_iap else None
 
-    async def stream_slot(self) -> StreamSlot:
-        """A place for one streaming answer, within `stream_wait_s`; `Busy` otherwise. A caller that
-        must answer "busy" before it starts streaming (the API's status code, the page's input box)
-        takes it first and hands it to `turn`."""
+    async def stream_slot(self, user: str | None = None) -> StreamSlot:
+        """A place for one streaming answer, within `stream_wait_s`, counted against `user`'s share of
+        the places; `Busy` otherwise. A caller that must answer "busy" before it starts streaming (the
+        API's status code, the page's input box) takes it first and hands it to `turn`."""
         try:
-            return await self.streams.acquire()
+            return await self.streams.acquire(None if user == self.shared_user else user)
         except Busy:
             UI_REJECTED.labels("busy").inc()
             raise
@@ -449,15 +453,22 @@ class ChatService:
         client's), and memory is neither read nor written (`ChatClient.stream_turn`).
 
         Every answer holds a place of `streams` (the one limit shared by the page,
-        Gradio's `/chat` and `/api/chat`) while it runs: `slot` if the caller took one (released here,
-        like one taken here), else one taken now; none free within the wait: a `Done("failed")` saying
-        the server is busy."""
-        if slot is None:
-            try:
-                slot = await self.stream_slot()
-            except Busy as exc:
-                yield Done("failed", str(exc))
-                return
+        Gradio's `/chat` and `/api/chat`) while it runs, counted against `user`'s share: `slot` if the
+        caller took one (released here, like one taken here), else one taken now; none free within the
+        wait, or a `slot` taken without its user while `user` holds their share: a `Done("failed")`
+        saying the server is busy."""
+        try:
+            if slot is None:
+                slot = await self.stream_slot(user)
+            elif user != self.shared_user:
+                try:
+                    await slot.claim(user)
+                except Busy:
+                    UI_REJECTED.labels("busy").inc()
+                    raise
+        except Busy as exc:
+            yield Done("failed", str(exc))
+            return
         try:
             # aclosing: a consumer leaving early (Stop, a client gone) cancels the graph at once.
             run = self._turn(user, session_id, text, params, human_id=human_id, stateless=stateless)

@@ -121,44 +121,117 @@ class Busy(LimitExceeded):
 
 
 class StreamSlot:
-    """A place held by one streaming answer; `release` is idempotent."""
+    """A place held by one streaming answer, and by its user when known; `release` is idempotent."""
 
-    def __init__(self, slots: StreamSlots) -> None:
+    def __init__(self, slots: StreamSlots, user: str | None) -> None:
         self._slots: StreamSlots | None = slots
+        self.user = user
+
+    async def claim(self, user: str) -> None:
+        """Count a place taken without its user (the caller did not say) as `user`'s, without waiting:
+        `Busy` (the place is released) when `user` already holds their share."""
+        slots = self._slots
+        if self.user is not None or slots is None:
+            return
+        share = slots._share(user)
+        if share.places.locked():
+            self.release()
+            slots._forget(user, share)
+            raise slots._busy_for_user()
+        await share.places.acquire()  # free: taken at once
+        self.user = user
 
     def release(self) -> None:
         slots, self._slots = self._slots, None
         if slots is not None:
-            slots._release()
+            slots._release(self.user)
+
+
+@dataclass
+class _UserShare:
+    places: asyncio.Semaphore
+    interested: int = 0  # holding or waiting for a place: the share is dropped at 0
 
 
 class StreamSlots:
     """The one limit on answers streaming at once, shared by every way in (the page, Gradio's `/chat`,
     `/api/chat`): a semaphore whose waiters give up after `wait_s` with `Busy`. Places are taken before
-    the graph runs, so time spent waiting here never counts against a backend's first-token deadline."""
+    the graph runs, so time spent waiting here never counts against a backend's first-token deadline.
 
-    def __init__(self, limit: int, wait_s: float) -> None:
+    One user holds at most `per_user` of the places (a load from two users held all 32, and most others
+    got 503): a user at their share waits, within the same `wait_s`, for one of their own answers to end.
+    `acquire(None)` (no user known: everyone is the local user) takes a place of the limit alone."""
+
+    def __init__(self, limit: int, wait_s: float, per_user: int | None = None) -> None:
         self.limit = limit
         self.wait_s = wait_s
+        self.per_user = min(limit, per_user or limit)
         self.in_use = 0
         self._free = asyncio.Semaphore(limit)
+        self._users: dict[str, _UserShare] = {}
 
-    async def acquire(self) -> StreamSlot:
+    async def acquire(self, user: str | None = None) -> StreamSlot:
+        """A place (and one of `user`'s share) within `wait_s`, else `Busy`."""
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        share = self._share(user) if user is not None else None
+        held_share = False
         try:
-            if self._free.locked():
-                await asyncio.wait_for(self._free.acquire(), timeout=self.wait_s)
-            else:
-                await self._free.acquire()  # free: no wait (a zero wait_s would time out at once)
-        except TimeoutError:
-            retry = max(1, math.ceil(self.wait_s))
-            raise Busy(
-                f"The server is busy answering {self.limit} questions right now. "
-                f"Please try again in a few seconds.",
-                retry,
-            ) from None
+            if share is not None:
+                held_share = await _take(share.places, deadline)
+                if not held_share:
+                    raise self._busy_for_user()
+            if not await _take(self._free, deadline):
+                raise Busy(
+                    f"The server is busy answering {self.limit} questions right now. "
+                    f"Please try again in a few seconds.",
+                    max(1, math.ceil(self.wait_s)),
+                )
+        except BaseException:  # Busy, or the caller cancelled while waiting
+            if user is not None and share is not None:
+                if held_share:
+                    share.places.release()
+                self._forget(user, share)
+            raise
         self.in_use += 1
-        return StreamSlot(self)
+        return StreamSlot(self, user)
 
-    def _release(self) -> None:
+    def _share(self, user: str) -> _UserShare:
+        share = self._users.get(user)
+        if share is None:
+            share = self._users[user] = _UserShare(asyncio.Semaphore(self.per_user))
+        share.interested += 1
+        return share
+
+    def _forget(self, user: str, share: _UserShare) -> None:
+        share.interested -= 1
+        if share.interested == 0:
+            del self._users[user]
+
+    def _busy_for_user(self) -> Busy:
+        return Busy(
+            f"The server is busy: you have {self.per_user} answers streaming already, the most one user "
+            "may have at once. Try again when one has finished.",
+            max(1, math.ceil(self.wait_s)),
+        )
+
+    def _release(self, user: str | None) -> None:
         self.in_use -= 1
         self._free.release()
+        if user is not None and (share := self._users.get(user)) is not None:
+            share.places.release()
+            self._forget(user, share)
+
+
+async def _take(places: asyncio.Semaphore, deadline: float) -> bool:
+    """One of `places` by `deadline` (loop time): False once it passed. A free place is taken at once (a
+    zero wait would time out even then)."""
+    if not places.locked():
+        await places.acquire()
+        return True
+    try:
+        await asyncio.wait_for(
+            places.acquire(), timeout=max(0.0, deadline - asyncio.get_running_loop().time())
+        )
+    except TimeoutError:
+        return False
+    return True

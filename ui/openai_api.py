@@ -535,7 +535,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             agrees = await _agrees(user, saving, messages[:-1])
             saved_to = {"conversation_id": saving, "history": "matches" if agrees else "differs"}
         try:
-            slot = await service.stream_slot()
+            slot = await service.stream_slot(user)
         except Busy as exc:
             raise APIError(
                 503,
