@@ -37,6 +37,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from graph.health import CHECK_TIMEOUT_S, CredentialCheck, watch_credentials
 from graph.local.llama import LOCAL_MODEL_LABEL, LocalModelServer
+from graph.output import ResponseFormat
 from graph.settings import Settings
 
 if TYPE_CHECKING:
@@ -140,12 +141,13 @@ class GenerationParams:
     max_tokens: int
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop sequences (checked: graph.output)
+    response_format: ResponseFormat | None = None  # what the answer must be (graph.output)
 
     def for_client(self) -> GenerationParams:
-        """What a chat model is built with (its cache key). Stop sequences are bound per request
-        instead (`Backends.model`): callers send new ones at will, and a client built for each (seconds
-        for ChatVertexAI) would empty the cache for everyone."""
-        return replace(self, stop=())
+        """What a chat model is built with (its cache key). Stop sequences and the response format are
+        bound per request instead (`Backends.model`): callers send new ones at will, and a client built
+        for each (seconds for ChatVertexAI) would empty the cache for everyone."""
+        return replace(self, stop=(), response_format=None)
 
 
 class Backends:
@@ -218,9 +220,8 @@ class Backends:
 
     # --- models ------------------------------------------------------------------------------
     def model(self, name: BackendName, params: GenerationParams) -> Runnable[Any, BaseMessage]:
-        """The chat model for `name` with this request's stop sequences bound (LangChain's own `stop`,
-        which ChatOpenAI sends as OpenAI's `stop` and ChatVertexAI as `stopSequences`); may start a
-        local stand-in (blocking, <= 1 s, once)."""
+        """The chat model for `name` with this request's stop sequences and response format bound
+        (`_per_request`); may start a local stand-in (blocking, <= 1 s, once)."""
         key = (name, params.for_client())
         if (model := self._models.get(key)) is None:
             with self._locks[name]:
@@ -230,18 +231,30 @@ class Backends:
                     if len(self._models) > 64:  # parameters come from users: bound the cache
                         self._models.clear()
                     self._models[key] = model
-        return self._per_request(model, params)
+        return self._per_request(name, model, params)
 
     async def amodel(self, name: BackendName, params: GenerationParams) -> Runnable[Any, BaseMessage]:
         """`model` for async callers: a first-use start of a local stand-in runs in a thread."""
         if (model := self._models.get((name, params.for_client()))) is not None:
-            return self._per_request(model, params)
+            return self._per_request(name, model, params)
         return await asyncio.to_thread(self.model, name, params)
 
     @staticmethod
-    def _per_request(model: BaseChatModel, params: GenerationParams) -> Runnable[Any, BaseMessage]:
-        """`model` with what varies per request bound to it (see `GenerationParams.for_client`)."""
-        return model.bind(stop=list(params.stop)) if params.stop else model
+    def _per_request(
+        name: BackendName, model: BaseChatModel, params: GenerationParams
+    ) -> Runnable[Any, BaseMessage]:
+        """`model` with what varies per request bound to it (see `GenerationParams.for_client`), in
+        LangChain's own parameters: `stop` (OpenAI's `stop`; Vertex AI's `stopSequences`), and the
+        response format as `response_mime_type` and `response_schema` for Gemini, or for vLLM and
+        llama.cpp OpenAI's `response_format` (their guided decoding) in the request body as sent
+        (`extra_body`). Not ChatOpenAI's `response_format`: with it, the SDK's parsing helper raises on
+        an answer cut at max_tokens, which would count as the backend failing and be retried."""
+        bound: dict[str, Any] = {"stop": list(params.stop)} if params.stop else {}
+        if (fmt := params.response_format) is not None:
+            bound.update(
+                {"extra_body": {"response_format": fmt.openai()}} if name == "gemma" else fmt.gemini()
+            )
+        return model.bind(**bound) if bound else model
 
     def warm(self) -> None:
         """Build both default models now (imports, clients, local stand-ins) instead of on first use.

@@ -10,6 +10,7 @@ input's own keys win over them. `Services` are the long-lived dependencies the n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from typing_extensions import TypedDict
 
@@ -38,6 +39,7 @@ class Context(TypedDict, total=False):
     system_prompt: str
     seed: int
     stop: str | list[str]
+    response_format: dict[str, Any]
 
 
 @dataclass(frozen=True)

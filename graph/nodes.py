@@ -39,10 +39,10 @@ from graph.attachments import blocks
 from graph.attachments.store import AttachmentStore, make_attachment_store
 from graph.backends import BACKENDS, Accepts, BackendName, GenerationParams
 from graph.context import Context, Services
-from graph.finish import finish_reason
+from graph.finish import LENGTH, finish_reason
 from graph.health import http_status
 from graph.memory.contract import AccessDenied, ChatHistory, ConversationNotFound, MemoryUnavailable
-from graph.output import check_seed, stop_sequences
+from graph.output import check_seed, response_format, stop_sequences
 from graph.router import SHORT_NAMES, RouteRequest, Signals
 from graph.sanitize import for_model
 from graph.settings import Settings
@@ -112,10 +112,13 @@ def resolve_options(
         "system_prompt": s.system_prompt,
         "seed": None,
         "stop": None,
+        "response_format": None,
     }
     sources = (state, runtime.context or {}, config.get("configurable") or {})
     out = {k: next((src[k] for src in sources if src.get(k) is not None), defaults[k]) for k in OPTION_KEYS}
     out["seed"], out["stop"] = check_seed(out["seed"]), stop_sequences(out["stop"])
+    if response_format(out["response_format"]) is None:  # checked here; kept as sent (plain JSON)
+        out["response_format"] = None
     if out["model"] not in services.router.policies:
         choices = ", ".join(sorted(services.router.policies))
         raise InvalidInput(f"unknown model {str(out['model'])[:40]!r}: choose one of {choices}")
@@ -417,6 +420,7 @@ def _params(options: dict[str, Any]) -> GenerationParams:
         max_tokens=options["max_tokens"],
         seed=options.get("seed"),
         stop=tuple(options.get("stop") or ()),
+        response_format=response_format(options.get("response_format")),
     )
 
 
@@ -615,6 +619,18 @@ def _rejected_answer(
     return _note(text, backend, routed, reason, "rejected_input")
 
 
+def _off_format_answer(
+    backend: BackendName, routed: BackendName, label: str, reason: str, why: str, saved: bool
+) -> AIMessage:
+    """The answer is not what the response format asked for: an error, never passed on as if it were
+    (`why` may quote the answer: it goes to the caller, not to the log)."""
+    kept = " Your message is saved." if saved else ""
+    text = f"{label} answered outside the requested response format: {why}.{kept}"
+    note = _note(text, backend, routed, reason, "invalid_output")
+    note.response_metadata[META]["detail"] = why  # for a way in that words it its own way
+    return note
+
+
 def _has_files(prompt: Sequence[BaseMessage]) -> bool:
     return any(
         isinstance(m.content, list) and any(blocks.is_file_block(b) for b in m.content) for m in prompt
@@ -772,6 +788,13 @@ async def _answer(state: State, config: RunnableConfig, services: Services) -> d
             continue
         message = answer.message()
         _succeeded(backend, message, services, routed)
+        fmt = params.response_format
+        if fmt is not None and (why := fmt.mismatch(message.text, cut=answer.finish == LENGTH)):
+            metrics.ERRORS.labels(backend, "invalid_output").inc()
+            log.warning("backend %s answered outside the requested response format", backend)
+            label = services.backends.label(backend)
+            note = _off_format_answer(backend, routed, label, reason, why, saved=not state.get("stateless"))
+            return _result(note, reason, "invalid_output: the answer does not match the response format")
         return _result(message, reason, None)
     assert last is not None
     backend, reason, exc = last

@@ -13,7 +13,16 @@ from graph.settings import ModelChoice
 
 __all__ = ["OPTION_KEYS", "InputState", "ModelChoice", "OutputState", "State"]
 
-OPTION_KEYS = ("model", "temperature", "top_p", "max_tokens", "system_prompt", "seed", "stop")
+OPTION_KEYS = (
+    "model",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "system_prompt",
+    "seed",
+    "stop",
+    "response_format",
+)
 """Per-turn options: from the input, else the run's context, else `configurable`, else settings."""
 
 
@@ -33,6 +42,8 @@ class InputState(TypedDict, total=False):
     system_prompt: Annotated[str, EphemeralValue]
     seed: Annotated[int, EphemeralValue]  # sampling seed, for reproducible runs (evals)
     stop: Annotated[str | list[str], EphemeralValue]  # stop sequences (OpenAI's `stop`; graph.output)
+    # What the answer must be (OpenAI's `response_format`: json_object or json_schema; graph.output)
+    response_format: Annotated[dict[str, Any], EphemeralValue]
 
 
 class OutputState(TypedDict, total=False):

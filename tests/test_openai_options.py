@@ -263,3 +263,121 @@ def test_a_v1_client_gone_is_logged_as_v1(tmp_path: Path, caplog: pytest.LogCapt
             time.sleep(0.05)
     lines = [x.getMessage() for x in caplog.records if x.name == "ui.api"]
     assert lines == ["a /v1/chat/completions client went away: its answer was stopped"], lines
+
+
+# --- structured output ------------------------------------------------------------------------------
+PLACE = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+CAPITAL = [{"role": "user", "content": "What is the capital of France? Answer in JSON."}]
+
+
+def test_json_schema_answers_validate_on_both_backends(tmp_path: Path, local_backends: Backends) -> None:
+    """`response_format` reaches llama.cpp's JSON-schema grammar through ChatOpenAI (as vLLM's guided
+    decoding would take it) and through ChatVertexAI's response schema and the Vertex stand-in: the
+    answers parse and match, streamed and not; the SDK's own `parse` with a Pydantic model (a nested one:
+    `$defs` and `$ref`, inlined for Gemini) gets its object back."""
+    import jsonschema
+    from pydantic import BaseModel
+
+    class Country(BaseModel):
+        name: str
+
+    class Capital(BaseModel):
+        city: str
+        country: Country
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": PLACE, "strict": True}}
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        for model in ("hybrid-chat/gemma", "hybrid-chat/gemini"):
+            ask: dict[str, Any] = {"model": model, "messages": CAPITAL, "max_tokens": 60, "temperature": 0}
+            whole = client.chat.completions.create(**ask, response_format=fmt)
+            jsonschema.validate(json.loads(whole.choices[0].message.content or ""), PLACE)
+            assert whole.model == model and whole.usage is not None and whole.usage.completion_tokens < 60
+            chunks = list(
+                client.chat.completions.create(
+                    **ask, response_format=fmt, stream=True, stream_options={"include_usage": True}
+                )
+            )
+            streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            jsonschema.validate(json.loads(streamed), PLACE)
+            usage = chunks[-1].usage
+            assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens, usage
+            as_json = client.chat.completions.create(**ask, response_format={"type": "json_object"})
+            assert isinstance(json.loads(as_json.choices[0].message.content or ""), dict), as_json
+            parsed = client.chat.completions.parse(**ask, response_format=Capital).choices[0].message.parsed
+            assert isinstance(parsed, Capital) and isinstance(parsed.country, Country), parsed
+
+
+def test_an_answer_outside_the_format_is_an_error_in_openais_shape(
+    tmp_path: Path, local_backends: Backends, echo: tuple[Any, EchoModel]
+) -> None:
+    """Never passed on as if it matched: an answer cut before its JSON ends (both backends, streamed and
+    not), and one that is not JSON at all (a model that ignores the format)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": PLACE}}
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        for model in ("hybrid-chat/gemma", "hybrid-chat/gemini"):
+            ask: dict[str, Any] = {
+                "model": model,
+                "messages": CAPITAL,
+                "max_tokens": 3,
+                "response_format": fmt,
+            }
+            with pytest.raises(openai.InternalServerError) as cut:
+                client.chat.completions.create(**ask)
+            assert cut.value.status_code == 502
+            error = cut.value.body
+            assert isinstance(error, dict) and error["code"] == "invalid_output", error
+            assert error["param"] == "response_format" and "raise max_tokens" in error["message"], error
+            assert error["message"].startswith(f"{model} answered outside"), error
+            with pytest.raises(openai.APIError, match="raise max_tokens"):
+                list(client.chat.completions.create(**ask, stream=True))
+    echo_app, _ = echo
+    with serve_app(echo_app) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError, match="not valid JSON"):
+            client.chat.completions.create(
+                model="hybrid-chat/gemma", messages=HI, response_format={"type": "json_object"}
+            )
+
+
+async def test_a_format_no_backend_can_take_is_refused_saying_what_to_change(
+    echo: tuple[Any, EchoModel],
+) -> None:
+    app, model = echo
+    recursive = {
+        "type": "object",
+        "properties": {"children": {"type": "array", "items": {"$ref": "#"}}},
+    }
+    cases: list[tuple[Any, str, str]] = [
+        ({"type": "xml"}, "response_format.type", '"json_schema"'),
+        ({"type": "json_schema"}, "response_format.json_schema", "`name` and the `schema`"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "a b", "schema": PLACE}},
+            "response_format.json_schema.name",
+            "letters, digits",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}},
+            "response_format.json_schema.schema",
+            "not a valid JSON Schema",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "tree", "schema": recursive}},
+            "response_format.json_schema.schema",
+            "recursive",
+        ),
+    ]
+    for fmt, param, words in cases:
+        r = await post(app, {"model": "hybrid-chat/auto", "messages": HI, "response_format": fmt})
+        assert r.status_code == 400, (fmt, r.text)
+        error = r.json()["error"]
+        assert error["param"] == param and words in error["message"], (fmt, error)
+    assert model.prompts == []

@@ -91,6 +91,7 @@ class TurnParams:
     system_prompt: str
     seed: int | None = None  # sampling seed (the OpenAI endpoint's `seed`)
     stop: tuple[str, ...] = ()  # stop sequences (its `stop`, checked by graph.output)
+    response_format: dict[str, Any] | None = None  # what the answer must be (its `response_format`)
     caller_label: str | None = None  # who the caller says is asking (its `user`): logged, never identity
 
 
@@ -104,6 +105,7 @@ def turn_params(
     seed: int | None = None,
     *,
     stop: Sequence[str] = (),
+    response_format: dict[str, Any] | None = None,
     caller_label: str | None = None,
     models: Collection[str] = CLIENT_MODELS,
 ) -> TurnParams:
@@ -133,6 +135,7 @@ def turn_params(
         system_prompt=system,
         seed=seed,
         stop=tuple(stop),
+        response_format=response_format,
         caller_label=caller_label,
     )
 
@@ -498,6 +501,7 @@ class ChatService:
             "system_prompt": params.system_prompt,
             "seed": params.seed,
             "stop": list(params.stop) or None,
+            "response_format": params.response_format,
         }
         started = time.perf_counter()
         first = True

@@ -34,11 +34,16 @@ range Gemini takes), `stream_options.include_usage` (`usage`: null on every chun
 the usage), `user` (the caller's label for who is asking, at most 128 printable characters: written with
 the turn's log line, never taken for an identity).
 
-Refused with 400 rather than ignored: `n` other than 1, tools and functions, `response_format` other
-than text, `logprobs`, non-zero penalties, parts other than text in system and assistant messages and
-other than text, `image_url` and `file` in user ones, `tool`/`function` messages. Images and files
-(`data:` URLs, `file_data`) go through to the graph, which checks them from their bytes and routes the
-turn to a backend that can read them (links are refused: the graph never fetches a URL for a user).
+Structured output: `response_format` `json_object` or `json_schema` (graph.output): each backend is
+asked to decode to it (vLLM's and llama.cpp's guided decoding, Gemini's response schema) and the answer
+is checked against it; one that does not match is a 502 `invalid_output` (streamed: the text, then the
+error event), never passed on as if it matched.
+
+Refused with 400 rather than ignored: `n` other than 1, tools and functions, `logprobs`, non-zero
+penalties, parts other than text in system and assistant messages and other than text, `image_url` and
+`file` in user ones, `tool`/`function` messages. Images and files (`data:` URLs, `file_data`) go through
+to the graph, which checks them from their bytes and routes the turn to a backend that can read them
+(links are refused: the graph never fetches a URL for a user).
 Errors come in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`; an error after a stream
 started comes as one `data: {"error": ...}` event (the `openai` SDK raises it as `APIError`). Their
 texts are this endpoint's: models by their ids here (the one asked for, and the fallback when it failed
@@ -67,7 +72,7 @@ from graph.finish import CONTENT_FILTER, LENGTH, STOP, TOOL_CALLS, finish_reason
 from graph.memory.codec import message_text
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
 from graph.memory.keys import KEY_RE, KeyStore, key_store, looks_like_key
-from graph.output import OptionError, check_seed, stop_sequences
+from graph.output import OptionError, check_seed, response_format, stop_sequences
 from graph.validation import InvalidInput, check_session_id
 from ui.api import EventStream, api_user
 from ui.auth import Identity, KeyRefused, bearer_token, key_user
@@ -180,6 +185,15 @@ def _backend_failure(meta: dict[str, Any], saved: bool) -> APIError:
             param="messages",
             code="unsupported_attachment",
         )
+    if kind == "invalid_output":  # the model answered, but not as response_format asked
+        return APIError(
+            502,
+            f"{failed} answered outside the requested response_format: {meta.get('detail') or 'unknown'}. "
+            f"Try again, or simplify the schema.{kept}",
+            "server_error",
+            param="response_format",
+            code="invalid_output",
+        )
     why = FAILURE_WORDS.get(kind, f"error: {kind or 'unknown'}")
     if failed == asked:
         text = f"{failed} did not answer ({why}): try again in a moment, or use another model."
@@ -202,9 +216,6 @@ def unsupported(body: CompletionRequest) -> None:
     for name in ("tools", "functions", "tool_choice", "function_call"):
         if extra.get(name) not in (None, [], "none", "auto"):
             raise APIError(400, f"`{name}` is not supported: no tool calling.", param=name)
-    fmt = extra.get("response_format")
-    if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise APIError(400, "Only text responses are supported.", param="response_format")
     if extra.get("logprobs") or extra.get("top_logprobs"):
         raise APIError(
             400, "`logprobs` are not supported: leave out logprobs and top_logprobs.", param="logprobs"
@@ -243,10 +254,12 @@ def caller_label(user: str | None) -> str | None:
     return user
 
 
-def output_options(body: CompletionRequest) -> tuple[list[str], int | None]:
-    """`stop` and `seed` checked as the graph checks them (graph.output), refused with their `param`."""
+def output_options(body: CompletionRequest) -> tuple[list[str], int | None, dict[str, Any] | None]:
+    """`stop`, `seed` and `response_format` (None for text) checked as the graph checks them
+    (graph.output), refused with their `param`."""
+    fmt = (body.model_extra or {}).get("response_format")
     try:
-        return stop_sequences(body.stop), check_seed(body.seed)
+        return stop_sequences(body.stop), check_seed(body.seed), fmt if response_format(fmt) else None
     except OptionError as exc:
         raise APIError(400, str(exc), param=exc.param) from None
 
@@ -491,7 +504,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 code="model_not_found",
             )
         unsupported(body)
-        stop, seed = output_options(body)
+        stop, seed, answer_format = output_options(body)
         label = caller_label(body.user)
         saving = conversation_id(request.headers.get(CONVERSATION_HEADER), body.metadata)
         messages, system = conversation(body.messages)
@@ -513,6 +526,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 system,
                 seed=seed,
                 stop=stop,
+                response_format=answer_format,
                 caller_label=label,
                 models=service.client.models,
             )

@@ -5,6 +5,9 @@ When no Vertex project is configured, the `gemini` backend is still the REAL `Ch
 is the one that runs against Vertex AI. It answers `:generateContent` and `:streamGenerateContent`
 (a chunked JSON array, written piece by piece as the model produces tokens) by translating to the
 local model's `/v1/chat/completions`. It is a stand-in, labelled as such wherever a model name shows.
+Generation settings go across as llama.cpp names them, stop sequences and the seed included; Gemini's
+JSON mode (`responseMimeType` "application/json", with `responseSchema` or `responseJsonSchema`) becomes
+llama.cpp's `response_format`, so its grammar constrains the answer as Gemini's schema would.
 
 Attachments: the small model sees text only, so inline data is checked the way Vertex AI checks it
 (a MIME type Gemini takes: PNG, JPEG, WebP, HEIC, HEIF, PDF; valid base64; an image that decodes; at
@@ -115,6 +118,8 @@ def to_openai_request(body: dict[str, Any], model: str, stream: bool) -> dict[st
         return next((cfg[n] for n in names if n in cfg), None)
 
     request: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    if (fmt := _response_format(cfg)) is not None:
+        request["response_format"] = fmt
     for key, names in {
         "temperature": ("temperature",),
         "top_p": ("topP", "top_p"),
@@ -127,6 +132,71 @@ def to_openai_request(body: dict[str, Any], model: str, stream: bool) -> dict[st
     if stream:
         request["stream_options"] = {"include_usage": True}
     return request
+
+
+SCHEMA_TYPES = ("", "string", "number", "integer", "boolean", "array", "object")  # Schema.Type by number
+SCHEMA_KEPT = ("description", "title", "enum", "required", "pattern", "minimum", "maximum")  # as they are
+SCHEMA_COUNTS = {  # int64 fields: proto JSON writes them as strings
+    "minItems": "minItems",
+    "min_items": "minItems",
+    "maxItems": "maxItems",
+    "max_items": "maxItems",
+    "minLength": "minLength",
+    "min_length": "minLength",
+    "maxLength": "maxLength",
+    "max_length": "maxLength",
+    "minProperties": "minProperties",
+    "min_properties": "minProperties",
+    "maxProperties": "maxProperties",
+    "max_properties": "maxProperties",
+}
+
+
+def _response_format(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """Gemini's JSON mode (`responseMimeType` "application/json", with `responseSchema` or
+    `responseJsonSchema`) as llama.cpp's `response_format`, which constrains its decoding to it."""
+    mime = cfg.get("responseMimeType") or cfg.get("response_mime_type")
+    if mime != "application/json":
+        return None
+    schema = cfg.get("responseJsonSchema") or cfg.get("response_json_schema")
+    if schema is None and (vertex := cfg.get("responseSchema") or cfg.get("response_schema")):
+        schema = json_schema(vertex)
+    if not schema:
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema, "strict": True}}
+
+
+def json_schema(vertex: dict[str, Any]) -> dict[str, Any]:
+    """A Vertex AI Schema (REST JSON) as the JSON Schema it means. An object takes only the properties
+    it lists, as Gemini writes them."""
+    out: dict[str, Any] = {}
+    if kind := _type_name(vertex.get("type")):
+        out["type"] = [kind, "null"] if vertex.get("nullable") else kind
+    out.update((name, vertex[name]) for name in SCHEMA_KEPT if name in vertex)
+    if vertex.get("format") == "date-time":  # the others (int32, double, enum) add nothing to the type
+        out["format"] = "date-time"
+    for name, key in SCHEMA_COUNTS.items():
+        if name in vertex:
+            out[key] = int(vertex[name])
+    if isinstance(props := vertex.get("properties"), dict):
+        out["properties"] = {k: json_schema(v) for k, v in props.items()}
+        out["additionalProperties"] = False
+    if isinstance(items := vertex.get("items"), dict):
+        out["items"] = json_schema(items)
+    alternatives = vertex.get("anyOf") or vertex.get("any_of")
+    if alternatives:
+        out["anyOf"] = [json_schema(a) for a in alternatives]
+        if vertex.get("nullable"):
+            out["anyOf"].append({"type": "null"})
+    return out
+
+
+def _type_name(value: Any) -> str:
+    """Schema.Type as JSON Schema names it: the REST transport sends its number, others its name."""
+    if isinstance(value, int):
+        return SCHEMA_TYPES[value] if 0 <= value < len(SCHEMA_TYPES) else ""
+    name = str(value or "").lower()
+    return name if name in SCHEMA_TYPES else ""
 
 
 def _response(text: str, finish: str | None, usage: dict[str, Any] | None) -> dict[str, Any]:
