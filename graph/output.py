@@ -77,8 +77,8 @@ MAX_REF_DEPTH = 32  # `$ref`s inlined for Gemini, one inside another: deeper is 
 
 @dataclass(frozen=True)
 class ResponseFormat:
-    """What the answer must be. Hashable (the schema kept as JSON text): it is part of the
-    generation parameters, which key the backends' model cache."""
+    """What the answer must be. Hashable (the schema kept as JSON text), as the generation parameters
+    it travels in (`GenerationParams`) must be."""
 
     kind: Literal["json_object", "json_schema"]
     name: str = ""
