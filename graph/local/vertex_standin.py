@@ -37,6 +37,8 @@ from typing import Any
 
 import httpx
 
+from graph.local.llama import UNCACHED_PROMPT
+
 log = logging.getLogger(__name__)
 
 _ROUTE = re.compile(r"^/v1(?:beta1)?/projects/[^/]+/locations/[^/]+/publishers/google/models/([^/:]+):(\w+)")
@@ -117,7 +119,7 @@ def to_openai_request(body: dict[str, Any], model: str, stream: bool) -> dict[st
     def pick(*names: str) -> Any:
         return next((cfg[n] for n in names if n in cfg), None)
 
-    request: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    request: dict[str, Any] = {"model": model, "messages": messages, "stream": stream, **UNCACHED_PROMPT}
     if (fmt := _response_format(cfg)) is not None:
         request["response_format"] = fmt
     for key, names in {
