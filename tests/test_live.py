@@ -147,7 +147,7 @@ async def test_a_page_event_cancelled_before_it_started_its_turn_does_not_hold_t
     """Gradio's event claims the turn first, waits for a place among the streams, and is cancelled
     (Stop, a closed tab): the straight request for the same turn is answered at once, not left waiting."""
     h, model, app = _setup(tmp_path, {"max_concurrent_streams": 1, "stream_wait_s": 30})
-    held = await h.take_slot()  # the one place is taken: the event waits for it
+    held = await h.take_slot(USER)  # the one place is taken: the event waits for it
     event = asyncio.create_task(_send(h, "wait for me", None, "turn-0011"))
     await asyncio.sleep(0.2)
     event.cancel()

@@ -359,11 +359,11 @@ class ChatHandlers:
         finally:
             st.busy = False
 
-    async def take_slot(self) -> StreamSlot:
+    async def take_slot(self, user: str) -> StreamSlot:
         """A place among the answers streaming at once (shared with Gradio's `/chat` and `/api/chat`),
-        waiting at most `stream_wait_s`: `Busy` (a LimitExceeded) tells the user the server is busy
-        while their text stays in the input box."""
-        return await self.service.stream_slot()
+        within `user`'s share of them, waiting at most `stream_wait_s`: `Busy` (a LimitExceeded) tells
+        the user the server is busy while their text stays in the input box."""
+        return await self.service.stream_slot(user)
 
     def check_turn(
         self, user: str, text: str, options: GenerationOptions | tuple, *, files: bool = False
@@ -445,7 +445,7 @@ class ChatHandlers:
             text, params = self.check_turn(user, ask.text, ask.options, files=bool(paths))
             # A bad file is refused here, in the graph's words, with the message and its files kept.
             files = await asyncio.to_thread(read_uploads, paths, self.settings) if paths else []
-            slot = await self.take_slot()
+            slot = await self.take_slot(user)
         except LimitExceeded as exc:
             if turn is not None:
                 turn.refuse(exc)
@@ -492,7 +492,7 @@ class ChatHandlers:
             return
         try:
             text, params = self.check_turn(user, text, ask.options, files=bool(files))
-            slot = await self.take_slot()
+            slot = await self.take_slot(user)
         except LimitExceeded as exc:
             yield self.refused(st, exc)
             return

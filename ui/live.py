@@ -194,7 +194,7 @@ def page_turn_router(handlers: Any, user_of: Callable[[Request], Any]) -> APIRou
             slot = None
             try:
                 text, params = handlers.check_turn(user, body.message, params_in)
-                slot = await handlers.take_slot()
+                slot = await handlers.take_slot(user)
                 handlers.start_turn(turn, user, body.session_id, text, params, slot, text=text)
             except LimitExceeded as exc:
                 turn.refuse(exc)
