@@ -83,9 +83,12 @@ browser:
 run: $(VENV)/.installed-run
 	$(BIN)/hybrid-chat serve
 
+# Two workers (pytest-xdist), one per core: most tests wait on servers, models and browsers rather than
+# compute. TEST_WORKERS=0 runs the suite in this process, one test after another.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test infra-tools langgraph-server browser
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -49,7 +49,10 @@ def artifacts() -> Iterator[Path]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     yield ARTIFACTS
     if MEASUREMENTS:
-        (ARTIFACTS / "measurements.json").write_text(json.dumps(MEASUREMENTS, indent=2) + "\n")
+        # One file per pytest-xdist worker (`make test` runs two): neither overwrites the other's.
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        name = f"measurements-{worker}.json" if worker else "measurements.json"
+        (ARTIFACTS / name).write_text(json.dumps(MEASUREMENTS, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
