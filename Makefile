@@ -88,7 +88,7 @@ run: $(VENV)/.installed-run
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test infra-tools langgraph-server browser
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n $(TEST_WORKERS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=10
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
