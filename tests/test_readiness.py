@@ -292,7 +292,11 @@ async def test_backends_refusing_our_credentials_make_the_server_not_ready(
                     ready = await _until(client, lambda r: _states(r) == {"gemma": "up", "gemini": "up"})
                     assert ready.status_code == 200
                     assert 'data-state="misconfigured"' not in app.state.chat.health.html()
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    # Ours only: a client session another test left behind may be collected (and logged by aiohttp at
+    # ERROR) at any moment of this one.
+    errors = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("graph.")
+    ]
     assert len(errors) == 2, errors  # one per backend, not one per check
     assert any(e.startswith("gemini is misconfigured: permission denied (HTTP 403)") for e in errors)
     assert any("credentials accepted again" in r.getMessage() for r in caplog.records)
@@ -519,9 +523,14 @@ async def test_a_firestore_outage_keeps_the_pod_ready_and_refuses_turns_in_words
                 assert sum(1 for path, *_ in seen if path == "/") >= 5  # the page kept loading
                 assert "hybrid_chat_memory_up 0.0" in metrics_during  # where the outage shows instead
 
-                # The first turn once Firestore answers again is answered and saved.
-                answered = await _turn(client, session, "after the outage")
-                assert answered["kind"] == "answer", answered
+                # The first turn once the store takes writes again is answered and saved. The probe's
+                # ping may come back before every gRPC channel has reconnected: until then a turn is
+                # refused in words (and nothing of it stored), never lost silently.
+                deadline = time.monotonic() + 30
+                while (answered := await _turn(client, session, "after the outage"))["kind"] != "answer":
+                    assert "not sent" in answered["text"], answered
+                    assert time.monotonic() < deadline, answered
+                    await asyncio.sleep(0.5)
                 assert FAULT_ANSWER in answered["text"]
                 assert not answered["meta"].get("note"), answered["meta"]  # no "not saved" note
                 history = store.history(session, settings.user_id)
