@@ -57,9 +57,10 @@ lock-upgrade: $(UV)
 	$(UV) lock --project infra/tools --upgrade
 	sh deploy/lock.sh $(UV)
 
-# The drift canary: the whole suite against the newest versions pyproject.toml's ranges allow today,
-# resolved without the lock into throw-away venvs (.venv-latest*), so the next upstream break shows up
-# here before anyone updates the lock. The committed environments are not touched.
+# The drift canary: the whole suite against the newest versions pyproject.toml's ranges allow today, in
+# a throw-away copy of the checkout (tests/latest.sh: ${TMPDIR:-/tmp}/hybrid-chat-latest, its locks
+# upgraded there), so the next upstream break shows up before anyone updates the lock. This checkout's
+# locks and environments are not touched.
 test-latest: $(UV) browser
 	sh tests/latest.sh $(UV)
 
@@ -95,4 +96,4 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(INFRA_VENV) $(LG_VENV) $(UV_VENV) .venv-latest* .pytest_cache
+	rm -rf $(VENV) $(INFRA_VENV) $(LG_VENV) $(UV_VENV) .pytest_cache
