@@ -76,10 +76,13 @@ langgraph-server: $(LG_VENV)/.installed
 langgraph-dev: $(LG_VENV)/.installed
 	$(LG_VENV)/bin/langgraph dev --no-browser --n-jobs-per-worker 10
 
-# Browser tests drive Debian's chromium with Playwright (never `playwright install`).
+# Browser tests drive Debian's chromium with Playwright (never `playwright install`); the replica tests
+# start Debian's redis-server (for Memorystore) and haproxy (for the load balancer) themselves.
+SYSTEM_PACKAGES := chromium redis-server haproxy
 browser:
-	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null \
-		|| { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null && command -v redis-server >/dev/null && command -v haproxy >/dev/null \
+		|| apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; }
 
 run: $(VENV)/.installed-run
 	$(BIN)/hybrid-chat serve
