@@ -160,6 +160,23 @@ class Settings(BaseSettings):
     login_lockout_s: float = Field(
         default=300.0, gt=0, description="How long a lockout lasts; failures are forgotten after as long."
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the sign-in cookie (password mode), so that every replica can check it: the same "
+        "value on all of them, at least 32 characters (a Kubernetes Secret). Unset: a random one per process "
+        "(one replica only; sign-ins end when it restarts).",
+    )
+    session_max_age_s: int = Field(
+        default=7 * 24 * 3600, ge=60, description="A sign-in lasts this long; then the form asks again."
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Valkey/Redis holding what replicas share (rate limit, sign-in throttle, sign-outs, "
+        "one turn per message): redis://host:6379/0, rediss:// with TLS. Unset: each process keeps its own.",
+    )
+    redis_timeout_s: float = Field(
+        default=0.5, gt=0, description="Longest wait for the shared store; then each limit falls back."
+    )
     header_timeout_s: float = Field(
         default=10.0,
         gt=0,
@@ -173,7 +190,10 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(default=8000, ge=1, description="Longest message (and persona) accepted.")
     rate_limit_per_minute: int = Field(
-        default=20, ge=0, description="Messages per user per minute, per replica; 0 = no limit."
+        default=20,
+        ge=0,
+        description="Messages per user per minute (across replicas with redis_url, else "
+        "per replica); 0 = no limit.",
     )
     max_concurrent_streams: int = Field(
         default=32, ge=1, description="Answers streaming at once, per replica (page and API share it)."
