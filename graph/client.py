@@ -197,6 +197,10 @@ class ChatClient:
             meta=dict(answer.response_metadata.get(META_KEY) or {}),
         )
 
+    async def stopped_saved(self, human_id: str, limit_s: float = 5.0) -> bool:
+        """Wait (at most `limit_s`) until the stopped turn that asked `human_id` is saved; False if not."""
+        return await self.services.turns.stopped(human_id, limit_s)
+
     async def settle(self, limit_s: float = 3.0) -> None:
         """Wait (at most `limit_s`) for the background saves of stopped turns."""
         await self.services.turns.settle(limit_s)

@@ -813,16 +813,20 @@ def _save_stopped(state: State, answer: _Answer | None, services: Services) -> N
     if answer is not None and answer.has_tokens:
         messages.append(answer.message(interrupted="stopped"))
     session_id, user_id = state["session_id"], state["user_id"]
+    key = str(humans[-1].id) if humans else None
 
     async def save() -> None:
         try:
-            if humans:  # after the question's own save, so the order stays question, answer
-                await services.turns.end(str(humans[-1].id))
+            if key:  # after the question's own save, so the order stays question, answer
+                await services.turns.end(key)
             history = services.store.history(session_id, user_id)
             stored = await stored_form(messages, user_id, services, session_id)
             await history.aadd_messages(stored, model=answer.backend if answer else None)
         except Exception as exc:
             log.warning("saving a stopped turn failed: %s", type(exc).__name__)
+        finally:
+            if key and not (done := services.turns.stopped_save(key)).done():
+                done.set_result(None)  # whoever stopped the turn may now read it back
 
     services.turns.keep(asyncio.get_running_loop().create_task(save()))
 

@@ -25,6 +25,7 @@ class Turns:
         self._open: OrderedDict[str, asyncio.Task[Any]] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
         self._saves: OrderedDict[str, asyncio.Task[Any]] = OrderedDict()
+        self._stopped: OrderedDict[str, asyncio.Future[None]] = OrderedDict()
 
     def begin(self, key: str, question_saved: Awaitable[Any]) -> None:
         """The turn `key` starts; `question_saved` saves its question (run as a task at once)."""
@@ -55,6 +56,27 @@ class Turns:
 
     def take_save(self, key: str) -> asyncio.Task[Any] | None:
         return self._saves.pop(key, None)
+
+    def stopped_save(self, key: str) -> asyncio.Future[None]:
+        """Done once the stopped turn `key`'s save has ended (stored or failed). Made by whichever comes
+        first, the save or someone waiting for it: a Stop can return before the cancelled node has even
+        started its save."""
+        done = self._stopped.get(key)
+        if done is None:
+            done = self._stopped[key] = asyncio.get_running_loop().create_future()
+            while len(self._stopped) > MAX_TURNS:
+                self._stopped.popitem(last=False)
+        return done
+
+    async def stopped(self, key: str, limit_s: float) -> bool:
+        """Wait (at most `limit_s`) for the stopped turn `key`'s save; False when it did not end in time."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.stopped_save(key)), limit_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._stopped.pop(key, None)
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Holds a background save until it is done (the loop keeps only weak references)."""

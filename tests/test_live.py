@@ -258,6 +258,40 @@ async def test_stop_mid_answer_keeps_what_streamed_marked_stopped(tmp_path: Path
     assert st.rows[-1]["meta"]["interrupted"] == "stopped"
 
 
+async def test_stop_waits_for_a_slow_save_and_shows_what_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store slow to take the stopped turn's save (Firestore under load, seen in CI): the page waits
+    for that turn's own save, then shows what was kept with its footer, as a reload would."""
+    from graph.memory.sqlite import SQLiteChatMessageHistory
+
+    slow_add = SQLiteChatMessageHistory.aadd_messages
+
+    async def slow_for_answers(self: Any, messages: Any, **kw: Any) -> None:
+        if any(m.type == "ai" for m in messages):
+            await asyncio.sleep(3.5)  # longer than a fixed wait of a few seconds
+        await slow_add(self, messages, **kw)
+
+    monkeypatch.setattr(SQLiteChatMessageHistory, "aadd_messages", slow_for_answers)
+    # One update on screen (the first piece), then none for a while: the pieces after it are only in
+    # what the stopped turn saves.
+    h, _model, _app = _setup(tmp_path, {"stream_interval_ms": 60_000}, delay_s=0.05, chunk_chars=2)
+    request = gr.Request(username=None, session_hash="tab")
+    shown = h.send("a long question to echo back", None, *GEN, "turn-0010", request=request)
+    st = (await anext(shown))[2]
+    async for _ in shown:
+        if st.live:
+            break
+    await asyncio.sleep(0.5)  # more pieces stream, none drawn
+    chat, _conv, decor = await h.stop(st, request)
+    await shown.aclose()
+    stored = await _stored(h, st.sid)
+    assert stored[1][0] == "ai" and len(stored[1][1]) > len(st.live)
+    assert chat[-1]["content"] == stored[1][1]
+    assert st.rows[-1]["meta"]["interrupted"] == "stopped"
+    assert "hc-decor" in decor
+
+
 async def test_followers_see_every_update_and_the_end() -> None:
     async def events() -> Any:
         for text in ("a", "ab", "abc"):

@@ -586,6 +586,10 @@ class ChatService:
     async def truncate(self, user: str, session_id: str, from_message_id: str) -> int:
         return await self.client.truncate(user, session_id, from_message_id)
 
+    async def stopped_saved(self, human_id: str, limit_s: float) -> bool:
+        """Wait (at most `limit_s`) until the stopped turn that asked `human_id` is saved; False if not."""
+        return await self.client.stopped_saved(human_id, limit_s)
+
     async def saved(self, limit_s: float = 3.0) -> None:
         """Wait (at most `limit_s`) for the background saves of stopped turns."""
         await self.client.settle(limit_s)

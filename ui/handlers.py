@@ -660,11 +660,17 @@ class ChatHandlers:
             if done is not None:  # it had ended on its own before Stop landed: shown (and saved) whole
                 self.finish(st, done, human_id)
             else:
-                row = answer_row(st.live, {"interrupted": "stopped"}, turn=human_id)
-                # The stopped turn is saved in the background (graph.turns): once it is, show what was
-                # kept, which holds the pieces that came after the last update on screen, and is whole
-                # if the model finished just as Stop landed.
-                await self.service.saved(3)
+                # What streamed, as far as this process knows: the tab's own copy can lag the turn's
+                # (the page's straight request draws the first tokens, not this tab's event).
+                latest = running.delta.text if running.delta is not None else ""
+                shown_text = latest if len(latest) > len(st.live) else st.live
+                row = answer_row(shown_text, {"interrupted": "stopped"}, turn=human_id)
+                # The stopped turn is saved in the background (graph.turns), possibly after the turn's
+                # task ended: once its own save is done, show what was kept, which holds the pieces
+                # that came after the last update on screen and is whole if the model finished just
+                # as Stop landed. A turn stopped before its first token may have no save of its own.
+                if human_id:
+                    await self.service.stopped_saved(human_id, 5.0 if latest else 1.0)
                 row = await self.saved_answer(user, st.sid, human_id) or row
                 if st.rows and st.rows[-1]["role"] == "assistant":
                     st.rows[-1] = row
