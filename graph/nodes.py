@@ -46,7 +46,7 @@ from graph.output import check_seed, response_format, stop_sequences
 from graph.router import SHORT_NAMES, RouteRequest, Signals
 from graph.sanitize import for_model
 from graph.settings import Settings
-from graph.state import OPTION_KEYS, State
+from graph.state import OPTION_KEYS, PutBack, State, thread_messages
 from graph.validation import (
     AttachmentInfo,
     AttachmentLimits,
@@ -160,6 +160,27 @@ async def _follow_thread(
         await history.aadd_messages(shown)
         return shown[-max_messages:]
     return await _rewind(history, window, prior)
+
+
+def _stopped_answers(thread_input: Sequence[BaseMessage], window: Sequence[BaseMessage]) -> list[PutBack]:
+    """The partial answers memory kept for questions the thread shows unanswered (`thread_input`: the
+    thread's messages after its last answer). A run cancelled mid-answer (the LangGraph server's cancel,
+    or a newer run with `multitask_strategy="interrupt"`) leaves its question in the thread, while its
+    graph saved the question and the partial answer, marked stopped, to memory: both must hold the same."""
+    at = {m.id: i for i, m in enumerate(window)}
+    out: list[PutBack] = []
+    for question in thread_input[:-1]:  # the last one is this run's own question
+        if question.type != "human" or question.id not in at:
+            continue
+        after = window[at[question.id] + 1 :]
+        kept = []
+        for m in after:
+            if m.type != "ai" or (m.response_metadata.get(META) or {}).get("interrupted") != "stopped":
+                break
+            kept.append(m)
+        if kept:
+            out.append(PutBack(str(question.id), tuple(kept)))
+    return out
 
 
 async def _rewind(
@@ -323,6 +344,7 @@ async def prepare(
     messages = state["messages"]
     start = turn_start(messages)
     unstored: Sequence[BaseMessage] = messages[start:]
+    put_back: list[PutBack] = []
     try:
         session_id, user_id = _identity(state, config, runtime, s)
         options = resolve_options(state, config, runtime, services)
@@ -331,8 +353,18 @@ async def prepare(
         if history is None:  # the caller sends the whole conversation (OpenAI clients): memory unused
             window = [m for m in messages[:start] if m.type in ("human", "ai")][-s.history_max_messages :]
         else:
+            on_thread = bool(_thread_id(runtime))
+            if on_thread:  # a cancelled run's partial answer may still be on its way to memory
+                for question in unstored[:-1]:
+                    if question.type == "human" and question.id:
+                        await services.turns.pending_stop(str(question.id), limit_s=5.0)
             window = await history.aget_window(max_messages=s.history_max_messages)
-            if _thread_id(runtime):
+            if on_thread:
+                put_back = _stopped_answers(messages[start:], window)
+                if put_back:
+                    messages = thread_messages(messages, put_back)
+                    start = turn_start(messages)
+                    unstored = messages[start:]
                 window = await _follow_thread(
                     history, window, messages[:start], unstored, max_messages=s.history_max_messages
                 )
@@ -381,6 +413,7 @@ async def prepare(
         save = _save_questions(history, questions, user_id, services, session_id)
         services.turns.begin(str(unstored[-1].id), save)
     return {
+        **({"messages": put_back} if put_back else {}),
         "stateless": history is None,
         "session_id": session_id,
         "user_id": user_id,
@@ -814,6 +847,8 @@ def _save_stopped(state: State, answer: _Answer | None, services: Services) -> N
         messages.append(answer.message(interrupted="stopped"))
     session_id, user_id = state["session_id"], state["user_id"]
     key = str(humans[-1].id) if humans else None
+    if key:
+        services.turns.stopped_save(key)  # known as pending from now: the next turn on the thread waits
 
     async def save() -> None:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, NotRequired, Required
 
 from langchain_core.messages import AnyMessage
@@ -11,7 +13,7 @@ from typing_extensions import TypedDict
 
 from graph.settings import ModelChoice
 
-__all__ = ["OPTION_KEYS", "InputState", "ModelChoice", "OutputState", "State"]
+__all__ = ["OPTION_KEYS", "InputState", "ModelChoice", "OutputState", "PutBack", "State", "thread_messages"]
 
 OPTION_KEYS = (
     "model",
@@ -26,6 +28,30 @@ OPTION_KEYS = (
 """Per-turn options: from the input, else the run's context, else `configurable`, else settings."""
 
 
+@dataclass(frozen=True)
+class PutBack:
+    """Messages memory holds that the thread lacks, put back into the thread right after the message
+    `after` (a run cancelled mid-answer keeps its question in the thread, while its graph saved the
+    partial answer to memory). An instruction to the reducer rather than messages in the node's output,
+    so LangGraph's messages stream does not replay them as this turn's answer."""
+
+    after: str
+    messages: tuple[AnyMessage, ...]
+
+
+def thread_messages(
+    left: Sequence[AnyMessage], right: Sequence[AnyMessage] | AnyMessage | Sequence[PutBack]
+) -> list[AnyMessage]:
+    """`add_messages`, plus `PutBack` instructions (a list of them, each applied in turn)."""
+    if isinstance(right, list | tuple) and right and all(isinstance(r, PutBack) for r in right):
+        merged = list(left)
+        for put in right:
+            at = next((i + 1 for i, m in enumerate(merged) if m.id == put.after), len(merged))
+            merged[at:at] = list(put.messages)
+        return merged
+    return add_messages(left, right)  # type: ignore[arg-type]
+
+
 class InputState(TypedDict, total=False):
     """What a caller passes: only `messages` is required (the new user message(s) of this turn).
 
@@ -33,7 +59,7 @@ class InputState(TypedDict, total=False):
     (`EphemeralValue`: under a checkpointer they do not carry over to the thread's next run).
     """
 
-    messages: Required[Annotated[list[AnyMessage], add_messages]]
+    messages: Required[Annotated[list[AnyMessage], thread_messages]]
     session_id: str
     model: Annotated[ModelChoice, EphemeralValue]
     temperature: Annotated[float, EphemeralValue]
@@ -50,7 +76,7 @@ class OutputState(TypedDict, total=False):
     """What a caller gets back: the messages (this turn's without a checkpointer, the thread's with one;
     the answer last), who answered and why."""
 
-    messages: Annotated[list[AnyMessage], add_messages]
+    messages: Annotated[list[AnyMessage], thread_messages]
     session_id: str
     backend: str
     route_reason: str

@@ -78,6 +78,11 @@ class Turns:
         finally:
             self._stopped.pop(key, None)
 
+    async def pending_stop(self, key: str, limit_s: float) -> None:
+        """If the stopped turn `key`'s save is under way, wait for it (at most `limit_s`)."""
+        if key in self._stopped:
+            await self.stopped(key, limit_s)
+
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Holds a background save until it is done (the loop keeps only weak references)."""
         self._background.add(task)

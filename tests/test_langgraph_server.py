@@ -576,7 +576,42 @@ async def test_cancel_mid_stream_keeps_the_question_and_the_partial_answer(echo:
     assert not values.get("error"), values.get("error")
     assert values["messages"][-1]["type"] == "ai"
     assert _text(values["messages"][-1]["content"]).startswith("echo:")
-    assert _prompt_view(echo.echo.prompts[-1])[-1] == ("human", "next question")
+    # Thread and memory hold the same turns, the partial answer kept in both, and the model saw it.
+    thread = _view(values["messages"])
+    assert [t for t, _, _ in thread] == ["human", "ai", "human", "ai"], thread
+    assert thread[1] == (partial.type, partial.content, partial.id)
+    assert _view(await _stored(echo.db, thread_id)) == thread
+    assert _prompt_view(echo.echo.prompts[-1]) == [
+        ("human", "tell me a long story"),
+        ("ai", partial.content),
+        ("human", "next question"),
+    ]
+
+
+async def test_a_run_interrupted_by_the_next_keeps_its_partial_answer(echo: EchoDev) -> None:
+    """`multitask_strategy="interrupt"`: a second message while the first answer streams. Both the
+    thread and memory keep the first question, its partial answer marked stopped, then the new turn."""
+    client = _client(echo.url)
+    thread_id = (await client.threads.create())["thread_id"]
+    echo.echo.mode = "echo_slow"
+    first = {**_user("tell me a long story"), "max_tokens": 50}  # 50 words, 10 s
+    tokens = 0
+    async for part in client.runs.stream(thread_id, "chat", input=first, stream_mode="messages-tuple"):
+        if part.event == "messages":
+            chunk, meta = part.data
+            if meta.get("langgraph_node") == "call_model" and chunk.get("content"):
+                tokens += 1
+                if tokens == 3:
+                    break
+    echo.echo.mode = "echo"
+    await _ask(client, thread_id, "never mind, next question", multitask_strategy="interrupt")
+    thread = _view((await _values(client, thread_id))["messages"])
+    assert [(t, x) for t, x, _ in thread][0] == ("human", "tell me a long story")
+    assert [t for t, _, _ in thread] == ["human", "ai", "human", "ai"], thread
+    assert thread[1][1] and len(thread[1][1].split()) < 50
+    stored = await _stored(echo.db, thread_id)
+    assert _view(stored) == thread
+    assert (stored[1].response_metadata.get(META) or {}).get("interrupted") == "stopped"
 
 
 async def test_ten_threads_are_answered_concurrently(echo: EchoDev) -> None:
