@@ -104,6 +104,11 @@ async def test_gradio_call_routes_answer_a_wrong_request_in_words(chat_server: d
         assert r.status_code == 422 and "required argument: message" in r.json()["detail"]
         r = await client.post("/gradio_api/call/v2/conversations", json={})  # a right one still works
         assert r.status_code == 200 and "event_id" in r.json()
+        r = await client.post("/gradio_api/run/chat", json={"data": ["hi"]})  # the event takes more
+        assert r.status_code == 422, (r.status_code, r.text[:300])
+        assert "input" in r.json()["detail"]
+        r = await client.post("/gradio_api/run/no_such_endpoint", json={"data": []})
+        assert r.status_code == 404, (r.status_code, r.text[:300])
     finally:
         await client.aclose()
     added = (await _settled(chat_server))[before:]
