@@ -39,6 +39,7 @@ from graph.health import CHECK_TIMEOUT_S, CredentialCheck, watch_credentials
 from graph.local.llama import LOCAL_MODEL_LABEL, UNCACHED_PROMPT, LocalModelServer
 from graph.output import ResponseFormat
 from graph.settings import Settings
+from graph.tools import ToolSpec
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -101,6 +102,7 @@ class Accepts:
     max_bytes: int = 0  # all of one prompt's attachments together
     max_count: int = 0  # per prompt
     mime_types: frozenset[str] | None = None  # within `kinds`, only these (None: any we accept)
+    tools: bool = True  # it calls the caller's tools (and reads tool calls and results in a prompt)
 
     def refusal(
         self, kinds: frozenset[str], count: int, total_bytes: int, mime_types: frozenset[str] = frozenset()
@@ -142,12 +144,14 @@ class GenerationParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()  # stop sequences (checked: graph.output)
     response_format: ResponseFormat | None = None  # what the answer must be (graph.output)
+    tools: ToolSpec | None = None  # functions the model may call (graph.tools)
+    priority: int | None = None  # vLLM's request priority (lower first; --scheduling-policy priority)
 
     def for_client(self) -> GenerationParams:
-        """What a chat model is built with (its cache key). Stop sequences and the response format are
-        bound per request instead (`Backends.model`): callers send new ones at will, and a client built
-        for each (seconds for ChatVertexAI) would empty the cache for everyone."""
-        return replace(self, stop=(), response_format=None)
+        """What a chat model is built with (its cache key). Stop sequences, the response format, tools
+        and the priority are bound per request instead (`Backends.model`): callers send new ones at
+        will, and a client built for each (seconds for ChatVertexAI) would empty the cache for everyone."""
+        return replace(self, stop=(), response_format=None, tools=None, priority=None)
 
 
 class Backends:
@@ -212,7 +216,11 @@ class Backends:
             kinds = parse_kinds(s.gemma_attachments, default)
             # vLLM sets no byte limit of its own: ours (per attachment, times those one prompt holds).
             max_bytes = s.attachment_max_bytes * max(1, s.attachment_max_count + s.attachment_history_max)
-            return Accepts(self.short_label(name), kinds, max_bytes, s.gemma_max_images)
+            # Tools: vLLM started with a tool-call parser (deploy/base/gemma-deployment.yaml). The embedded
+            # SmolLM2-135M does not call tools: llama.cpp puts them in the prompt with a tool template,
+            # but the model answers prose, and `tool_choice: "required"` still lets it write text first.
+            tools = s.gemma_tools if s.gemma_tools is not None else not self.is_local(name)
+            return Accepts(self.short_label(name), kinds, max_bytes, s.gemma_max_images, tools=tools)
         kinds = parse_kinds(s.gemini_attachments, frozenset({"image", "pdf"}))
         return Accepts(
             self.short_label(name), kinds, GEMINI_INLINE_MAX_BYTES, GEMINI_MAX_FILES, GEMINI_MIME_TYPES
@@ -250,9 +258,18 @@ class Backends:
         (`extra_body`). Not ChatOpenAI's `response_format`: with it, the SDK's parsing helper raises on
         an answer cut at max_tokens, which would count as the backend failing and be retried."""
         bound: dict[str, Any] = {"stop": list(params.stop)} if params.stop else {}
+        body: dict[str, Any] = {}
         if (fmt := params.response_format) is not None:
-            body = {**(getattr(model, "extra_body", None) or {}), "response_format": fmt.openai()}
-            bound.update({"extra_body": body} if name == "gemma" else fmt.gemini())
+            if name == "gemma":
+                body["response_format"] = fmt.openai()
+            else:
+                bound.update(fmt.gemini())
+        if name == "gemma" and params.priority is not None:
+            body["priority"] = params.priority  # vLLM's priority scheduling (lower is served first)
+        if body:
+            bound["extra_body"] = {**(getattr(model, "extra_body", None) or {}), **body}
+        if (spec := params.tools) is not None:  # LangChain's own bind_tools, in each client's terms
+            return model.bind_tools(spec.tools, tool_choice=spec.for_backend(name), **bound)
         return model.bind(**bound) if bound else model
 
     def warm(self) -> None:

@@ -26,6 +26,7 @@ from langchain_core.messages import (
     AIMessageChunk,
     AnyMessage,
     BaseMessage,
+    HumanMessage,
     RemoveMessage,
     SystemMessage,
 )
@@ -39,7 +40,7 @@ from graph.attachments import blocks
 from graph.attachments.store import AttachmentStore, make_attachment_store
 from graph.backends import BACKENDS, Accepts, BackendName, GenerationParams
 from graph.context import Context, Services
-from graph.finish import LENGTH, finish_reason
+from graph.finish import LENGTH, TOOL_CALLS, finish_reason
 from graph.health import http_status
 from graph.memory.contract import AccessDenied, ChatHistory, ConversationNotFound, MemoryUnavailable
 from graph.output import check_seed, response_format, stop_sequences
@@ -47,6 +48,7 @@ from graph.router import SHORT_NAMES, RouteRequest, Signals
 from graph.sanitize import for_model
 from graph.settings import Settings
 from graph.state import OPTION_KEYS, PutBack, State, thread_messages
+from graph.tools import carries_tools, tool_spec
 from graph.validation import (
     AttachmentInfo,
     AttachmentLimits,
@@ -75,6 +77,15 @@ def turn_start(messages: Sequence[BaseMessage]) -> int:
     """Where this turn's input begins: after the last answer. Without a checkpointer the input is the
     whole turn (0); with one, the thread's earlier turns come first."""
     return next((i + 1 for i in range(len(messages) - 1, -1, -1) if messages[i].type == "ai"), 0)
+
+
+INPUT_TYPES = ("human", "tool")  # what a caller sends in a turn: a user's message, or a tool's result
+
+
+def inputs(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """A turn's input as stored: the user's message(s), or the results of the tools the last answer
+    called (the caller ran them)."""
+    return [m for m in messages if m.type in INPUT_TYPES]
 
 
 def is_error_note(message: BaseMessage) -> bool:
@@ -113,12 +124,18 @@ def resolve_options(
         "seed": None,
         "stop": None,
         "response_format": None,
+        "tools": None,
+        "tool_choice": None,
     }
     sources = (state, runtime.context or {}, config.get("configurable") or {})
     out = {k: next((src[k] for src in sources if src.get(k) is not None), defaults[k]) for k in OPTION_KEYS}
     out["seed"], out["stop"] = check_seed(out["seed"]), stop_sequences(out["stop"])
     if response_format(out["response_format"]) is None:  # checked here; kept as sent (plain JSON)
         out["response_format"] = None
+    if tool_spec(out["tools"], out["tool_choice"]) is None:  # checked here; kept as sent
+        out["tools"] = out["tool_choice"] = None
+    if out["model"] == "task":  # clients' background requests: capped (graph/policies/task.py)
+        out["max_tokens"] = min(int(out["max_tokens"]), s.task_max_tokens)
     if out["model"] not in services.router.policies:
         choices = ", ".join(sorted(services.router.policies))
         raise InvalidInput(f"unknown model {str(out['model'])[:40]!r}: choose one of {choices}")
@@ -244,12 +261,43 @@ def check_attachments(messages: Sequence[BaseMessage], s: Settings) -> list[Atta
     return found
 
 
-def attachment_signals(base: Signals, files: Sequence[AttachmentInfo], services: Services) -> Signals:
-    """The router's signals plus this turn's attachments and what each backend takes."""
-    if not files:
+def check_turn_input(unstored: Sequence[BaseMessage], earlier: Sequence[BaseMessage]) -> None:
+    """This turn's new messages: the user's (`check_new_messages`), or tool results, each answering a
+    call of the answer before them (by `tool_call_id`), as text within the user message's limits."""
+    results = [m for m in unstored if m.type == "tool"]
+    if not results:
+        check_new_messages(unstored)
+        return
+    others = [m for m in unstored if m.type != "tool"]
+    if others:
+        check_new_messages(others)
+    if unstored[-1].type not in INPUT_TYPES:
+        raise InvalidInput(
+            f"the last message of a turn must be the user's or a tool's, not {unstored[-1].type!r}"
+        )
+    asked = next((m for m in reversed([*earlier, *unstored]) if m.type == "ai"), None)
+    called = {c.get("id") for c in getattr(asked, "tool_calls", None) or []}
+    for m in results:
+        call_id = getattr(m, "tool_call_id", None)
+        if call_id not in called:
+            raise InvalidInput(
+                f"a tool result answers {str(call_id)[:64]!r}, not a tool call of the answer before it"
+            )
+        if m.text.strip():  # a tool may return nothing; what it returns is checked as a user's text
+            check_new_messages([HumanMessage(content=m.content, id=m.id)])
+
+
+def attachment_signals(
+    base: Signals, files: Sequence[AttachmentInfo], services: Services, *, tools: bool = False
+) -> Signals:
+    """The router's signals plus this turn's attachments and tools, and what each backend takes."""
+    if not files and not tools:
         return base
+    if not files:
+        return replace(base, tools=True, accepts={b: services.backends.accepts(b) for b in BACKENDS})
     return replace(
         base,
+        tools=tools,
         attachments=frozenset(f.kind for f in files),
         attachment_count=len(files),
         attachment_types=frozenset(f.mime_type for f in files),
@@ -351,7 +399,8 @@ async def prepare(
         stateless = bool((runtime.context or {}).get("stateless"))
         history = None if stateless else services.store.history(session_id, user_id)
         if history is None:  # the caller sends the whole conversation (OpenAI clients): memory unused
-            window = [m for m in messages[:start] if m.type in ("human", "ai")][-s.history_max_messages :]
+            window = [m for m in messages[:start] if m.type in ("human", "ai", "tool")]
+            window = window[-s.history_max_messages :]
         else:
             on_thread = bool(_thread_id(runtime))
             if on_thread:  # a cancelled run's partial answer may still be on its way to memory
@@ -374,7 +423,7 @@ async def prepare(
         unstored = [m for m in messages[start:] if m.id not in seen]
         if not unstored and messages and messages[-1].id not in seen and messages[-1].type == "ai":
             unstored = [messages[-1]]  # an answer passed in as the input: refused as such, never stored
-        check_new_messages(unstored)
+        check_turn_input(unstored, window)
         files: list[AttachmentInfo] = []
         if _count_files(unstored):  # decoding images is CPU work: off the event loop
             files = await asyncio.to_thread(check_attachments, unstored, s)
@@ -399,7 +448,12 @@ async def prepare(
                 prompt_tokens=estimate_tokens(kept) + new_tokens,
                 max_tokens=options["max_tokens"],
                 new_conversation=not window,
-                signals=attachment_signals(services.router.signals(), files, services),
+                signals=attachment_signals(
+                    services.router.signals(),
+                    files,
+                    services,
+                    tools=options["tools"] is not None or carries_tools([*kept, *unstored]),
+                ),
                 text=next((m.text for m in reversed(unstored) if m.type == "human"), ""),  # for `learned`
             )
         )
@@ -408,7 +462,7 @@ async def prepare(
         return _refusal(unstored, exc)
     metrics.ROUTES.labels(decision.backend, decision.reason.split(" (")[0]).inc()
     # The question is saved now, in the background: a crash mid-answer keeps it; the answer waits for it.
-    questions = [m for m in unstored if m.type == "human"]
+    questions = inputs(unstored)
     if history is not None:
         save = _save_questions(history, questions, user_id, services, session_id)
         services.turns.begin(str(unstored[-1].id), save)
@@ -446,7 +500,10 @@ def new_messages(state: State) -> list[AnyMessage]:
     return [m for m in state["messages"][state.get("turn_start", 0) :] if m.id not in seen]
 
 
-def _params(options: dict[str, Any]) -> GenerationParams:
+def _params(options: dict[str, Any], s: Settings) -> GenerationParams:
+    priority = None
+    if s.gemma_priority_scheduling:  # people's turns first; clients' background requests after them
+        priority = s.task_priority if options.get("model") == "task" else 0
     return GenerationParams(
         temperature=options["temperature"],
         top_p=options["top_p"],
@@ -454,6 +511,8 @@ def _params(options: dict[str, Any]) -> GenerationParams:
         seed=options.get("seed"),
         stop=tuple(options.get("stop") or ()),
         response_format=response_format(options.get("response_format")),
+        tools=tool_spec(options.get("tools"), options.get("tool_choice")),
+        priority=priority,
     )
 
 
@@ -468,8 +527,11 @@ def _prompt(
     (`blocks.fit_content`), the rest as a line saying what was there."""
     system = (state.get("options") or {}).get("system_prompt")
     head: list[BaseMessage] = [SystemMessage(system)] if system and system.strip() else []
-    turn = [m for m in new_messages(state) if m.type == "human"]
-    turn = [m.model_copy(update={"content": blocks.to_model_content(m.content)}) for m in turn]
+    turn = inputs(new_messages(state))
+    turn = [
+        m.model_copy(update={"content": blocks.to_model_content(m.content)}) if m.type == "human" else m
+        for m in turn
+    ]
     kinds = accepts.kinds if accepts else frozenset({"image", "pdf"})
     budget = min(history_max, (accepts.max_count if accepts else history_max) - _count_files(turn))
     bytes_left = accepts.max_bytes - _file_bytes(turn) if accepts else None
@@ -501,6 +563,37 @@ def _count_files(messages: Sequence[BaseMessage]) -> int:
     )
 
 
+def _calls(message: BaseMessage) -> bool:
+    return message.type == "ai" and bool(getattr(message, "tool_calls", None))
+
+
+def _paired_tool_calls(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    """Human, answer and tool messages, where every tool call has its result and every result its call
+    (the backends refuse either alone): a result whose call was trimmed away is dropped, and an answer's
+    calls that were never answered (the caller moved on) are dropped from it (its text stays)."""
+    kept = [m for m in messages if m.type in ("human", "ai", "tool")]
+    out: list[BaseMessage] = []
+    for i, m in enumerate(kept):
+        if m.type == "tool":
+            call = next((x for x in reversed(out) if x.type != "tool"), None)
+            ids = (
+                {c.get("id") for c in (getattr(call, "tool_calls", None) or [])}
+                if call is not None
+                else set()
+            )
+            if getattr(m, "tool_call_id", None) in ids:
+                out.append(m)
+            continue
+        if _calls(m):
+            answered = {getattr(x, "tool_call_id", None) for x in kept[i + 1 :] if x.type == "tool"}
+            if not {c.get("id") for c in m.tool_calls} <= answered:  # type: ignore[attr-defined]
+                m = m.model_copy(update={"tool_calls": []})
+                if not m.text.strip():
+                    continue
+        out.append(m)
+    return out
+
+
 def _as_blocks(content: Any) -> list[Any]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
 
@@ -514,12 +607,12 @@ def alternate_roles(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
     role are merged, and a leading answer without its question is dropped. Gemini accepts the result too.
     """
     out: list[BaseMessage] = []
-    for message in messages:
-        if message.type not in ("human", "ai"):
+    for message in _paired_tool_calls(messages):
+        if not out and message.type != "human":
             continue
-        if not out and message.type == "ai":
-            continue
-        if out and out[-1].type == message.type:
+        if message.type == "tool" or _calls(message) or (out and (_calls(out[-1]) or out[-1].type == "tool")):
+            out.append(message)  # a tool call and its results stay as they are, in their order
+        elif out and out[-1].type == message.type:
             before, content = out[-1].content, message.content
             if isinstance(before, str) and isinstance(content, str):
                 merged: Any = f"{out[-1].text}\n\n{message.text}"
@@ -546,7 +639,7 @@ class _Answer:
         self.started = time.perf_counter()
 
     def feed(self, chunk: AIMessageChunk) -> None:
-        if self.first_token is None and chunk.content:
+        if self.first_token is None and (chunk.content or chunk.tool_call_chunks):
             self.first_token = time.perf_counter()
         # Adding chunks concatenates their string metadata (Gemini repeats its model name and
         # "FINISH_REASON_UNSPECIFIED" on every chunk): each field keeps its last value instead.
@@ -580,13 +673,22 @@ class _Answer:
             "tokens_per_s": round(out_tokens / gen_time, 1) if out_tokens and gen_time > 0 else None,
             "finish_reason": "interrupted" if interrupted else self.finish,
         }
+        calls = (
+            []
+            if interrupted
+            else [{**c, "id": c.get("id") or f"call_{uuid.uuid4().hex[:24]}"} for c in full.tool_calls]
+        )
+        if calls:  # OpenAI's word for an answer that calls tools (Gemini says STOP)
+            meta["finish_reason"] = TOOL_CALLS
+            meta["tool_calls"] = [{"id": c["id"], "name": c["name"], "args": c["args"]} for c in calls]
         if interrupted:
             meta["interrupted"] = interrupted
         return AIMessage(
             content=clean_text(full.text),  # a lone surrogate from a backend would make the turn unsavable
             # The streamed chunks' id: LangGraph's "messages" stream then does not emit it a second time.
             id=full.id or f"ai-{uuid.uuid4().hex}",
-            response_metadata={**self.metadata, "finish_reason": self.finish, META: meta},
+            tool_calls=calls,
+            response_metadata={**self.metadata, "finish_reason": meta["finish_reason"], META: meta},
             usage_metadata=full.usage_metadata,
         )
 
@@ -766,7 +868,7 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
     The finished turn's save starts here, as the answer ends, and `save_turn` awaits it: a Stop that
     lands between the two nodes cancels the run before `save_turn` starts, and would lose the answer."""
     update = await _answer(state, config, services)
-    humans = [m for m in new_messages(state) if m.type == "human"]
+    humans = inputs(new_messages(state))
     if not state.get("stateless") and humans:
         after: Any = {**state, **update, "messages": add_messages(state["messages"], update["messages"])}
         services.turns.start_save(str(humans[-1].id), _save_turn(after, _to_save(after), services))
@@ -774,7 +876,7 @@ async def call_model(state: State, config: RunnableConfig, *, services: Services
 
 
 async def _answer(state: State, config: RunnableConfig, services: Services) -> dict[str, Any]:
-    params = _params(state["options"])
+    params = _params(state["options"], services.settings)
     prompts: dict[BackendName, list[BaseMessage]] = {}
     loaded = await resolved_history(state, services) if not state.get("stateless") else None
     routed: BackendName = state["backend"]  # type: ignore[assignment]
@@ -822,7 +924,8 @@ async def _answer(state: State, config: RunnableConfig, services: Services) -> d
         message = answer.message()
         _succeeded(backend, message, services, routed)
         fmt = params.response_format
-        if fmt is not None and (why := fmt.mismatch(message.text, cut=answer.finish == LENGTH)):
+        checked = fmt is not None and not message.tool_calls  # a tool call is not the answer yet
+        if checked and (why := fmt.mismatch(message.text, cut=answer.finish == LENGTH)):  # type: ignore[union-attr]
             metrics.ERRORS.labels(backend, "invalid_output").inc()
             log.warning("backend %s answered outside the requested response format", backend)
             label = services.backends.label(backend)
@@ -841,7 +944,7 @@ def _save_stopped(state: State, answer: _Answer | None, services: Services) -> N
     in a task of its own: the cancelled node cannot await it."""
     if state.get("stateless"):
         return
-    humans = [m for m in new_messages(state) if m.type == "human"]
+    humans = inputs(new_messages(state))
     messages: list[BaseMessage] = list(humans)
     if answer is not None and answer.has_tokens:
         messages.append(answer.message(interrupted="stopped"))
@@ -871,7 +974,7 @@ def _to_save(state: State) -> list[BaseMessage]:
     """The user's message(s) always; this turn's answer (the last message, from call_model) unless it
     is an error note (not part of the chat). An AI message passed in as input is never stored."""
     new = new_messages(state)
-    keep = [m for m in new if m.type == "human"]
+    keep = inputs(new)
     answer = new[-1] if new and new[-1].type == "ai" else None
     if answer is not None and not is_error_note(answer):
         keep.append(answer)
@@ -900,7 +1003,7 @@ async def _replayed(history: ChatHistory, state: State, to_save: list[BaseMessag
     runs only the nodes after that checkpoint). Memory then holds this turn's question with the old
     answer after it: cut from that answer on, so the new one takes its place. Only this turn's own
     question (by id) is looked for: another tab's turns are never cut."""
-    humans = [str(m.id) for m in to_save if m.type == "human"]
+    humans = [str(m.id) for m in inputs(to_save)]
     if not humans:
         return
     window = await history.aget_window(max_messages=len(state.get("history") or {}) + len(to_save) + 8)
@@ -919,7 +1022,7 @@ async def save_turn(state: State, runtime: Runtime[Context], *, services: Servic
         return done
     # Started by call_model as the answer ended (a run resumed at this node starts it here). Shielded:
     # a Stop that lands while the answer is being saved must not lose it; the save finishes regardless.
-    humans = [m for m in to_save if m.type == "human"]
+    humans = inputs(to_save)
     save = services.turns.take_save(str(humans[-1].id)) if humans else None
     if save is None:
         save = asyncio.ensure_future(_save_turn(state, to_save, services))
@@ -930,7 +1033,7 @@ async def save_turn(state: State, runtime: Runtime[Context], *, services: Servic
 async def _save_turn(state: State, to_save: list[BaseMessage], services: Services) -> dict[str, Any]:
     history = services.store.history(state["session_id"], state["user_id"])
     try:
-        humans = [m for m in to_save if m.type == "human"]
+        humans = inputs(to_save)
         if humans and not await services.turns.end(str(humans[-1].id)):
             await _replayed(history, state, to_save)
         stored = await stored_form(to_save, state["user_id"], services, state["session_id"])

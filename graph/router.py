@@ -5,12 +5,14 @@ A policy is a small object behind one interface (`RoutingPolicy.decide`), one po
 (`gemma`, `gemini`, `auto`) to its policy and hands it a snapshot of what is known at that moment:
 the prompt's size, each backend's circuit breaker, and vLLM's queue. Deciding never does I/O.
 
-Attachments are decided in one place every policy goes through (`Router.decide`, `fit_attachments`):
-a turn is never sent to a backend that cannot take its attachments (the signals say what this turn
-carries and what each backend accepts). A policy's choice that cannot take them goes to its fallback
-when that one can, with the reason saying why ("image: Gemma stand-in cannot see images"); a fallback
-that cannot take them is dropped (never an answer that silently ignores the image); when no backend
-can, `NoBackendTakes` (an `InvalidInput`) refuses the turn before any model call.
+Attachments (and tools: a turn that offers tools, or whose prompt holds tool calls and their results,
+needs a backend that calls tools) are decided in one place every policy goes through (`Router.decide`,
+`fit_attachments`): a turn is never sent to a backend that cannot take its attachments (the signals
+say what this turn carries and what each backend accepts). A policy's choice that cannot take them
+goes to its fallback when that one can, with the reason saying why ("image: Gemma stand-in cannot see
+images"); a fallback that cannot take them is dropped (never an answer that silently ignores the
+image); when no backend can, `NoBackendTakes` (an `InvalidInput`) refuses the turn before any model
+call.
 """
 
 from __future__ import annotations
@@ -42,10 +44,15 @@ class Signals:
     attachment_types: frozenset[str] = frozenset()  # their MIME types, sniffed from the bytes
     # What each backend takes besides text (empty: not known, no rule applied).
     accepts: Mapping[BackendName, Accepts] = field(default_factory=dict)
+    tools: bool = False  # this turn offers tools, or its prompt holds tool calls or their results
 
     def refusal(self, backend: BackendName) -> str | None:
-        """Why `backend` cannot take this turn's attachments, or None."""
-        if not self.attachments or backend not in self.accepts:
+        """Why `backend` cannot take this turn's attachments or tools, or None."""
+        if backend not in self.accepts:
+            return None
+        if self.tools and not self.accepts[backend].tools:
+            return f"tools: {self.accepts[backend].label} cannot call tools"
+        if not self.attachments:
             return None
         return self.accepts[backend].refusal(
             self.attachments, self.attachment_count, self.attachment_bytes, self.attachment_types

@@ -108,9 +108,9 @@ def _content(content: Any) -> Any:
 
 
 def for_model(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    """The prompt as sent: user and system messages neutralised (copies; the stored ones are untouched),
-    answers as they are."""
+    """The prompt as sent: user, system and tool-result messages neutralised (copies; the stored ones are
+    untouched), answers as they are."""
     return [
-        m.model_copy(update={"content": _content(m.content)}) if m.type in ("human", "system") else m
+        m.model_copy(update={"content": _content(m.content)}) if m.type in ("human", "system", "tool") else m
         for m in messages
     ]

@@ -35,6 +35,17 @@ class Settings(BaseSettings):
     gemma_max_model_len: int = Field(
         default=16384, description="Must match vLLM's --max-model-len (context window, tokens)."
     )
+    gemma_tools: bool | None = Field(
+        default=None,
+        description="Gemma calls tools (vLLM started with --enable-auto-tool-choice, a tool-call parser and "
+        "a tool chat template). Unset: vLLM yes, the embedded stand-in no (tool turns go to Gemini).",
+    )
+    gemma_priority_scheduling: bool = Field(
+        default=False,
+        description="vLLM runs with --scheduling-policy priority: each request carries a priority, people's "
+        "turns 0 and background (`task` model) requests task_priority. Off: no priority is sent (vLLM "
+        "refuses one it does not schedule by).",
+    )
 
     # --- Gemini on Vertex AI -----------------------------------------------------------------
     gemini_project: str | None = Field(
@@ -83,6 +94,15 @@ class Settings(BaseSettings):
     )
     auto_gemma_max_waiting: float = Field(
         default=2, ge=0, description="auto: new conversations go to Gemini when vLLM queues this many."
+    )
+    task_max_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="The `task` model (clients' background requests: titles, tags, follow-ups): its "
+        "answers' token cap, whatever the request asks.",
+    )
+    task_priority: int = Field(
+        default=10, description="vLLM priority of `task` requests (lower is served first; people's: 0)."
     )
     router_file: Path | None = Field(
         default=None,

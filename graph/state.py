@@ -24,6 +24,8 @@ OPTION_KEYS = (
     "seed",
     "stop",
     "response_format",
+    "tools",
+    "tool_choice",
 )
 """Per-turn options: from the input, else the run's context, else `configurable`, else settings."""
 
@@ -70,6 +72,9 @@ class InputState(TypedDict, total=False):
     stop: Annotated[str | list[str], EphemeralValue]  # stop sequences (OpenAI's `stop`; graph.output)
     # What the answer must be (OpenAI's `response_format`: json_object or json_schema; graph.output)
     response_format: Annotated[dict[str, Any], EphemeralValue]
+    # Functions the model may call, and how (OpenAI's `tools` and `tool_choice`; graph.tools)
+    tools: Annotated[list[dict[str, Any]], EphemeralValue]
+    tool_choice: Annotated[str | dict[str, Any], EphemeralValue]
 
 
 class OutputState(TypedDict, total=False):

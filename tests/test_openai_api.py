@@ -82,7 +82,8 @@ def test_openai_sdk_lists_models_and_answers_streamed_and_not(
     with serve_app(app) as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         ids = [m.id for m in client.models.list()]
-        assert ids == ["hybrid-chat/auto", "hybrid-chat/gemma", "hybrid-chat/gemini"]
+        # `task`: for clients' background requests (titles, tags, follow-ups; graph/policies/task.py)
+        assert ids == ["hybrid-chat/auto", "hybrid-chat/gemma", "hybrid-chat/gemini", "hybrid-chat/task"]
 
         raw = client.chat.completions.with_raw_response.create(
             model="hybrid-chat/gemma",
@@ -225,11 +226,16 @@ async def test_bad_requests_are_refused_in_openais_shape(echo_app: tuple[Any, Ec
             "messages",
         ),
         (
-            {"model": "hybrid-chat/gemma", "messages": [{"role": "tool", "content": "x"}]},
+            {"model": "hybrid-chat/gemma", "messages": [{"role": "function", "content": "x"}]},
             400,
             "messages[0].role",
         ),
-        ({"model": "hybrid-chat/gemma", "messages": hi, "tools": [{"type": "function"}]}, 400, "tools"),
+        (  # a tool's result names the call it answers (tests/test_openai_tools.py has the rest)
+            {"model": "hybrid-chat/gemma", "messages": [{"role": "tool", "content": "x"}]},
+            400,
+            "messages[0].tool_call_id",
+        ),
+        ({"model": "hybrid-chat/gemma", "messages": hi, "tools": [{"type": "function"}]}, 400, "tools[0]"),
         (  # a link: the graph never fetches a URL for a user
             {
                 "model": "hybrid-chat/gemma",

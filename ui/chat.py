@@ -58,6 +58,8 @@ def model_choices(client: ChatClient) -> list[tuple[str, str]]:
     backends = client.services.backends
     out: list[tuple[str, str]] = []
     for name in client.models:
+        if name == "task":  # clients' background requests (titles, tags), not a model to chat with
+            continue
         if name == "auto":
             out.append((AUTO_HINT, name))
         elif name in SHORT_NAMES and backends.is_local(name):
@@ -93,6 +95,8 @@ class TurnParams:
     stop: tuple[str, ...] = ()  # stop sequences (its `stop`, checked by graph.output)
     response_format: dict[str, Any] | None = None  # what the answer must be (its `response_format`)
     caller_label: str | None = None  # who the caller says is asking (its `user`): logged, never identity
+    tools: list[dict[str, Any]] | None = None  # functions the model may call (its `tools`; graph.tools)
+    tool_choice: str | dict[str, Any] | None = None  # its `tool_choice`
 
 
 def turn_params(
@@ -107,6 +111,8 @@ def turn_params(
     stop: Sequence[str] = (),
     response_format: dict[str, Any] | None = None,
     caller_label: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    tool_choice: str | dict[str, Any] | None = None,
     models: Collection[str] = CLIENT_MODELS,
 ) -> TurnParams:
     """Parameters from the browser (or an API client), validated and clamped: never trusted as sent.
@@ -137,6 +143,8 @@ def turn_params(
         stop=tuple(stop),
         response_format=response_format,
         caller_label=caller_label,
+        tools=tools,
+        tool_choice=tool_choice,
     )
 
 
@@ -502,6 +510,8 @@ class ChatService:
             "seed": params.seed,
             "stop": list(params.stop) or None,
             "response_format": params.response_format,
+            "tools": params.tools,
+            "tool_choice": params.tool_choice,
         }
         started = time.perf_counter()
         first = True

@@ -39,10 +39,25 @@ asked to decode to it (vLLM's and llama.cpp's guided decoding, Gemini's response
 is checked against it; one that does not match is a 502 `invalid_output` (streamed: the text, then the
 error event), never passed on as if it matched.
 
-Refused with 400 rather than ignored: `n` other than 1, tools and functions, `logprobs`, non-zero
-penalties, parts other than text in system and assistant messages and other than text, `image_url` and
-`file` in user ones, `tool`/`function` messages. Images and files (`data:` URLs, `file_data`) go through
-to the graph, which checks them from their bytes and routes the turn to a backend that can read them
+Tool calling as OpenAI does it: `tools` (function tools) and `tool_choice` ("auto", "none", "required",
+or one function) go to the backend through LangChain's own `bind_tools` (graph.tools); an answer that
+calls tools has `tool_calls` (an id, the function's name, its arguments as JSON text; `content` null
+without text) and `finish_reason` "tool_calls", streamed as one `tool_calls` delta per call with its
+`index` and `id`. The caller runs the tools and sends the results as `tool` messages (each with the
+`tool_call_id` it answers) after the assistant message that made the calls. A turn with tools, or
+with calls and results in its messages, goes to a backend that calls tools (the embedded Gemma
+stand-in does not: routed to Gemini, the reason says so; with fallback off, refused in words). Saved
+into a conversation, the call and the results are stored in order, so the next turn's prompt has them.
+
+The `task` model (`hybrid-chat/task`) is for clients' background requests (titles, tags, follow-up
+suggestions: Open WebUI's Task model setting): the cheaper, less loaded backend, answers capped at
+`task_max_tokens`, and on a vLLM with priority scheduling a lower priority than people's turns.
+
+Refused with 400 rather than ignored: `n` other than 1, `functions` and `function_call` (the
+deprecated form of tools), `logprobs`, non-zero penalties, parts other than text in system, assistant
+and tool messages and other than text, `image_url` and `file` in user ones, `function` messages.
+Images and files (`data:` URLs, `file_data`) go through to the graph, which checks them from their
+bytes and routes the turn to a backend that can read them
 (links are refused: the graph never fetches a URL for a user).
 Errors come in OpenAI's shape `{"error": {"message", "type", "param", "code"}}`; an error after a stream
 started comes as one `data: {"error": ...}` event (the `openai` SDK raises it as `APIError`). Their
@@ -73,6 +88,7 @@ from graph.memory.codec import message_text
 from graph.memory.contract import AccessDenied, ConversationNotFound, MemoryUnavailable
 from graph.memory.keys import KEY_RE, KeyStore, key_store, looks_like_key
 from graph.output import OptionError, check_seed, response_format, stop_sequences
+from graph.tools import ToolSpec, tool_spec
 from graph.validation import InvalidInput, check_session_id
 from ui.api import EventStream, api_user
 from ui.auth import Identity, KeyRefused, bearer_token, key_user
@@ -213,9 +229,14 @@ def unsupported(body: CompletionRequest) -> None:
             param="n",
             code="unsupported_n",
         )
-    for name in ("tools", "functions", "tool_choice", "function_call"):
+    for name in ("functions", "function_call"):  # OpenAI's deprecated form of tools
         if extra.get(name) not in (None, [], "none", "auto"):
-            raise APIError(400, f"`{name}` is not supported: no tool calling.", param=name)
+            raise APIError(
+                400,
+                f"`{name}` is not supported: send the functions as `tools` (and `function_call` as "
+                "`tool_choice`).",
+                param=name,
+            )
     if extra.get("logprobs") or extra.get("top_logprobs"):
         raise APIError(
             400, "`logprobs` are not supported: leave out logprobs and top_logprobs.", param="logprobs"
@@ -252,6 +273,16 @@ def caller_label(user: str | None) -> str | None:
     if not user.isprintable():
         raise APIError(400, "`user` must be printable text: remove its control characters.", param="user")
     return user
+
+
+def tool_options(body: CompletionRequest) -> ToolSpec | None:
+    """`tools` and `tool_choice` checked as the graph checks them (graph.tools), refused with their
+    `param`."""
+    extra = body.model_extra or {}
+    try:
+        return tool_spec(extra.get("tools"), extra.get("tool_choice"))
+    except OptionError as exc:
+        raise APIError(400, str(exc), param=exc.param) from None
 
 
 def output_options(body: CompletionRequest) -> tuple[list[str], int | None, dict[str, Any] | None]:
@@ -303,32 +334,103 @@ def _content(content: Any, index: int) -> str | list[dict[str, Any]]:
     ]
 
 
+def _tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+    """An assistant message's `tool_calls` in OpenAI's shape, checked (their arguments are JSON text)."""
+    where = f"messages[{index}].tool_calls"
+    if not isinstance(calls, list):
+        raise APIError(400, f"`{where}` must be a list.", param=where)
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        ok = isinstance(fn, dict) and isinstance(call.get("id"), str) and isinstance(fn.get("name"), str)
+        try:
+            args = json.loads(fn.get("arguments") or "{}") if ok else None  # type: ignore[union-attr]
+        except (TypeError, json.JSONDecodeError):
+            args = None
+        if not ok or not isinstance(args, dict):
+            raise APIError(
+                400,
+                f'`{where}[{j}]` must be {{"id", "type": "function", "function": {{"name", "arguments"}}}}, '
+                "its arguments a JSON object as text.",
+                param=f"{where}[{j}]",
+            )
+        out.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": json.dumps(args)},
+            }
+        )  # type: ignore[index]
+    return out
+
+
 def conversation(raw: list[dict[str, Any]]) -> tuple[list[BaseMessage], str | None]:
-    """OpenAI `messages` as langchain messages (user and assistant) and the system prompt (the system and
-    developer messages' texts joined; None when there are none: the service's persona applies)."""
+    """OpenAI `messages` as langchain messages (user, assistant with its tool calls, tool results) and the
+    system prompt (the system and developer messages' texts joined; None when there are none: the
+    service's persona applies)."""
     systems: list[str] = []
     turns: list[dict[str, Any]] = []
     for i, m in enumerate(raw):
         role = m.get("role") if isinstance(m, dict) else None
         if role in ("system", "developer"):
             systems.append(_text(m.get("content"), i))
-        elif role in ("user", "assistant"):
-            if m.get("tool_calls") or m.get("function_call"):
-                raise APIError(400, "Tool calls are not supported.", param=f"messages[{i}].tool_calls")
-            content = _content(m.get("content"), i) if role == "user" else _text(m.get("content"), i)
-            turns.append({"role": role, "content": content})
+        elif role == "user":
+            turns.append({"role": role, "content": _content(m.get("content"), i)})
+        elif role == "assistant":
+            if m.get("function_call"):
+                raise APIError(
+                    400,
+                    "`function_call` is not supported: send `tool_calls`.",
+                    param=f"messages[{i}].function_call",
+                )
+            turn: dict[str, Any] = {"role": role, "content": _text(m.get("content"), i)}
+            if m.get("tool_calls"):
+                turn["tool_calls"] = _tool_calls(m["tool_calls"], i)
+            turns.append(turn)
+        elif role == "tool":
+            call_id = m.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise APIError(
+                    400,
+                    f"messages[{i}] needs the `tool_call_id` it answers.",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            turns.append({"role": role, "content": _text(m.get("content"), i), "tool_call_id": call_id})
         else:
             raise APIError(
                 400,
-                f"messages[{i}]: role {str(role)[:20]!r} is not supported (system, user, assistant).",
+                f"messages[{i}]: role {str(role)[:20]!r} is not supported (system, user, assistant, tool).",
                 param=f"messages[{i}].role",
             )
-    if not turns or turns[-1]["role"] != "user":
-        raise APIError(400, "The last message must be the user's.", param="messages")
+    if not turns or turns[-1]["role"] not in ("user", "tool"):
+        raise APIError(400, "The last message must be the user's, or a tool's result.", param="messages")
     last = turns[-1]["content"]
-    if not (last.strip() if isinstance(last, str) else last):
+    if turns[-1]["role"] == "user" and not (last.strip() if isinstance(last, str) else last):
         raise APIError(400, "The last user message is empty.", param="messages")
     return convert_to_messages(turns), ("\n\n".join(systems) if systems else None)
+
+
+def new_input(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """The request's new input for a saved turn: its last user message, or the tool results after the
+    last answer (the calls it made, run by the caller)."""
+    if messages[-1].type != "tool":
+        return [messages[-1]]
+    start = len(messages)
+    while start > 0 and messages[start - 1].type == "tool":
+        start -= 1
+    return messages[start:]
+
+
+def tool_calls_out(done: Done) -> list[dict[str, Any]]:
+    """The answer's tool calls in OpenAI's shape (`arguments` as JSON text)."""
+    return [
+        {
+            "id": str(c.get("id")),
+            "type": "function",
+            "function": {"name": str(c.get("name")), "arguments": json.dumps(c.get("args") or {})},
+        }
+        for c in done.meta.get("tool_calls") or []
+    ]
 
 
 def conversation_id(header: str | None, metadata: dict[str, Any] | None) -> str | None:
@@ -395,6 +497,14 @@ def _finish(done: Done) -> str:
     has none or one OpenAI has no word for."""
     reason = finish_reason(done.meta.get("finish_reason"))
     return reason if reason in (LENGTH, CONTENT_FILTER, TOOL_CALLS) else STOP
+
+
+def _message(done: Done) -> dict[str, Any]:
+    """The answer as OpenAI's assistant message: its text, or its tool calls (content null without text)."""
+    calls = tool_calls_out(done)
+    if not calls:
+        return {"role": "assistant", "content": done.text}
+    return {"role": "assistant", "content": done.text or None, "tool_calls": calls}
 
 
 def _usage(done: Done) -> dict[str, int]:
@@ -504,14 +614,15 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 code="model_not_found",
             )
         unsupported(body)
+        tools = tool_options(body)
         stop, seed, answer_format = output_options(body)
         label = caller_label(body.user)
         saving = conversation_id(request.headers.get(CONVERSATION_HEADER), body.metadata)
         messages, system = conversation(body.messages)
         # The new question of a saved turn: its text (checked like the page's), or the message itself
         # when it carries files (the graph checks its text and its files).
-        question: str | list[BaseMessage] = [messages[-1]]
-        if saving is not None and isinstance(messages[-1].content, str):
+        question: str | list[BaseMessage] = new_input(messages)
+        if saving is not None and messages[-1].type == "human" and isinstance(messages[-1].content, str):
             try:
                 question = check_message(messages[-1].content, service.settings.max_message_chars)
             except LimitExceeded as exc:
@@ -528,6 +639,8 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 stop=stop,
                 response_format=answer_format,
                 caller_label=label,
+                tools=tools.tools if tools else None,
+                tool_choice=tools.choice if tools else None,
                 models=service.client.models,
             )
         except LimitExceeded as exc:
@@ -546,7 +659,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         saved_to = None
         if saving is not None:
             await _check_owner(user, saving)
-            agrees = await _agrees(user, saving, messages[:-1])
+            agrees = await _agrees(user, saving, messages[: len(messages) - len(new_input(messages))])
             saved_to = {"conversation_id": saving, "history": "matches" if agrees else "differs"}
         try:
             slot = await service.stream_slot(user)
@@ -648,7 +761,7 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": done.text},
+                    "message": _message(done),
                     "finish_reason": _finish(done),
                     "logprobs": None,
                 }
@@ -712,6 +825,8 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
                 model = f"{PREFIX}{event.meta.get('backend')}"
                 if len(event.text) > sent:
                     yield chunk(model, {"content": event.text[sent:]}, None)
+                for i, call in enumerate(tool_calls_out(event)):  # each call whole, by its index and id
+                    yield chunk(model, {"tool_calls": [{"index": i, **call}]}, None)
                 yield chunk(model, {}, _finish(event), hybrid_chat=_extension(event, saved_to))
                 if include_usage:
                     yield _data(

@@ -9,6 +9,14 @@ Generation settings go across as llama.cpp names them, stop sequences and the se
 JSON mode (`responseMimeType` "application/json", with `responseSchema` or `responseJsonSchema`) becomes
 llama.cpp's `response_format`, so its grammar constrains the answer as Gemini's schema would.
 
+Function calling (Gemini's `tools` and `toolConfig`): with mode ANY (LangChain's `tool_choice="any"`
+or a function's name; OpenAI's "required") the answer is a `functionCall` part whose name and `args`
+the small model writes under llama.cpp's JSON-schema grammar (one of the declared functions, its
+arguments matching the declared parameters), so a client meets the call Gemini would send. With mode
+AUTO the model answers in text: SmolLM2-135M does not decide to call a tool by itself. A request's
+`functionCall` and `functionResponse` parts reach the model as text ("Called get_weather with
+{...}", "get_weather returned {...}"), so the answer after a call reads its result.
+
 Attachments: the small model sees text only, so inline data is checked the way Vertex AI checks it
 (a MIME type Gemini takes: PNG, JPEG, WebP, HEIC, HEIF, PDF; valid base64; an image that decodes; at
 most 20 MB inline per request: otherwise HTTP 400 INVALID_ARGUMENT, as Vertex AI answers) and the
@@ -45,7 +53,67 @@ _ROUTE = re.compile(r"^/v1(?:beta1)?/projects/[^/]+/locations/[^/]+/publishers/g
 
 
 def _text_of(parts: list[dict[str, Any]] | None) -> str:
-    return "".join(p.get("text", "") for p in parts or [])
+    """A content's parts as the text model reads them: text as is, function calls and their results
+    said in words (the model has no other way to see them)."""
+    out = []
+    for p in parts or []:
+        call = p.get("functionCall") or p.get("function_call")
+        result = p.get("functionResponse") or p.get("function_response")
+        if call is not None:
+            out.append(f"Called {call.get('name')} with {json.dumps(call.get('args') or {})}.")
+        elif result is not None:
+            out.append(f"{result.get('name')} returned {json.dumps(result.get('response') or {})}.")
+        else:
+            out.append(p.get("text", ""))
+    return "\n".join(x for x in out if x)
+
+
+FUNCTION_MODES = ("MODE_UNSPECIFIED", "AUTO", "ANY", "NONE")  # FunctionCallingConfig.Mode by number
+
+
+def forced_functions(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The declared functions the answer must call one of (mode ANY, within `allowedFunctionNames`);
+    [] when the model may answer in text."""
+    config = body.get("toolConfig") or body.get("tool_config") or {}
+    calling = config.get("functionCallingConfig") or config.get("function_calling_config") or {}
+    mode = calling.get("mode")
+    if isinstance(mode, int):
+        mode = FUNCTION_MODES[mode] if 0 <= mode < len(FUNCTION_MODES) else ""
+    if str(mode or "").upper() != "ANY":
+        return []
+    allowed = calling.get("allowedFunctionNames") or calling.get("allowed_function_names")
+    declared = [
+        d
+        for tool in body.get("tools") or []
+        for d in tool.get("functionDeclarations") or tool.get("function_declarations") or []
+    ]
+    return [d for d in declared if not allowed or d.get("name") in allowed]
+
+
+def call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON Schema of one call of one of `functions` ({"name", "arguments"}), for llama.cpp's grammar."""
+
+    def one(d: dict[str, Any]) -> dict[str, Any]:
+        params = d.get("parametersJsonSchema") or d.get("parameters_json_schema")
+        if params is None:
+            params = json_schema(d.get("parameters") or {"type": "object"})
+        return {
+            "type": "object",
+            "properties": {"name": {"const": d.get("name")}, "arguments": params or {"type": "object"}},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+
+    options = [one(d) for d in functions]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _call_response(call: dict[str, Any], usage: dict[str, Any] | None) -> dict[str, Any]:
+    out = _response("", "stop", usage)
+    out["candidates"][0]["content"]["parts"] = [
+        {"functionCall": {"name": call["name"], "args": call.get("arguments") or {}}}
+    ]
+    return out
 
 
 # What Gemini 2.5 takes as inline images and documents (Vertex AI's documented MIME types): checked
@@ -278,6 +346,8 @@ class VertexStandIn:
                 except BadRequest as exc:
                     return self._error(HTTPStatus.BAD_REQUEST, str(exc), "INVALID_ARGUMENT")
                 try:
+                    if functions := forced_functions(body):
+                        return self._call(body, functions, stream)
                     request = to_openai_request(body, standin._alias, stream)
                     if stream:
                         self._stream(request, said)
@@ -288,6 +358,38 @@ class VertexStandIn:
 
             def _url(self) -> str:
                 return standin._backend_base_url() + "/chat/completions"
+
+            def _call(self, body: dict[str, Any], functions: list[dict[str, Any]], stream: bool) -> None:
+                """Mode ANY: one call, written by the model under the grammar of `call_schema`."""
+                request = to_openai_request(body, standin._alias, False)
+                listed = "; ".join(f"{d.get('name')}: {d.get('description') or ''}" for d in functions)
+                note = f"Call one function. {listed}"
+                messages = request["messages"]
+                if messages and messages[0]["role"] == "system":
+                    messages[0]["content"] = f"{messages[0]['content']}\n\n{note}"
+                else:
+                    messages.insert(0, {"role": "system", "content": note})
+                schema = call_schema(functions)
+                request["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "call", "schema": schema, "strict": True},
+                }
+                r = standin._client.post(self._url(), json=request)
+                r.raise_for_status()
+                data = r.json()
+                try:
+                    call = json.loads(data["choices"][0]["message"].get("content") or "")
+                except json.JSONDecodeError:  # cut at max_tokens before the call was complete
+                    return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "the model's call was cut short")
+                payload = _call_response(call, data.get("usage"))
+                if not stream:
+                    return self._send_json(HTTPStatus.OK, payload)
+                data_out = b"[" + json.dumps(payload).encode() + b"]"
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data_out)))
+                self.end_headers()
+                self.wfile.write(data_out)
 
             def _unary(self, request: dict[str, Any], said: str) -> None:
                 r = standin._client.post(self._url(), json=request)

@@ -8,6 +8,7 @@ from graph.load import LoadMonitor
 from graph.policies.auto import AutoPolicy
 from graph.policies.learned import LearnedPolicy
 from graph.policies.pinned import PinnedPolicy
+from graph.policies.task import TaskPolicy
 from graph.router import Router, RoutingPolicy
 from graph.settings import Settings
 
@@ -23,6 +24,12 @@ def default_router(settings: Settings, backends: Backends | None = None) -> Rout
         "gemma": PinnedPolicy("gemma", fallback=s.fallback_enabled),
         "gemini": PinnedPolicy("gemini", fallback=s.fallback_enabled),
         "auto": auto,
+        # Clients' background requests (titles, tags, follow-ups): the cheaper backend, a low token cap.
+        "task": TaskPolicy(
+            preferred=s.auto_preference,
+            gemma_max_model_len=s.gemma_max_model_len,
+            gemma_max_waiting=s.auto_gemma_max_waiting,
+        ),
     }
     if s.router_file is not None:  # loaded once, here: a broken file stops start-up with RouterFileError
         policies["learned"] = LearnedPolicy.from_file(s.router_file, rules=auto)
@@ -34,4 +41,4 @@ def default_router(settings: Settings, backends: Backends | None = None) -> Rout
     )
 
 
-__all__ = ["AutoPolicy", "LearnedPolicy", "PinnedPolicy", "default_router"]
+__all__ = ["AutoPolicy", "LearnedPolicy", "PinnedPolicy", "TaskPolicy", "default_router"]

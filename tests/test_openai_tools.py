@@ -1,0 +1,298 @@
+"""Tool calling on the OpenAI endpoint, and background (`task`) requests kept out of people's way.
+
+Through the `openai` SDK and LangChain's `ChatOpenAI(...).bind_tools` against a served app on the real
+local stand-ins: the Gemini stand-in answers a `functionCall` (written by the small model under
+llama.cpp's grammar) through the unmodified `ChatVertexAI`, and the Gemma stand-in (SmolLM2-135M, which
+does not call tools) hands tool turns to Gemini, saying so, or refuses them in words when fallback is
+off. The `task` model's cap and vLLM priority are checked on the request a vLLM-shaped server receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from graph.backends import Backends
+from tests.browser.appserver import serve_app
+from tests.support.fault_server import fault_server
+from tests.test_openai_api import app_for, post
+
+pytestmark = pytest.mark.integration
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "the city's name"}},
+            "required": ["city"],
+        },
+    },
+}
+QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
+RESULT = json.dumps({"city": "Paris", "forecast": "sunny", "temperature_c": 21})
+
+
+def _sdk(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def _streamed_call(sdk: openai.OpenAI, **ask: Any) -> tuple[list[dict[str, Any]], str | None, str]:
+    """A streamed answer put together as a client does: tool calls by their index, the finish reason,
+    and the model named by the last chunk."""
+    calls: dict[int, dict[str, Any]] = {}
+    finish, model = None, ""
+    for chunk in sdk.chat.completions.create(**ask, stream=True):
+        model = chunk.model
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+                call["id"] = delta.id or call["id"]
+                if delta.function is not None:
+                    call["name"] += delta.function.name or ""
+                    call["arguments"] += delta.function.arguments or ""
+    return [calls[i] for i in sorted(calls)], finish, model
+
+
+def test_a_two_step_tool_call_through_the_openai_sdk_streamed_and_not(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """Gemini (its stand-in) is asked for a call, gets the result, and answers with it: the call comes in
+    OpenAI's shape (an id, the function's name, its arguments as JSON text, finish `tool_calls`), and the
+    answer after the result reads it."""
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        sdk = _sdk(base)
+        ask: dict[str, Any] = {"model": "hybrid-chat/gemini", "tools": [WEATHER], "temperature": 0}
+        first = sdk.chat.completions.create(**ask, messages=[QUESTION], tool_choice="required", max_tokens=60)
+        choice = first.choices[0]
+        assert choice.finish_reason == "tool_calls", first
+        (call,) = choice.message.tool_calls or []
+        assert call.id and call.type == "function" and call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"city": "Paris"}
+        assert first.model == "hybrid-chat/gemini"
+
+        streamed, finish, model = _streamed_call(
+            sdk, **ask, messages=[QUESTION], tool_choice="required", max_tokens=60
+        )
+        assert finish == "tool_calls" and model == "hybrid-chat/gemini"
+        assert [(c["name"], json.loads(c["arguments"])) for c in streamed] == [
+            ("get_weather", {"city": "Paris"})
+        ]
+        assert streamed[0]["id"]
+
+        history = [
+            QUESTION,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": RESULT},
+        ]
+        final = sdk.chat.completions.create(**ask, messages=history, max_tokens=40)
+        text = final.choices[0].message.content or ""
+        assert (
+            final.choices[0].finish_reason in ("stop", "length") and not final.choices[0].message.tool_calls
+        )
+        assert "sunny" in text.lower() or "21" in text, text
+        pieces = sdk.chat.completions.create(**ask, messages=history, max_tokens=40, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) == text
+
+
+def test_langchain_bind_tools_against_the_endpoint(tmp_path: Path, local_backends: Backends) -> None:
+    """LangChain's own tool loop against `/v1`: bind_tools, the call, a ToolMessage, the answer."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city"""
+        return RESULT
+
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        llm = ChatOpenAI(
+            base_url=f"{base}/v1", api_key="unused", model="hybrid-chat/gemini", max_tokens=60, temperature=0
+        )
+        forced = llm.bind_tools([get_weather], tool_choice="required")
+        question = HumanMessage("What is the weather in Paris?")
+        call = forced.invoke([question])
+        assert [(c["name"], c["args"]) for c in call.tool_calls] == [("get_weather", {"city": "Paris"})]
+        streamed = None
+        for piece in forced.stream([question]):
+            streamed = piece if streamed is None else streamed + piece
+        assert streamed is not None and [c["name"] for c in streamed.tool_calls] == ["get_weather"]
+        result = ToolMessage(
+            get_weather.invoke(call.tool_calls[0]["args"]), tool_call_id=call.tool_calls[0]["id"]
+        )
+        answer = llm.bind_tools([get_weather]).invoke([question, call, result])
+        assert not answer.tool_calls and ("sunny" in answer.text.lower() or "21" in answer.text), answer
+
+
+def test_a_tool_turn_for_the_gemma_stand_in_is_answered_by_gemini_saying_why(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """SmolLM2 on llama.cpp does not call tools: a tool turn asked of Gemma goes to Gemini, and the
+    answer says so (the model that answered, the route's reason)."""
+    app = app_for(tmp_path, local_backends)
+    with serve_app(app) as base:
+        first = _sdk(base).chat.completions.create(
+            model="hybrid-chat/gemma",
+            messages=[QUESTION],
+            tools=[WEATHER],
+            tool_choice="required",
+            max_tokens=60,
+            temperature=0,
+        )
+        assert first.model == "hybrid-chat/gemini" and first.choices[0].finish_reason == "tool_calls"
+        ext = first.model_extra["hybrid_chat"]  # type: ignore[index]
+        assert (
+            ext["requested_backend"] == "gemini" and "Gemma stand-in cannot call tools" in ext["route_reason"]
+        )
+
+
+async def test_with_fallback_off_a_tool_turn_for_gemma_is_refused_in_words_and_logged(
+    tmp_path: Path, local_backends: Backends, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ui.openai_api")
+    app = app_for(tmp_path, local_backends, fallback_enabled=False)
+    body = {"model": "hybrid-chat/gemma", "messages": [QUESTION], "tools": [WEATHER], "max_tokens": 8}
+    r = await post(app, body)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "cannot call tools" in message and "Gemini" in message, message
+    refused = [rec.getMessage() for rec in caplog.records if rec.name == "ui.openai_api"]
+    assert any("refused: status=400" in line for line in refused), refused
+    assert all("Paris" not in line for line in refused)  # never the content
+
+
+async def test_bad_tool_requests_are_refused_saying_what_to_change(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    app = app_for(tmp_path, local_backends)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    asked = [QUESTION, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"tools": {"get_weather": {}}}, "tools", "list"),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0]", "function tools"),
+        ({"tools": [{**WEATHER, "function": {"name": "get weather!"}}]}, "tools[0].function.name", "letters"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "tool_choice",
+            "one of",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "needs `tools`"),
+        ({"functions": [WEATHER["function"]]}, "functions", "as `tools`"),
+        (
+            {"messages": [*asked, {"role": "tool", "content": "x"}], "tools": [WEATHER]},
+            "messages[2].tool_call_id",
+            "tool_call_id",
+        ),
+        (
+            {
+                "messages": [
+                    QUESTION,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{**call, "function": {"name": "f", "arguments": "[1"}}],
+                    },
+                ]
+            },
+            "messages[1].tool_calls[0]",
+            "JSON object",
+        ),
+    ]
+    for extra, param, words in cases:
+        r = await post(app, {"model": "hybrid-chat/gemini", "messages": [QUESTION], "max_tokens": 8, **extra})
+        assert r.status_code == 400, (extra, r.text)
+        error = r.json()["error"]
+        assert error["param"] == param and words in error["message"], (extra, error)
+    # A result for a call the answer before it did not make: refused by the graph, in words.
+    stray = [*asked, {"role": "tool", "tool_call_id": "call_9", "content": "x"}]
+    r = await post(
+        app, {"model": "hybrid-chat/gemini", "messages": stray, "tools": [WEATHER], "max_tokens": 8}
+    )
+    assert r.status_code == 400 and "call_9" in r.json()["error"]["message"], r.text
+
+
+def test_a_saved_conversation_keeps_the_call_and_its_result_for_the_next_turn(
+    tmp_path: Path, local_backends: Backends
+) -> None:
+    """With `x-hybrid-chat-conversation`, the call and the result are stored in order, and the next
+    turn's prompt holds them: the conversation reads question, call, result, answer, question, answer."""
+    app = app_for(tmp_path, local_backends)
+    headers = {"x-hybrid-chat-conversation": "weather-1"}
+    with serve_app(app) as base:
+        sdk = _sdk(base)
+        ask: dict[str, Any] = {
+            "model": "hybrid-chat/gemini",
+            "tools": [WEATHER],
+            "temperature": 0,
+            "max_tokens": 40,
+            "extra_headers": headers,
+        }
+        first = sdk.chat.completions.create(**ask, messages=[QUESTION], tool_choice="required")
+        message = first.choices[0].message
+        call = (message.tool_calls or [])[0]
+        history = [
+            QUESTION,
+            message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": RESULT},
+        ]
+        final = sdk.chat.completions.create(**ask, messages=history)
+        answer = final.choices[0].message.content or ""
+        assert final.model_extra["hybrid_chat"]["saved"] is True  # type: ignore[index]
+        again = [*history, {"role": "assistant", "content": answer}, {"role": "user", "content": "Thanks!"}]
+        last = sdk.chat.completions.create(**ask, messages=again)
+        assert last.model_extra["hybrid_chat"]["history"] == "matches", last.model_extra  # type: ignore[index]
+    stored = asyncio.run(app.state.chat.messages("local", "weather-1"))
+    kinds = [(m.type, bool(getattr(m, "tool_calls", None))) for m in stored]
+    assert kinds == [
+        ("human", False),
+        ("ai", True),
+        ("tool", False),
+        ("ai", False),
+        ("human", False),
+        ("ai", False),
+    ], kinds
+    assert stored[1].tool_calls[0]["args"] == {"city": "Paris"} and stored[2].text == RESULT
+
+
+def test_task_requests_are_capped_and_queued_behind_peoples_turns(tmp_path: Path) -> None:
+    """`hybrid-chat/task` is listed; on a vLLM with priority scheduling its requests carry the lower
+    priority and the capped max_tokens, people's turns priority 0 (what the vLLM-shaped server received)."""
+    with fault_server("ok") as vllm:
+        app = app_for(
+            tmp_path,
+            vllm_backends(tmp_path, vllm.base_url),
+            gemma_base_url=vllm.base_url,
+            gemma_priority_scheduling=True,
+            task_max_tokens=32,
+            task_priority=7,
+        )
+        with serve_app(app) as base:
+            sdk = _sdk(base)
+            assert "hybrid-chat/task" in [m.id for m in sdk.models.list().data]
+            title = [{"role": "user", "content": "Generate a concise title for this chat."}]
+            sdk.chat.completions.create(model="hybrid-chat/task", messages=title, max_tokens=2000)
+            sdk.chat.completions.create(model="hybrid-chat/gemma", messages=[QUESTION], max_tokens=100)
+        task, person = vllm.bodies[-2], vllm.bodies[-1]
+    assert (task["priority"], task["max_completion_tokens"]) == (7, 32), task
+    assert (person["priority"], person["max_completion_tokens"]) == (0, 100), person
+
+
+def vllm_backends(tmp_path: Path, gemma_base_url: str) -> Backends:
+    from tests.conftest import local_settings
+
+    return Backends(local_settings(tmp_path, gemma_base_url=gemma_base_url))
