@@ -240,6 +240,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=20.0, ge=0, description="On shutdown, running answers get this long to finish, then stop."
     )
+    drain_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="On SIGTERM, /readyz fails at once and the server goes on serving this long before it "
+        "stops listening: the time a load balancer needs to notice (the Deployment sets it from its "
+        "probes; docs/deploy.md). 0: stop listening at once (no balancer in front).",
+    )
     # --- end UI ---
 
     # --- Attachments (images, PDFs: issue 15) --------------------------------------------------

@@ -22,6 +22,7 @@ from graph.backends import Backends
 from tests.browser.appserver import serve_app
 from tests.support.fault_server import fault_server
 from tests.test_openai_api import app_for, post
+from ui.chat import rows_from_messages
 
 pytestmark = pytest.mark.integration
 
@@ -267,6 +268,9 @@ def test_a_saved_conversation_keeps_the_call_and_its_result_for_the_next_turn(
         ("ai", False),
     ], kinds
     assert stored[1].tool_calls[0]["args"] == {"city": "Paris"} and stored[2].text == RESULT
+    shown = [row["text"] for row in rows_from_messages(stored)]  # what the page shows of it
+    assert shown[1] == f'Called `get_weather` with `{{"city": "Paris"}}`\n\nreturned: `{RESULT}`', shown
+    assert len(shown) == 5 and shown[2] == answer
 
 
 def test_task_requests_are_capped_and_queued_behind_peoples_turns(tmp_path: Path) -> None:

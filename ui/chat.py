@@ -318,8 +318,21 @@ def row_actions(row: dict[str, Any], models: Collection[str]) -> list[dict[str, 
     return []
 
 
+def tool_calls_text(message: BaseMessage, results: dict[str, str]) -> str:
+    """An answer's tool calls (an OpenAI client's conversation) in words, each with what it returned."""
+    lines = []
+    for call in getattr(message, "tool_calls", None) or []:
+        args = json.dumps(call.get("args") or {}, ensure_ascii=False)
+        lines.append(f"Called `{call.get('name')}` with `{args}`")
+        if (result := results.get(str(call.get("id")))) is not None:
+            lines.append(f"returned: `{result[:500]}`")
+    return "\n\n".join(lines)
+
+
 def rows_from_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
-    """Server-side rows (role, stored id, text, metadata) for stored messages."""
+    """Server-side rows (role, stored id, text, metadata) for stored messages. Tool calls and their
+    results (saved by an OpenAI client) show as the calling answer's text."""
+    results = {str(getattr(m, "tool_call_id", "")): message_text(m) for m in messages if m.type == "tool"}
     rows: list[dict[str, Any]] = []
     for m in messages:
         text = message_text(m)
@@ -327,6 +340,8 @@ def rows_from_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
             rows.append(user_row(text, m.id, attachment_facts(m.content)))
         elif m.type == "ai":
             meta = dict(m.response_metadata.get(META_KEY) or {})
+            if getattr(m, "tool_calls", None):
+                text = "\n\n".join(t for t in (text, tool_calls_text(m, results)) if t)
             rows.append(answer_row(text, meta, row_id=m.id, turn=m.id))
     return rows
 

@@ -106,6 +106,11 @@ def _serve(settings: Any, host: str | None, port: int | None) -> int:
         port=settings.port,
         log_level="warning",
         http=with_header_timeout(settings.header_timeout_s),  # stalled requests are closed
+        # Once it stops listening, uvicorn waits this long for open connections, then cancels their
+        # requests: the answers were stopped at the grace period, and a stream Gradio never ends (the
+        # queue's, for a cut event) must not hold the exit. The saves and the stores' close come after
+        # it either way (ui/shutdown.py).
+        timeout_graceful_shutdown=settings.shutdown_grace_s + 5,
     )
     return 0
 

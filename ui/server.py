@@ -1,9 +1,9 @@
 """The server: the Gradio chat page mounted in FastAPI beside /healthz, /readyz, /metrics and /api/chat.
 
 One ASGI app with the edge middleware (ui/security.py: same-site requests only, bounded bodies), a
-lifespan that warms both backends at start-up and drains running answers on shutdown (uvicorn's
-SIGTERM: running answers get `shutdown_grace_s`, then stop with what streamed saved), the probes, and
-the Prometheus metrics.
+lifespan that warms both backends at start-up and, on SIGTERM, takes the replica out of the balancer
+before it stops listening, drains running answers and saves the stopped ones before the stores close
+(ui/shutdown.py), the probes, and the Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,6 +33,7 @@ from ui.live import page_turn_router
 from ui.openai_api import openai_router
 from ui.page import build_page
 from ui.security import parse_origins
+from ui.shutdown import STOPPING_REASON, CloseWhileStopping, Shutdown
 from ui.theme import CSS, theme
 
 log = logging.getLogger(__name__)
@@ -71,25 +71,12 @@ def create_app(
 
     gradio_app: Any = None  # the mounted Gradio app (its stop_event ends the heartbeat streams)
 
+    shutdown = Shutdown(service, settings)  # SIGTERM: readiness fails, drain, save, close (ui/shutdown.py)
+
     async def begin_shutdown() -> None:
         """Stop taking turns, let running answers finish (up to the grace period, then stop them,
         saving what was streamed), then end Gradio's heartbeat streams so the server can exit."""
-        if service.draining:
-            return
-        service.draining = True
-        log.info("shutting down: %d answer(s) streaming", len(service.active))
-        started = time.perf_counter()
-        await service.drain(settings.shutdown_grace_s)
-        log.info("shutting down: answers drained in %.1f s", time.perf_counter() - started)
-        if gradio_app is not None:
-            gradio_app.stop_event.set()
-
-    async def watch_server(server: Any) -> None:
-        # uvicorn waits for open connections before the lifespan shutdown runs, and browsers keep a
-        # heartbeat stream open: without this, a SIGTERM would wait for every tab to close.
-        while not server.should_exit:  # noqa: ASYNC110 - uvicorn's flag, no event to wait on
-            await asyncio.sleep(0.2)
-        await begin_shutdown()
+        await shutdown.drain()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -104,16 +91,17 @@ def create_app(
         credentials = asyncio.get_running_loop().create_task(services.backends.watch_credentials())
         watcher = None
         if server is not None and hasattr(server, "should_exit"):
-            watcher = asyncio.get_running_loop().create_task(watch_server(server))
+            shutdown.hook_signals(server)
+            watcher = asyncio.get_running_loop().create_task(shutdown.watch(server))
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
             credentials.cancel()
             with contextlib.suppress(Exception):
                 await warm
-            await begin_shutdown()
+            await shutdown.drain()  # the watcher's, if it began: the stores close only after it
+            if watcher is not None:
+                watcher.cancel()
             if owns_client:
                 with contextlib.suppress(Exception):
                     await services.store.aclose()
@@ -131,9 +119,11 @@ def create_app(
     if identity.unconfigured:  # inside the edge middleware: its 503 carries the security headers
         app.add_middleware(SignInNotConfigured, reason=identity.unconfigured)
     security.install(app, parse_origins(settings.allowed_origins))
+    app.add_middleware(CloseWhileStopping, shutdown=shutdown)
     app.add_exception_handler(RequestValidationError, refuse_invalid_body)
     app.state.chat = service
     app.state.begin_shutdown = begin_shutdown  # for embedders running their own server loop
+    app.state.shutdown = shutdown
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -159,8 +149,8 @@ def create_app(
         MEMORY_UP.set(1 if body["memory"] == "ok" else 0)
         backends = service.health.all()
         body["backends"] = {h.backend: h.state for h in backends}
-        if service.draining:
-            body["status"] = "shutting down"
+        if shutdown.stopping:  # first: the balancer must stop sending here whatever else is true
+            body.update(status="shutting down", reason=STOPPING_REASON)
             return JSONResponse(body, status_code=503)
         if identity.unconfigured:  # a fixed text saying what to set, never an exception's
             body.update(status="unavailable", reason=identity.unconfigured)
@@ -214,4 +204,5 @@ def create_app(
         **identity.gradio_kwargs(),
     )
     gradio_app = next(r.app for r in app.routes if hasattr(getattr(r, "app", None), "stop_event"))
+    shutdown.on_drained = gradio_app.stop_event.set
     return app
