@@ -1,9 +1,10 @@
 # The APIs the codelab enables, plus what this stack adds: Compute Engine (Cloud NAT for the private
-# nodes), Binary Authorization (the cluster enforces the project policy), IAP (deploy/overlays/iap),
-# Filestore (the shared weights cache, deploy/components/weights-cache) and Cloud Monitoring (Managed
-# Prometheus and the custom-metrics adapter behind the queue-depth autoscaler). A fresh project also
-# needs IAM (service accounts and their grants), Cloud Resource Manager (`data "google_project"`,
-# project IAM members), Cloud Logging (build logs) and Cloud Storage (skaffold's build sources).
+# nodes), Binary Authorization (the cluster enforces the project policy), IAP (deploy/overlays/iap), Cloud
+# Monitoring (Managed Prometheus and the custom-metrics adapter behind the queue-depth autoscaler),
+# Container File System (GKE image streaming, docs/cold-start.md) and Cloud KMS (the key for Secrets,
+# kms.tf). A fresh project also needs IAM (service accounts and their grants), Cloud Resource Manager
+# (`data "google_project"`, project IAM members), Cloud Logging (build logs) and Cloud Storage (skaffold's
+# build sources, Gemma's weights).
 # Service Usage itself (which enables these) is on in every project.
 locals {
   services = toset([
@@ -12,9 +13,10 @@ locals {
     "binaryauthorization.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudresourcemanager.googleapis.com",
+    "cloudkms.googleapis.com",
     "compute.googleapis.com",
     "container.googleapis.com",
-    "file.googleapis.com",
+    "containerfilesystem.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "iap.googleapis.com",

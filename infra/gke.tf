@@ -2,8 +2,10 @@
 # from the Pods' nodeSelector/resources, and you pay per Pod resources (GPU Pods: per node).
 #
 # Hardening chosen here (beyond what Autopilot enforces by itself):
-# - private nodes: no node has a public IP; Pods reach Docker Hub and Hugging Face through Cloud NAT
+# - private nodes: no node has a public IP; they pull images from Artifact Registry (vLLM's through the
+#   Docker Hub remote repository) over Private Google Access, and Pods reach Hugging Face through Cloud NAT
 #   (below). The control plane keeps its public endpoint, restricted to var.master_authorized_networks.
+# - Secrets encrypted at the application layer with a Cloud KMS key (kms.tf).
 # - Binary Authorization in project-singleton mode: the project's policy (allow-all until you tighten it,
 #   e.g. to images from chat-app-repo only) is enforced at admission.
 # - a dedicated node service account instead of the Compute Engine default one (which often holds Editor,
@@ -22,6 +24,16 @@ resource "google_service_account" "gke_nodes" {
 resource "google_project_iam_member" "gke_nodes_default" {
   project = var.project_id
   role    = "roles/container.defaultNodeServiceAccount"
+  member  = "serviceAccount:${google_service_account.gke_nodes.email}"
+
+  depends_on = [google_project_service.apis]
+}
+
+# Image streaming with a node service account other than the default one needs Service Usage Consumer in
+# the project that holds the images (GKE's image streaming requirements; docs/cold-start.md).
+resource "google_project_iam_member" "gke_nodes_image_streaming" {
+  project = var.project_id
+  role    = "roles/serviceusage.serviceUsageConsumer"
   member  = "serviceAccount:${google_service_account.gke_nodes.email}"
 
   depends_on = [google_project_service.apis]
@@ -76,6 +88,12 @@ resource "google_container_cluster" "autopilot" {
     evaluation_mode = "PROJECT_SINGLETON_POLICY_ENFORCE"
   }
 
+  # Secrets encrypted with the Cloud KMS key of kms.tf (application-layer Secrets encryption).
+  database_encryption {
+    state    = "ENCRYPTED"
+    key_name = google_kms_crypto_key.gke_secrets.id
+  }
+
   cluster_autoscaling {
     auto_provisioning_defaults {
       service_account = google_service_account.gke_nodes.email
@@ -86,11 +104,16 @@ resource "google_container_cluster" "autopilot" {
   depends_on = [
     google_project_service.apis,
     google_project_iam_member.gke_nodes_default,
+    # GKE checks at creation that its service agent may use the key.
+    google_kms_crypto_key_iam_member.gke_secrets,
   ]
 }
 
-# Private nodes have no public IP: Cloud NAT gives the Pods egress (Docker Hub for the vLLM image,
-# Hugging Face for the Gemma weights, ~24 GB per cold start without the weights-cache overlay).
+# Private nodes have no public IP: Cloud NAT gives the Pods egress to the internet (Hugging Face for the
+# Gemma weights, ~24 GB per cold start without the weights-cache overlay). Google APIs (Artifact Registry,
+# Cloud Storage) go through Private Google Access where the subnet has it on, which image streaming
+# requires for private nodes (docs/deploy.md's post-deploy checklist checks it; without it they go through
+# this NAT and images are pulled whole).
 resource "google_compute_router" "nat" {
   project = var.project_id
   name    = "${var.cluster_name}-router"

@@ -17,10 +17,23 @@ locals {
   ])
 }
 
-# Gemini on Vertex AI (aiplatform.endpoints.predict on publisher models).
+# Gemini on Vertex AI: the chat calls generateContent and streamGenerateContent on the publisher model,
+# and countTokens for its readiness check (graph/backends.py). All three are authorised by one permission,
+# aiplatform.endpoints.predict (Vertex AI's REST reference and IAM permissions list). roles/aiplatform.user
+# would add ~700 more (datasets, training, endpoints, notebooks): a custom role with that one instead.
+resource "google_project_iam_custom_role" "chat_vertex" {
+  project     = var.project_id
+  role_id     = "hybridChatGemini"
+  title       = "hybrid-chat Gemini"
+  description = "Call Gemini on Vertex AI: generateContent, streamGenerateContent and countTokens on publisher models."
+  permissions = ["aiplatform.endpoints.predict"]
+
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_project_iam_member" "chat_vertex_user" {
   project = var.project_id
-  role    = "roles/aiplatform.user"
+  role    = google_project_iam_custom_role.chat_vertex.id
   member  = local.chat_ksa_principal
 
   # The workload identity pool exists once the cluster does.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 # Fixtures (rendered, tf, skaffold, ...) come from conftest.py.
 from tests.infra.test_infra import (
@@ -90,19 +91,21 @@ def test_every_namespaced_object_of_every_overlay_is_in_the_app_namespace(
     assert not missing, f"{overlay}: objects outside {NAMESPACE}: {missing}"
 
 
-def test_the_weights_cache_claim_the_pod_mounts_is_in_the_pods_namespace(
-    rendered: dict[str, list[dict[str, Any]]],
+def test_the_weights_cache_mounts_the_projects_weights_bucket_that_terraform_creates(
+    rendered: dict[str, list[dict[str, Any]]], tf: Terraform
 ) -> None:
     docs = rendered["weights-cache"]
-    deployment = _obj(docs, "Deployment", "gemma-server")
-    claims = [
-        v["persistentVolumeClaim"]["claimName"]
-        for v in _pod_spec(docs, "gemma-server")["volumes"]
-        if "persistentVolumeClaim" in v
-    ]
-    assert claims == ["gemma-weights"]
-    pvc = _obj(docs, "PersistentVolumeClaim", "gemma-weights")
-    assert pvc["metadata"]["namespace"] == deployment["metadata"]["namespace"] == NAMESPACE
+    (volume,) = [v for v in _pod_spec(docs, "gemma-server")["volumes"] if "csi" in v]
+    project = _config_map(docs, "hybrid-chat-config")["HYBRID_CHAT_GEMINI_PROJECT"]
+    bucket = _resource(tf, "google_storage_bucket", "model_weights")
+    assert _val(bucket, "name") == "${var.project_id}-model-weights"
+    assert volume["csi"]["volumeAttributes"]["bucketName"] == f"{project}-model-weights"
+    assert _val(bucket, "location") == "${var.region}", (
+        "in the cluster's region: GPU nodes of any zone read it"
+    )
+    # Nothing of the Filestore cache is left: no claim, no PersistentVolumeClaim.
+    assert not _objs(docs, "PersistentVolumeClaim")
+    assert not [v for v in _pod_spec(docs, "gemma-server")["volumes"] if "persistentVolumeClaim" in v]
 
 
 # ========================================================================================================
@@ -147,12 +150,15 @@ def test_a_fresh_project_gets_every_api_the_stack_calls(tf: Terraform) -> None:
     for api in (
         "iam.googleapis.com",  # service accounts, IAM members
         "cloudresourcemanager.googleapis.com",  # data "google_project", project IAM
-        "file.googleapis.com",  # Filestore weights cache
+        "containerfilesystem.googleapis.com",  # image streaming (the vLLM image)
+        "cloudkms.googleapis.com",  # the key that encrypts Secrets
         "monitoring.googleapis.com",  # Managed Prometheus, custom-metrics adapter
         "logging.googleapis.com",
         "storage.googleapis.com",
     ):
         assert api in services, api
+    # Filestore is no longer used: the weights come from Cloud Storage (deploy/components/weights-cache).
+    assert "file.googleapis.com" not in services
 
 
 def test_everything_that_calls_an_api_waits_for_the_apis(tf: Terraform) -> None:
@@ -549,17 +555,49 @@ def test_metrics_on_the_dev_load_balancer_are_a_documented_choice() -> None:
 # PodMonitorings (and the ManagedCertificate) against their vendored CRDs: test_crd_schemas.py.
 
 
-def test_the_weights_cache_is_shared_by_every_replica_the_hpa_adds(
-    rendered: dict[str, list[dict[str, Any]]], tf_text: str
+def test_the_weights_cache_is_read_by_every_replica_and_written_only_by_the_loader(
+    rendered: dict[str, list[dict[str, Any]]], tf: Terraform
 ) -> None:
     docs = rendered["weights-cache"]
     assert _obj(docs, "HorizontalPodAutoscaler", "gemma-server")["spec"]["maxReplicas"] > 1
-    pvc = _obj(docs, "PersistentVolumeClaim", "gemma-weights")
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    # Filestore Basic HDD: the CSI driver refuses less than 1 TiB.
-    size = pvc["spec"]["resources"]["requests"]["storage"]
-    assert re.fullmatch(r"\d+Ti", size) and int(size[:-2]) >= 1
-    assert '"file.googleapis.com"' in tf_text
+    # Who reads and who writes: the principals name the Kubernetes service accounts that really exist.
+    reader = _resource(tf, "google_storage_bucket_iam_member", "gemma_weights_reader")
+    writer = _resource(tf, "google_storage_bucket_iam_member", "weights_loader_writer")
+    assert _val(reader, "role") == "roles/storage.objectViewer"
+    assert _val(writer, "role") == "roles/storage.objectUser"
+    for grant in (reader, writer):
+        assert _val(grant, "bucket") == "${google_storage_bucket.model_weights.name}"
+    gemma_sa = _pod_spec(docs, "gemma-server")["serviceAccountName"]
+    assert f"subject/ns/${{var.namespace}}/sa/{gemma_sa}" in _val(tf.locals, "gemma_ksa_principal")
+    assert _val(reader, "member") == "${local.gemma_ksa_principal}"
+    job_docs = [
+        d
+        for d in yaml.safe_load_all(
+            (DEPLOY / "components" / "weights-cache" / "load-weights-job.yaml").read_text(encoding="utf-8")
+        )
+        if d
+    ]
+    job = next(d for d in job_docs if d["kind"] == "Job")
+    loader_sa = job["spec"]["template"]["spec"]["serviceAccountName"]
+    assert any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == loader_sa for d in job_docs)
+    assert f"subject/ns/${{var.namespace}}/sa/{loader_sa}" in _val(tf.locals, "weights_loader_ksa_principal")
+    assert _val(writer, "member") == "${local.weights_loader_ksa_principal}"
+    # The loader writes where vLLM reads: same bucket, same model directory, same image.
+    (job_volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if "csi" in v]
+    assert job_volume["csi"]["volumeAttributes"]["bucketName"] == "PROJECT_ID-model-weights"
+    assert "readOnly" not in job_volume["csi"]
+    (download,) = job["spec"]["template"]["spec"]["containers"]
+    mount = next(m for m in download["volumeMounts"] if m["name"] == job_volume["name"])
+    target = download["command"][download["command"].index("--local-dir") + 1]
+    vllm = _container(docs, "gemma-server")
+    vllm_mount = next(m for m in vllm["volumeMounts"] if m["name"] == "model-cache")
+    model_dir = vllm["args"][vllm["args"].index("--model") + 1]
+    assert target.removeprefix(mount["mountPath"]) == model_dir.removeprefix(vllm_mount["mountPath"])
+    base_image = (DEPLOY / "base" / "gemma-deployment.yaml").read_text(encoding="utf-8")
+    assert f"image: {download['image']}" in base_image
+    assert download["command"][:3] == ["hf", "download", "google/gemma-3-12b-it"]
+    assert job["metadata"]["namespace"] == NAMESPACE
+    assert job["spec"]["template"]["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
 
 
 def test_the_metrics_adapter_reads_cloud_monitoring_as_its_own_principal(tf: Terraform) -> None:

@@ -42,6 +42,12 @@ GMP_NAMESPACE_SELECTOR = {
     ]
 }
 TIMEOUT_S = 120
+# vLLM's image: a release tag and its digest, pulled through the Artifact Registry remote repository for
+# Docker Hub (REGION-docker.pkg.dev/PROJECT/docker-hub/vllm/vllm-openai).
+VLLM_IMAGE = (
+    r"(?P<region>[a-z]+-[a-z]+\d)-docker\.pkg\.dev/(?P<project>[^/]+)/(?P<repository>docker-hub)/"
+    r"vllm/vllm-openai:v\d+\.\d+\.\d+@sha256:[0-9a-f]{64}"
+)
 
 # Every inline checkov skip, by framework. A new skip must be added here on purpose (and explained in its
 # annotation/comment); a skip that is no longer needed must be removed.
@@ -58,9 +64,10 @@ EXPECTED_SKIPS = {
         "CKV_GCP_84",  # Artifact Registry CMEK
         "CKV_GCP_62",  # attachments bucket access logs: a second bucket to operate; the app logs each turn
         "CKV_GCP_78",  # attachments bucket versioning: a deleted conversation's files must be gone
+        "CKV_GCP_82",  # KMS key prevent_destroy: would break the documented tear-down; the cluster guards it
     },
     "kubernetes": {
-        "CKV_K8S_43",  # image digest: skaffold adds it for the chat image; vLLM pinned by release tag
+        "CKV_K8S_43",  # image digest: skaffold adds it for the chat image (vLLM is pinned by digest)
         "CKV_K8S_35",  # HF_TOKEN as env from secretKeyRef (what vLLM reads)
     },
     "dockerfile": set(),
@@ -78,6 +85,8 @@ TF_FILES = (
     "monitoring.tf",
     "iap.tf",
     "storage.tf",
+    "weights.tf",
+    "kms.tf",
     "outputs.tf",
 )
 
@@ -348,8 +357,9 @@ def test_the_apis_the_stack_needs_are_enabled(tf: Terraform, tf_text: str) -> No
         "container",
         "firestore",
         "aiplatform",
-        "file",
         "monitoring",
+        "containerfilesystem",  # image streaming
+        "cloudkms",  # Secrets encryption
     ):
         assert f'"{api}.googleapis.com"' in tf_text, api
     for _, body in services:
@@ -409,13 +419,82 @@ def test_composite_index_lists_a_users_conversations_newest_first(tf: Terraform)
 
 
 def test_artifact_registry_docker_repository_chat_app_repo(tf: Terraform) -> None:
-    repo = tf.one("google_artifact_registry_repository")
+    repo = _one(tf, "google_artifact_registry_repository", "chat")
     assert _val(repo, "repository_id") == "chat-app-repo"
     assert _val(repo, "format") == "DOCKER"
     assert _val(repo, "location") == "${var.region}"
 
 
-def test_chat_ksa_gets_only_vertex_ai_user_and_datastore_user_through_workload_identity(
+def test_the_clean_up_policy_keeps_the_image_that_is_deployed(tf: Terraform) -> None:
+    # A KEEP policy wins over DELETE: the digest a Deployment pins survives while it carries the tag the
+    # deploy doc moves to it after each rollout, however many builds came after it.
+    repo = _one(tf, "google_artifact_registry_repository", "chat")
+    policies = {_val(p, "id"): p for p in _blocks(repo, "cleanup_policies")}
+    assert _val(policies["delete-old"], "action") == "DELETE"
+    keep = [p for p in policies.values() if _val(p, "action") == "KEEP" and _blocks(p, "condition")]
+    prefixes = {
+        prefix
+        for p in keep
+        if _val(_blocks(p, "condition")[0], "tag_state") == "TAGGED"
+        for prefix in _val(_blocks(p, "condition")[0], "tag_prefixes")
+    }
+    assert prefixes, "no KEEP policy for tagged (deployed) images"
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    tags = re.findall(r"gcloud artifacts docker tags add \S+ \S+/hybrid-chat:([\w.-]+)", doc)
+    assert tags, "docs/deploy.md does not tag the deployed image"
+    for tag in tags:
+        assert any(tag.startswith(p) for p in prefixes), (tag, prefixes)
+
+
+def test_vllm_image_comes_through_a_docker_hub_remote_repository_the_nodes_may_stream_from(
+    tf: Terraform, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    remote = _one(tf, "google_artifact_registry_repository", "docker_hub")
+    assert _val(remote, "mode") == "REMOTE_REPOSITORY"
+    assert _val(remote, "format") == "DOCKER"
+    assert _val(remote, "location") == "${var.region}"
+    config = _blocks(remote, "remote_repository_config")[0]
+    assert _val(_blocks(config, "docker_repository")[0], "public_repository") == "DOCKER_HUB"
+    # No clean-up policy: an evicted vLLM version would come from Docker Hub again at scale-up time.
+    assert not _blocks(remote, "cleanup_policies")
+    reader = _one(tf, "google_artifact_registry_repository_iam_member", "nodes_pull_docker_hub")
+    assert _val(reader, "repository") == "${google_artifact_registry_repository.docker_hub.name}"
+    assert _val(reader, "member") == "serviceAccount:${google_service_account.gke_nodes.email}"
+    # Image streaming: the Container File System API, and Service Usage Consumer for a custom node account.
+    streaming = _one(tf, "google_project_iam_member", "gke_nodes_image_streaming")
+    assert _val(streaming, "role") == "roles/serviceusage.serviceUsageConsumer"
+    assert _val(streaming, "member") == "serviceAccount:${google_service_account.gke_nodes.email}"
+    for overlay, docs in rendered.items():
+        image = re.fullmatch(VLLM_IMAGE, _container(docs, "gemma-server")["image"])
+        assert image, overlay
+        assert image["repository"] == _val(remote, "repository_id")
+        assert image["region"] == _val(tf.variables["region"], "default")
+        assert image["project"] == _config_map(docs, "hybrid-chat-config")["HYBRID_CHAT_GEMINI_PROJECT"]
+
+
+def test_secrets_are_encrypted_with_a_rotating_kms_key_only_the_gke_service_agent_may_use(
+    tf: Terraform,
+) -> None:
+    cluster = tf.one("google_container_cluster")
+    encryption = _blocks(cluster, "database_encryption")[0]
+    assert _val(encryption, "state") == "ENCRYPTED"
+    assert _val(encryption, "key_name") == "${google_kms_crypto_key.gke_secrets.id}"
+    assert "${google_kms_crypto_key_iam_member.gke_secrets}" in _val(cluster, "depends_on")
+    ring = tf.one("google_kms_key_ring")
+    assert _val(ring, "location") == "${var.region}", "GKE needs the key in the cluster's location"
+    key = tf.one("google_kms_crypto_key")
+    assert _val(key, "key_ring") == "${google_kms_key_ring.gke.id}"
+    assert _val(key, "purpose") == "ENCRYPT_DECRYPT"
+    assert int(_val(key, "rotation_period").rstrip("s")) <= 90 * 86400
+    (grant,) = [body for rtype, _, body in tf.resources if rtype.startswith("google_kms_") and "iam" in rtype]
+    assert _val(grant, "crypto_key_id") == "${google_kms_crypto_key.gke_secrets.id}"
+    assert _val(grant, "role") == "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+    assert _val(grant, "member") == (
+        "serviceAccount:service-${data.google_project.this.number}@container-engine-robot.iam.gserviceaccount.com"
+    )
+
+
+def test_chat_ksa_gets_only_its_gemini_role_and_datastore_user_through_workload_identity(
     tf: Terraform,
 ) -> None:
     principal = "${local.chat_ksa_principal}"
@@ -425,7 +504,8 @@ def test_chat_ksa_gets_only_vertex_ai_user_and_datastore_user_through_workload_i
         if rtype.endswith(("_iam_member", "_iam_binding")) and principal in str(body)
     }
     assert granted == {
-        ("google_project_iam_member", "roles/aiplatform.user"),
+        # Gemini: a custom role with the one permission its calls need (below), not roles/aiplatform.user.
+        ("google_project_iam_member", "${google_project_iam_custom_role.chat_vertex.id}"),
         ("google_project_iam_member", "roles/datastore.user"),
         # Attachments (issue 15): a custom role, on the attachments bucket only.
         ("google_storage_bucket_iam_member", "${google_project_iam_custom_role.chat_attachments.id}"),
@@ -439,6 +519,10 @@ def test_chat_ksa_gets_only_vertex_ai_user_and_datastore_user_through_workload_i
         assert piece in expr
     assert _val(tf.locals, "workload_pool") == "${var.project_id}.svc.id.goog"
     assert _val(tf.variables["ksa_name"], "default") == "gradio-chat-ksa"
+    # generateContent, streamGenerateContent and countTokens on publisher models: one permission.
+    assert _val(_one(tf, "google_project_iam_custom_role", "chat_vertex"), "permissions") == [
+        "aiplatform.endpoints.predict"
+    ]
 
 
 def _one(tf: Terraform, rtype: str, name: str) -> dict[str, Any]:
@@ -482,7 +566,7 @@ def test_no_token_creator_impersonation_or_basic_roles_anywhere(tf: Terraform) -
         if rtype.endswith(("_iam_member", "_iam_binding"))
     }
     assert roles <= {
-        "roles/aiplatform.user",
+        "${google_project_iam_custom_role.chat_vertex.id}",  # aiplatform.endpoints.predict
         "roles/datastore.user",
         "roles/container.defaultNodeServiceAccount",
         "roles/artifactregistry.reader",
@@ -492,7 +576,23 @@ def test_no_token_creator_impersonation_or_basic_roles_anywhere(tf: Terraform) -
         "roles/storage.admin",  # on skaffold's build bucket only (below)
         "roles/monitoring.viewer",
         "${google_project_iam_custom_role.chat_attachments.id}",  # objects create/get/list/delete
+        "roles/serviceusage.serviceUsageConsumer",  # the nodes: image streaming with a custom node account
+        "roles/storage.objectViewer",  # vLLM: the weights bucket only
+        "roles/storage.objectUser",  # the weights loader Job: the weights bucket only
+        "roles/cloudkms.cryptoKeyEncrypterDecrypter",  # the GKE service agent: the Secrets key only
     }, roles
+    assert "roles/aiplatform.user" not in roles, "the chat's Gemini calls need one permission: a custom role"
+    on_weights = {
+        _val(body, "role"): _val(body, "bucket")
+        for rtype, _, body in tf.resources
+        if rtype == "google_storage_bucket_iam_member"
+        and _val(body, "role") in ("roles/storage.objectViewer", "roles/storage.objectUser")
+    }
+    assert set(on_weights.values()) == {"${google_storage_bucket.model_weights.name}"}, on_weights
+    project_level = {
+        _val(body, "role") for rtype, _, body in tf.resources if rtype == "google_project_iam_member"
+    }
+    assert not project_level & {"roles/storage.objectViewer", "roles/storage.objectUser"}
     storage_admin = [
         (rtype, _val(body, "bucket"))
         for rtype, _, body in tf.resources
@@ -654,7 +754,8 @@ def test_gemma_runs_pinned_vllm_openai_server_on_4_l4_gpus_with_tensor_parallel_
     docs = rendered["dev"]
     pod = _pod_spec(docs, "gemma-server")
     c = _container(docs, "gemma-server")
-    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", c["image"]), c["image"]
+    # A release, by digest, through the project's Docker Hub remote repository (infra/artifact_registry.tf).
+    assert re.fullmatch(VLLM_IMAGE, c["image"]), c["image"]
     args = c["args"]
     assert _arg(args, "--model") == "google/gemma-3-12b-it"
     assert _arg(args, "--served-model-name") == "google/gemma-3-12b-it"
@@ -772,27 +873,55 @@ def test_iap_overlay_has_no_public_load_balancer_and_trusts_the_iap_header(
     assert [src["namespaceSelector"] for src in scrape["from"]] == [GMP_NAMESPACE_SELECTOR]
 
 
-def test_weights_cache_overlay_keeps_the_hugging_face_cache_on_a_pvc(
+def test_weights_cache_overlay_serves_the_weights_from_cloud_storage_fuse_as_google_advises(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     docs = rendered["weights-cache"]
-    pvc = _obj(docs, "PersistentVolumeClaim", "gemma-weights")
-    # Shared by every replica the queue-depth HPA adds: ReadWriteOnce would leave the second one Pending.
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    assert pvc["spec"]["storageClassName"] == "standard-rwx"
-    assert pvc["metadata"]["namespace"] == "hybrid-chat"
     pod = _pod_spec(docs, "gemma-server")
+    template = _obj(docs, "Deployment", "gemma-server")["spec"]["template"]
     c = _container(docs, "gemma-server")
-    hf_home = next(e["value"] for e in c["env"] if e["name"] == "HF_HOME")
-    mount = next(m for m in c["volumeMounts"] if hf_home.startswith(m["mountPath"] + "/"))
+    # vLLM loads the model's directory on the mount, with the hub off and no Hugging Face token in the Pod.
+    model_dir = _arg(c["args"], "--model")
+    mount = next(m for m in c["volumeMounts"] if model_dir.startswith(m["mountPath"] + "/"))
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    assert volume == {"name": mount["name"], "persistentVolumeClaim": {"claimName": "gemma-weights"}}
-    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"], (
-        "the PVC must be writable"
+    assert set(volume) == {"name", "csi"}, volume
+    assert volume["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
+    assert volume["csi"]["readOnly"] is True
+    assert _arg(c["args"], "--served-model-name") == "google/gemma-3-12b-it", "clients keep the model's name"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert "HF_TOKEN" not in env
+    hf_home = env["HF_HOME"]["value"]
+    writable = next(m for m in c["volumeMounts"] if hf_home.startswith(m["mountPath"] + "/"))
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == writable["name"])
+    # The mount: Google's serving settings (metadata cached without expiry and listed at mount, file cache
+    # with parallel downloads), owned by the Pod's non-root user.
+    attributes = volume["csi"]["volumeAttributes"]
+    options = dict(
+        (o.rsplit(":", 1) if ":" in o else o.split("=", 1)) if ("=" in o or ":" in o) else (o, "")
+        for o in attributes["mountOptions"].split(",")
     )
-    # Without the overlay the cache is an emptyDir (downloaded on every start).
+    assert options["uid"] == str(pod["securityContext"]["runAsUser"])
+    assert options["gid"] == str(pod["securityContext"]["runAsGroup"])
+    assert options["file-cache:enable-parallel-downloads"] == "true"
+    for key in (
+        "metadata-cache:ttl-secs",
+        "metadata-cache:stat-cache-max-size-mb",
+        "metadata-cache:type-cache-max-size-mb",
+    ):
+        assert options[key] == "-1", key
+    assert attributes["fileCacheCapacity"] == "-1"
+    assert attributes["gcsfuseMetadataPrefetchOnMount"] == "true"
+    # The sidecar is injected and its ephemeral storage (where the file cache lives) takes the weights.
+    annotations = template["metadata"]["annotations"]
+    assert annotations["gke-gcsfuse/volumes"] == "true"
+    cache = annotations["gke-gcsfuse/ephemeral-storage-limit"]
+    assert cache == annotations["gke-gcsfuse/ephemeral-storage-request"]  # Autopilot: limits = requests
+    assert re.fullmatch(r"\d+Gi", cache) and int(cache[:-2]) >= 25, "Gemma 3 12B's weights are ~24 GB"
+    # Without the overlay the weights come from Hugging Face into an emptyDir (downloaded on every start).
     base_pod = _pod_spec(rendered["dev"], "gemma-server")
     assert "emptyDir" in next(v for v in base_pod["volumes"] if v["name"] == mount["name"])
+    assert _arg(_container(rendered["dev"], "gemma-server")["args"], "--model") == "google/gemma-3-12b-it"
 
 
 # ========================================================================================================
@@ -928,7 +1057,9 @@ def test_skaffold_builds_every_image_the_deployments_use_except_the_pinned_vllm(
     for docs in rendered.values():
         for name, _, c in _all_containers(docs):
             repo = re.sub(r"(@sha256:[0-9a-f]+)?$", "", c["image"]).rsplit(":", 1)[0]
-            assert repo in artifacts or repo == "vllm/vllm-openai", f"{name}: {c['image']} is built by nobody"
+            assert repo in artifacts or re.fullmatch(VLLM_IMAGE, c["image"]), (
+                f"{name}: {c['image']} is built by nobody"
+            )
     assert "hybrid-chat" in artifacts
 
 

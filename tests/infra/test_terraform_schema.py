@@ -151,6 +151,7 @@ def test_the_schema_check_bites(tf: Terraform, schema: dict[str, Any]) -> None:
     )
     # A required argument missing.
     assert broken(lambda t: body(t, "google_project_iam_member").pop("role"))
+
     # A misspelt argument inside a dynamic block's content.
     def dynamic(t: Terraform) -> None:
         cluster = body(t, "google_container_cluster")
