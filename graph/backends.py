@@ -262,7 +262,7 @@ class Backends:
         if (fmt := params.response_format) is not None:
             if name == "gemma":
                 body["response_format"] = fmt.openai()
-            else:
+            elif params.tools is None:  # Gemini takes no JSON mode beside tools: the answer is checked
                 bound.update(fmt.gemini())
         if name == "gemma" and params.priority is not None:
             body["priority"] = params.priority  # vLLM's priority scheduling (lower is served first)

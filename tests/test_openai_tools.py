@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,50 @@ def vllm_backends(tmp_path: Path, gemma_base_url: str) -> Backends:
     from tests.conftest import local_settings
 
     return Backends(local_settings(tmp_path, gemma_base_url=gemma_base_url))
+
+
+def test_which_backends_call_tools_and_where_a_tool_turn_goes(tmp_path: Path) -> None:
+    """The router's rule, without a server: the embedded Gemma stand-in does not call tools, vLLM's
+    Gemma does (unless the settings say it was started without a tool-call parser), Gemini does."""
+    from graph.policies import default_router
+    from graph.router import NoBackendTakes, RouteRequest
+    from tests.conftest import local_settings
+
+    local = Backends(local_settings(tmp_path))
+    vllm = Backends(local_settings(tmp_path, gemma_base_url="http://vllm:8000/v1"))
+    plain = Backends(local_settings(tmp_path, gemma_base_url="http://vllm:8000/v1", gemma_tools=False))
+    assert (local.accepts("gemma").tools, vllm.accepts("gemma").tools, plain.accepts("gemma").tools) == (
+        False,
+        True,
+        False,
+    )
+    assert local.accepts("gemini").tools
+    router = default_router(local.settings, local)
+    asked = replace(router.signals(), tools=True, accepts={b: local.accepts(b) for b in ("gemma", "gemini")})
+    for model in ("gemma", "auto", "task"):
+        decision = router.decide(RouteRequest(model, prompt_tokens=10, signals=asked))  # type: ignore[arg-type]
+        assert decision.backend == "gemini" and decision.fallback is None, (model, decision)
+    assert router.decide(RouteRequest("gemma", prompt_tokens=10, signals=asked)).reason == (
+        "tools: Gemma stand-in cannot call tools"
+    )
+    strict = default_router(local_settings(tmp_path, fallback_enabled=False), local)
+    with pytest.raises(NoBackendTakes, match="fallback to another model is off: choose Gemini stand-in"):
+        strict.decide(RouteRequest("gemma", prompt_tokens=10, signals=asked))
+
+
+def test_task_requests_go_to_the_cheaper_backend_unless_it_is_busy_or_down() -> None:
+    from graph.policies.task import TaskPolicy
+    from graph.router import RouteRequest, Signals
+
+    policy = TaskPolicy(preferred="gemma", gemma_max_model_len=4096, gemma_max_waiting=2)
+
+    def route(waiting: float | None = None, up: bool = True, tokens: int = 100) -> tuple[str, str | None]:
+        signals = Signals({"gemma": up, "gemini": True}, gemma_waiting=waiting)
+        decision = policy.decide(RouteRequest("task", prompt_tokens=tokens, max_tokens=256, signals=signals))  # type: ignore[arg-type]
+        return decision.backend, decision.fallback
+
+    assert route() == ("gemma", "gemini")
+    assert route(waiting=1) == ("gemma", "gemini")
+    assert route(waiting=2) == ("gemini", "gemma")  # people's queue on vLLM: not behind it
+    assert route(up=False) == ("gemini", "gemma")
+    assert route(tokens=4000) == ("gemini", None)
