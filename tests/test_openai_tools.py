@@ -348,3 +348,38 @@ def test_task_requests_go_to_the_cheaper_backend_unless_it_is_busy_or_down() -> 
     assert route(waiting=2) == ("gemini", "gemma")  # people's queue on vLLM: not behind it
     assert route(up=False) == ("gemini", "gemma")
     assert route(tokens=4000) == ("gemini", None)
+
+
+def test_gemma_on_a_vllm_with_a_tool_parser_calls_tools_streamed_and_not(tmp_path: Path) -> None:
+    """Gemma on vLLM (a server that answers as vLLM's tool-call parser does, arguments streamed in
+    pieces) keeps the tool turn: the call goes out through ChatOpenAI's bind_tools with the tools and
+    tool_choice as sent, comes back whole in OpenAI's shape, and the result reaches vLLM's prompt."""
+    with fault_server("tools") as vllm:
+        app = app_for(tmp_path, vllm_backends(tmp_path, vllm.base_url), gemma_base_url=vllm.base_url)
+        with serve_app(app) as base:
+            sdk = _sdk(base)
+            ask: dict[str, Any] = {"model": "hybrid-chat/gemma", "tools": [WEATHER], "max_tokens": 60}
+            first = sdk.chat.completions.create(**ask, messages=[QUESTION], tool_choice="required")
+            (call,) = first.choices[0].message.tool_calls or []
+            assert first.model == "hybrid-chat/gemma" and first.choices[0].finish_reason == "tool_calls"
+            assert (call.function.name, json.loads(call.function.arguments)) == (
+                "get_weather",
+                {"city": "Paris"},
+            )
+            sent = vllm.bodies[-1]
+            assert sent["tool_choice"] == "required" and sent["tools"][0]["function"]["name"] == "get_weather"
+            streamed, finish, model = _streamed_call(sdk, **ask, messages=[QUESTION])
+            assert (finish, model) == ("tool_calls", "hybrid-chat/gemma")
+            assert [(c["name"], json.loads(c["arguments"])) for c in streamed] == [
+                ("get_weather", {"city": "Paris"})
+            ]
+            history = [
+                QUESTION,
+                first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": RESULT},
+            ]
+            final = sdk.chat.completions.create(**ask, messages=history)
+            assert final.choices[0].message.content == f"echo:{RESULT}", final
+            prompt = vllm.prompts[-1]
+            assert [m["role"] for m in prompt][-3:] == ["user", "assistant", "tool"], prompt
+            assert prompt[-2]["tool_calls"][0]["id"] == call.id and prompt[-1]["tool_call_id"] == call.id

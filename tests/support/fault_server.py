@@ -4,7 +4,10 @@ Modes: "ok" (answers, streaming), "hang" (accepts, never answers), "reset" (drop
 "fail_after_3" (3 chunks, then the connection drops), "http_429" / "http_503" (an error status),
 "echo" (streams "echo:" + the user messages' texts joined by "|", a word at a time, so a test sees the
 prompt a graph sent) and "echo_slow" (the same, one word every 0.2 s, padded with " ..." or cut to the
-request's max_tokens words: an answer of a known length, e.g. 5 words = 1 s).
+request's max_tokens words: an answer of a known length, e.g. 5 words = 1 s), "tools" (as vLLM with a
+tool-call parser: a request with `tools` whose last message is the user's gets a call of the named or
+first tool, its first parameter set to the user message's last word; streamed as vLLM streams calls, the
+arguments in pieces; after tool results, "echo:" + the results joined by "|").
 `/metrics` serves `waiting` as vLLM's `vllm:num_requests_waiting`. Counts the chat requests it received;
 `bodies` keeps every chat request's JSON body and `prompts` its messages, in arrival order.
 `in_progress` counts the chat requests being answered now (a client that goes away ends its request at
@@ -70,7 +73,20 @@ class FaultServer:
                 server.bodies.append(request)
                 server.prompts.append(request.get("messages") or [])
                 mode = server.mode
-                if mode in ("echo", "echo_slow"):
+                if (
+                    mode == "tools"
+                    and request.get("tools")
+                    and (request.get("messages") or [{}])[-1].get("role") == "user"
+                ):
+                    self._call(request)
+                    return
+                if mode == "tools":  # after the results: echo them
+                    results = [m for m in request.get("messages") or [] if m.get("role") == "tool"]
+                    request = {
+                        **request,
+                        "messages": [{"role": "user", "content": _text(m.get("content"))} for m in results],
+                    }
+                if mode in ("echo", "echo_slow", "tools"):
                     self._echo(request, slow=mode == "echo_slow")
                     return
                 if mode == "hang":
@@ -114,6 +130,61 @@ class FaultServer:
                     }
                     self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
                     time.sleep(0.02)
+                self._chunk(b"data: [DONE]\n\n")
+                self._chunk(b"")
+
+            def _call(self, request: dict[str, Any]) -> None:
+                choice = request.get("tool_choice")
+                named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+                tool = next(
+                    (t for t in request["tools"] if t["function"]["name"] == named), request["tools"][0]
+                )
+                fn = tool["function"]
+                params = list((fn.get("parameters") or {}).get("properties") or {})
+                said = _text(request["messages"][-1].get("content"))
+                value = (re.findall(r"\w+", said) or [""])[-1]
+                arguments = json.dumps({params[0]: value} if params else {})
+                call_id = f"chatcmpl-tool-{uuid.uuid4().hex}"
+                if not request.get("stream"):
+                    call = {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": fn["name"], "arguments": arguments},
+                    }
+                    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+                    body = {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                    }
+                    self._send(200, json.dumps(body).encode())
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                head = {
+                    "index": 0,
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": fn["name"], "arguments": ""},
+                }
+                pieces = [arguments[i : i + 5] for i in range(0, len(arguments), 5)]
+                deltas = [
+                    {"tool_calls": [head]},
+                    *({"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces),
+                ]
+                for delta, finish in [*((d, None) for d in deltas), ({}, "tool_calls")]:
+                    chunk = {
+                        "id": "x",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                    self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
                 self._chunk(b"data: [DONE]\n\n")
                 self._chunk(b"")
 
