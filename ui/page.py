@@ -33,13 +33,23 @@ FOCUS_INPUT = """() => {
 # Remove button is clicked), so the first reply need not set the box's value either. Last file first:
 # a Remove button removes the file at its position when it was drawn, so after the first file went the
 # second button would miss (an image and a PDF sent together left the PDF in the box).
+# The message is the text the box held at Enter (or Send), noted then by TAKE_AT_ENTER: Gradio runs
+# this tens of milliseconds later (more on a busy machine), and what was typed meanwhile is the start of
+# the next message, so it stays in the box (it was wiped: the box then showed "en" for "and then").
 # The last input is the id under which EARLY_TOKENS sent the same message straight to the server.
 TAKE_INPUT = """(...args) => {
   const out = structuredClone(args);
   out[out.length - 1] = window.__hcTurn || '';
   window.__hcTurn = '';
   const box = document.querySelector('#hc-input textarea');
-  if (box) { box.value = ''; box.dispatchEvent(new Event('input', {bubbles: true})); }
+  const sent = window.__hcAtEnter;
+  window.__hcAtEnter = null;
+  let rest = '';
+  if (box && typeof sent === 'string' && box.value.startsWith(sent)) {
+    rest = box.value.slice(sent.length);
+    if (out[0] && typeof out[0] === 'object') out[0].text = sent; else out[0] = sent;
+  }
+  if (box) { box.value = rest; box.dispatchEvent(new Event('input', {bubbles: true})); }
   const removes = document.querySelectorAll('#hc-input button[aria-label="Remove file"]');
   Array.from(removes).reverse().forEach((b) => b.click());
   return out;
@@ -362,6 +372,20 @@ EARLY_TOKENS = """() => {
     if (e.target.closest?.('#hc-input button.submit-button')) start();
   }, true);
 }"""
+# The box's text at the moment Enter (or Send) sends it, for TAKE_INPUT: captured before Gradio's own
+# handlers, which send the event later.
+TAKE_AT_ENTER = """() => {
+  if (window.__hcAtEnterOn) return;
+  window.__hcAtEnterOn = true;
+  const note = () => { window.__hcAtEnter = document.querySelector('#hc-input textarea')?.value ?? null; };
+  document.addEventListener('keydown', (e) => {
+    const inBox = e.target.closest?.('#hc-input textarea');
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && inBox) note();
+  }, true);
+  document.addEventListener('click', (e) => {
+    if (e.target.closest?.('#hc-input button.submit-button')) note();
+  }, true);
+}"""
 # The generation settings as Gradio sends them, for EARLY_TOKENS.
 MIRROR_PARAMS = "(...values) => { window.__hcParams = values; }"
 # The request Enter left in the page (RENAME_INLINE), handed to `ChatHandlers.rename_listed`.
@@ -514,6 +538,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
 
         demo.load(None, js=DECORATE)
         demo.load(None, js=EARLY_TOKENS)
+        demo.load(None, js=TAKE_AT_ENTER)
         demo.load(None, gen_inputs, None, js=MIRROR_PARAMS)
         for setting in gen_inputs:
             setting.change(None, gen_inputs, None, js=MIRROR_PARAMS)
