@@ -10,6 +10,7 @@ off. The `task` model's cap and vLLM priority are checked on the request a vLLM-
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from dataclasses import replace
@@ -20,6 +21,7 @@ import openai
 import pytest
 
 from graph.backends import Backends
+from graph.memory.contract import ConversationNotFound
 from tests.browser.appserver import serve_app
 from tests.support.fault_server import fault_server
 from tests.test_openai_api import app_for, post
@@ -43,8 +45,12 @@ QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
 RESULT = json.dumps({"city": "Paris", "forecast": "sunny", "temperature_c": 21})
 
 
-def _sdk(base: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+def _sdk(base: str, user: str | None = None) -> openai.OpenAI:
+    """The SDK against the served app; `user`: "name:password", signed in with HTTP Basic."""
+    signed = {"Authorization": "Basic " + base64.b64encode(user.encode()).decode()} if user else None
+    return openai.OpenAI(
+        base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120, default_headers=signed
+    )
 
 
 def _streamed_call(sdk: openai.OpenAI, **ask: Any) -> tuple[list[dict[str, Any]], str | None, str]:
@@ -231,12 +237,13 @@ async def test_bad_tool_requests_are_refused_saying_what_to_change(
 def test_a_saved_conversation_keeps_the_call_and_its_result_for_the_next_turn(
     tmp_path: Path, local_backends: Backends
 ) -> None:
-    """With `x-hybrid-chat-conversation`, the call and the result are stored in order, and the next
-    turn's prompt holds them: the conversation reads question, call, result, answer, question, answer."""
-    app = app_for(tmp_path, local_backends)
+    """Signed in, with `x-hybrid-chat-conversation`, the call and the result are stored in order, and the
+    next turn's prompt holds them: the conversation reads question, call, result, answer, question,
+    answer. Another user naming the same conversation cannot answer its call: theirs is their own."""
+    app = app_for(tmp_path, local_backends, auth_users="alice:wonder,bob:builder")
     headers = {"x-hybrid-chat-conversation": "weather-1"}
     with serve_app(app) as base:
-        sdk = _sdk(base)
+        sdk = _sdk(base, "alice:wonder")
         ask: dict[str, Any] = {
             "model": "hybrid-chat/gemini",
             "tools": [WEATHER],
@@ -258,7 +265,11 @@ def test_a_saved_conversation_keeps_the_call_and_its_result_for_the_next_turn(
         again = [*history, {"role": "assistant", "content": answer}, {"role": "user", "content": "Thanks!"}]
         last = sdk.chat.completions.create(**ask, messages=again)
         assert last.model_extra["hybrid_chat"]["history"] == "matches", last.model_extra  # type: ignore[index]
-    stored = asyncio.run(app.state.chat.messages("local", "weather-1"))
+        with pytest.raises(openai.BadRequestError, match="not a tool call of the answer before it"):
+            _sdk(base, "bob:builder").chat.completions.create(**ask, messages=history)
+    with pytest.raises(ConversationNotFound):  # nothing of the refused turn was stored for bob
+        asyncio.run(app.state.chat.messages("bob", "weather-1"))
+    stored = asyncio.run(app.state.chat.messages("alice", "weather-1"))
     kinds = [(m.type, bool(getattr(m, "tool_calls", None))) for m in stored]
     assert kinds == [
         ("human", False),
