@@ -9,9 +9,14 @@ A day is simulated minute by minute (standard library only; `--plot` needs matpl
   from one replica: the per-replica figure). Continuing turns stay on Gemma. A turn that would wait longer
   than `first_token_timeout_s` for its first token is answered by Gemini after that timeout (the router's
   fallback).
-- A vLLM replica runs up to `max_num_seqs` sequences at once; one turn holds a sequence for its prefill
-  plus `answer_tokens / decode_tokens_per_s_per_seq`. Below saturation the wait follows M/M/c (Erlang C)
-  with c = ready replicas x max_num_seqs; above it a fluid queue builds up.
+- A vLLM replica (`gpus_per_replica` L4s, tensor parallel) runs up to `max_num_seqs` sequences at once.
+  Decoding is memory-bandwidth bound: each step reads the replica's share of the weights once plus every
+  running sequence's KV cache, so a step takes longer as the batch grows, but far less than in proportion
+  (`step_s`): throughput keeps rising with the batch while each sequence slows down. Prefill is
+  compute-bound and shares the GPUs with decoding. One turn holds a sequence for its prefill plus
+  `answer_tokens` steps; the batch and the step time are solved together from the load (`service_s`).
+  Below saturation the wait follows M/M/c (Erlang C) with c = ready replicas x max_num_seqs; above it a
+  fluid queue builds up. `max_num_seqs` above what the KV cache holds at the modelled context is refused.
 - The HPA (deploy/base/gemma-hpa.yaml) sees vLLM's gauges `metric_lag_min` minutes late (scrape, Cloud
   Monitoring, adapter) and wants the larger of ceil(waiting / target_waiting) and
   ceil(running / target_running) replicas (waiting alone reads 0 as soon as a new replica has drained
@@ -23,7 +28,8 @@ A day is simulated minute by minute (standard library only; `--plot` needs matpl
 
 Per hour it reports replicas, queue depth per replica, the share of turns answered by Gemini, the p95 time
 to first token, GPU hours and Gemini's token cost. The defaults are estimates, not measurements (see
-DEFAULTS_SOURCES); replace them with `vllm bench serve` figures from your own deployment.
+DEFAULTS_SOURCES: every input's source, published where one exists); replace them with `vllm bench serve`
+figures from your own deployment.
 
     python deploy/capacity/simulate.py                       # the documented example day, as a table
     python deploy/capacity/simulate.py --max-replicas 3 --json
@@ -38,6 +44,7 @@ import math
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 
 # An office-hours day (turns per second, hour 0-23, UTC of the users): quiet night, a morning ramp, a
 # lunch dip, an afternoon peak. Scale it to your own traffic.
@@ -47,20 +54,58 @@ EXAMPLE_DAY = (
 )  # fmt: skip
 
 DEFAULTS_SOURCES = {
-    "decode_tokens_per_s_per_seq": (
-        "estimate: Gemma 3 12B in bf16 is ~24 GB of weights, 6 GB per L4 at tensor parallel 4; an L4 reads "
-        "300 GB/s (NVIDIA L4 datasheet), so decoding is bounded near 50 steps/s; half of that after "
-        "all-reduce over PCIe and attention at batch 16 gives 25 tokens/s per sequence"
+    "gpus_per_replica": (
+        "deploy/base/gemma-deployment.yaml (nvidia.com/gpu, --tensor-parallel-size). Google's GKE sample "
+        "for this model (kubernetes-engine-samples ai-ml/llm-serving-gemma/vllm/vllm-3-12b-it.yaml) uses 2 "
+        "L4s with --tensor-parallel-size=2 and --max-num-seqs=4; `--gpus-per-replica 2` models it"
     ),
-    "prefill_tokens_per_s": (
-        "estimate: ~2 x 12e9 FLOP per prompt token against 4 x 121 dense bf16 TFLOPS (NVIDIA L4 "
-        "datasheet) at ~40 % utilisation is ~8,000 tokens/s per replica"
+    "weights_gb": (
+        "google/gemma-3-12b-it model card: 12.2 B parameters (incl. the vision encoder), bf16 = 2 bytes each"
     ),
-    "cold_start_min": "docs/deploy.md: a new 4x L4 node, the vLLM image and ~24 GB of weights take 10-30 min",
+    "kv_layers_global": (
+        "google/gemma-3-12b-it config.json (text_config): 48 layers, sliding_window_pattern 6 = every sixth "
+        "layer attends globally (8), the other 40 to a window of sliding_window 1024 tokens"
+    ),
+    "kv_bytes_per_token_per_layer": (
+        "config.json: num_key_value_heads 8 x head_dim 256 x (K and V) x 2 bytes (bf16 KV cache) = 8 KiB"
+    ),
+    "gpu_memory_gb": "NVIDIA L4 datasheet: 24 GB GDDR6 per GPU",
+    "hbm_gb_s": "NVIDIA L4 datasheet: 300 GB/s memory bandwidth per GPU",
+    "bandwidth_efficiency": (
+        "0.7 of the datasheet bandwidth, as a published vLLM benchmark_serving run on one L4 implies "
+        "(Llama 3.2 11B Vision FP8, ShareGPT, 1,000 prompts: 285 output tok/s at a mean TPOT of 54.8 ms, "
+        "i.e. ~15.6 sequences per step reading ~11.4 GB of weights and KV cache: 208 GB/s = 69 %)"
+    ),
+    "step_overhead_ms": (
+        "estimate: per decoding step, 2 all-reduces per layer x 48 layers over PCIe (the L4 has no NVLink) "
+        "at ~30 us each with 4 GPUs (~3 ms; ~2 ms with 2), plus ~2 ms for scheduling and sampling"
+    ),
+    "activation_reserve_gb_per_gpu": (
+        "estimate: activations, CUDA graphs and NCCL buffers that vLLM keeps outside the KV cache"
+    ),
+    "prefill_tokens_per_s_per_gpu": (
+        "estimate: ~2 x 12e9 FLOP per prompt token against 121 dense bf16 TFLOPS per L4 (NVIDIA L4 "
+        "datasheet) at ~40 % utilisation: ~2,000 tokens/s per GPU"
+    ),
+    "max_num_seqs": (
+        "deploy/base/kustomization.yaml gemma-config; 64 keeps each sequence at ~15 tokens/s (people read "
+        "5-10 words/s) and within the KV cache: 131 sequences at the modelled context on 4 L4s, ~38 at the "
+        "full 16,384 tokens (vLLM then preempts and recomputes, it does not fail)"
+    ),
+    "target_running": (
+        "gemma-autoscaling GEMMA_TARGET_RUNNING: half of max_num_seqs, because the sequences running grow "
+        "steeply near saturation (each runs slower as the batch grows): at 32 the second replica is asked "
+        "for at ~1.4 turns/s, before the first saturates at ~1.9 (python deploy/capacity/simulate.py "
+        "--target-running 48: it oscillates and spills)"
+    ),
+    "cold_start_min": "docs/cold-start.md: node, streamed image, weights from Cloud Storage, load, graphs",
     "gemini_ttft_s": "estimate for gemini-2.5-flash with thinking off (HYBRID_CHAT_GEMINI_THINKING_BUDGET=0)",
     "gemini_usd_per_mtok_in": "Vertex AI pricing page, Gemini 2.5 Flash text input (check the current price)",
     "gemini_usd_per_mtok_out": "Vertex AI pricing page, Gemini 2.5 Flash output (check the current price)",
-    "usd_per_replica_hour": "docs/deploy.md cost notes: a 4x L4 node is roughly USD 4-5 per hour on demand",
+    "usd_per_gpu_hour": (
+        "docs/deploy.md cost notes: a 4x L4 replica (GPUs, 16 vCPU, 96 GiB) is roughly USD 4-5 per hour on "
+        "demand, ~USD 1.1 per L4 with its share of CPU and memory"
+    ),
 }
 
 
@@ -70,10 +115,22 @@ class Params:
     prompt_tokens: int = 1200  # prompt incl. the history window
     answer_tokens: int = 350
     new_conversation_share: float = 0.25  # ~4 turns per conversation
-    # vLLM, one replica (4x L4, deploy/base/kustomization.yaml gemma-config)
-    max_num_seqs: int = 16
-    decode_tokens_per_s_per_seq: float = 25.0
-    prefill_tokens_per_s: float = 8000.0
+    # vLLM, one replica (deploy/base/gemma-deployment.yaml, kustomization.yaml gemma-config)
+    gpus_per_replica: int = 4
+    max_num_seqs: int = 64
+    gpu_memory_utilization: float = 0.90
+    # Gemma 3 12B and the L4 (DEFAULTS_SOURCES)
+    weights_gb: float = 24.4
+    kv_layers_global: int = 8
+    kv_layers_local: int = 40
+    sliding_window: int = 1024
+    kv_bytes_per_token_per_layer: int = 8192
+    gpu_memory_gb: float = 24.0
+    hbm_gb_s: float = 300.0
+    bandwidth_efficiency: float = 0.7
+    step_overhead_ms: float = 5.0
+    activation_reserve_gb_per_gpu: float = 1.5
+    prefill_tokens_per_s_per_gpu: float = 2000.0
     ttft_overhead_s: float = 0.1
     # Router (HYBRID_CHAT_AUTO_GEMMA_MAX_WAITING, HYBRID_CHAT_FIRST_TOKEN_TIMEOUT_S)
     router_spill_waiting: float = 2.0
@@ -82,18 +139,18 @@ class Params:
     min_replicas: int = 1
     max_replicas: int = 2
     target_waiting: float = 1.0
-    target_running: float = 12.0  # vllm:num_requests_running per replica (of max_num_seqs)
+    target_running: float = 32.0  # vllm:num_requests_running per replica (of max_num_seqs)
     tolerance: float = 0.1
     metric_lag_min: int = 2
     scale_up_period_min: int = 5
     scale_down_window_min: int = 30
     scale_down_period_min: int = 10
-    cold_start_min: int = 20
+    cold_start_min: int = 10
     # Gemini and money
     gemini_ttft_s: float = 0.8
     gemini_usd_per_mtok_in: float = 0.30
     gemini_usd_per_mtok_out: float = 2.50
-    usd_per_replica_hour: float = 4.5
+    usd_per_gpu_hour: float = 1.125
 
     def __post_init__(self) -> None:
         if len(self.turns_per_s) != 24 or min(self.turns_per_s) < 0:
@@ -102,19 +159,90 @@ class Params:
             raise ValueError("need 1 <= min_replicas <= max_replicas")
         if not 0 <= self.new_conversation_share <= 1:
             raise ValueError("new_conversation_share must be within 0..1")
+        if self.kv_cache_gb <= 0:
+            raise ValueError(
+                f"{self.weights_gb} GB of weights leave no KV cache on {self.gpus_per_replica} GPUs"
+            )
+        if self.max_num_seqs > self.kv_sequences:
+            raise ValueError(
+                f"max_num_seqs {self.max_num_seqs} exceeds the {self.kv_sequences} sequences the KV cache "
+                f"({self.kv_cache_gb:.1f} GB) holds at {self.mean_context_tokens} tokens of context"
+            )
+
+    # --- One replica, from the model's shape and the GPU's datasheet ---------------------------------
+    @property
+    def usd_per_replica_hour(self) -> float:
+        return self.usd_per_gpu_hour * self.gpus_per_replica
+
+    @property
+    def mean_context_tokens(self) -> int:
+        """Tokens a sequence holds in the KV cache on average while it decodes."""
+        return self.prompt_tokens + self.answer_tokens // 2
+
+    @property
+    def kv_gb_per_sequence(self) -> float:
+        ctx = self.mean_context_tokens
+        tokens = self.kv_layers_global * ctx + self.kv_layers_local * min(ctx, self.sliding_window)
+        return tokens * self.kv_bytes_per_token_per_layer / 1e9
+
+    @property
+    def kv_cache_gb(self) -> float:
+        per_gpu = self.gpu_memory_gb * self.gpu_memory_utilization - self.activation_reserve_gb_per_gpu
+        return per_gpu * self.gpus_per_replica - self.weights_gb
+
+    @property
+    def kv_sequences(self) -> int:
+        return int(self.kv_cache_gb / self.kv_gb_per_sequence)
+
+    def step_s(self, batch: float) -> float:
+        """One decoding step with `batch` sequences: every GPU reads its share of weights and KV cache."""
+        read_gb = (self.weights_gb + batch * self.kv_gb_per_sequence) / self.gpus_per_replica
+        return self.step_overhead_ms / 1000 + read_gb / (self.hbm_gb_s * self.bandwidth_efficiency)
+
+    @property
+    def prefill_s(self) -> float:
+        return self.prompt_tokens / (self.prefill_tokens_per_s_per_gpu * self.gpus_per_replica)
 
     @property
     def ttft_base_s(self) -> float:
-        return self.ttft_overhead_s + self.prompt_tokens / self.prefill_tokens_per_s
+        return self.ttft_overhead_s + self.prefill_s
 
-    @property
-    def service_s(self) -> float:
-        """How long one turn holds a vLLM sequence slot."""
-        return self.ttft_base_s + self.answer_tokens / self.decode_tokens_per_s_per_seq
+    def _held_s(self, turns_per_s: float, batch: float) -> float:
+        """A turn's time in its sequence slot: prefill, then answer_tokens steps at this batch, slowed by
+        the share of the GPUs' time the arriving turns' prefills take."""
+        busy = min(0.99, turns_per_s * self.prefill_s)
+        return self.ttft_base_s + self.answer_tokens * self.step_s(batch) / (1 - busy)
 
-    @property
+    def service_s(self, turns_per_s: float) -> float:
+        """How long one turn holds a sequence slot when a replica serves `turns_per_s` (below saturation).
+
+        The batch is the sequences running (Little's law: rate x time held), capped at max_num_seqs:
+        solved by bisection, since the time held grows with the batch."""
+        lo, hi = 1.0, float(self.max_num_seqs)
+        if turns_per_s * self._held_s(turns_per_s, hi) <= hi:
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                if turns_per_s * self._held_s(turns_per_s, mid) > mid:
+                    lo = mid
+                else:
+                    hi = mid
+        return self._held_s(turns_per_s, hi)
+
+    @cached_property
     def replica_turns_per_s(self) -> float:
-        return self.max_num_seqs / self.service_s
+        """Saturation: the rate at which max_num_seqs sequences are running (rate x time held = slots)."""
+        lo, hi = 0.0, 0.99 / self.prefill_s
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            if mid * self._held_s(mid, self.max_num_seqs) < self.max_num_seqs:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    @property
+    def decode_tokens_per_s_per_seq(self) -> float:
+        return 1 / self.step_s(self.max_num_seqs)
 
 
 @dataclass
@@ -223,13 +351,14 @@ def simulate(p: Params) -> list[Hour]:
 
         # Time to first token, per group of turns of this minute, and the queue vLLM reports.
         servers = ready * p.max_num_seqs
-        offered = (gemma / 60) * p.service_s  # sequences busy on average
+        service = p.service_s(gemma / 60 / ready) if ready else p.service_s(0.0)
+        offered = (gemma / 60) * service  # sequences busy on average
         waiting = queue
         if gemma > 0:
             backlog_wait = queue / capacity if capacity else 0.0
             if offered < servers and backlog_wait == 0:
                 c = erlang_c(servers, offered)
-                rate_out = (servers - offered) / p.service_s
+                rate_out = (servers - offered) / service
                 cap = p.first_token_timeout_s + p.gemini_ttft_s  # past the timeout Gemini answers
                 h.groups.append((gemma, "mmc", (p.ttft_base_s, c, rate_out, cap)))
                 waiting = c * offered / (servers - offered)  # Erlang C mean queue length
@@ -248,7 +377,7 @@ def simulate(p: Params) -> list[Hour]:
         billed = ready + len(starting)
         h.replicas_avg += billed / 60
         h.ready_avg += ready / 60
-        h.gpu_hours += billed * 4 / 60
+        h.gpu_hours += billed * p.gpus_per_replica / 60
         h.gpu_usd += billed * p.usd_per_replica_hour / 60
         gemini_turns = spill + timed_out
         h.gemini_usd += (
@@ -372,8 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"params": asdict(p), "hours": [h.row() for h in hours], "day": summary(hours)}, sys.stdout)
     else:
         print(
-            f"one replica: {p.replica_turns_per_s:.2f} turns/s ({p.max_num_seqs} sequences x "
-            f"{p.service_s:.1f} s per turn), TTFT {p.ttft_base_s:.2f} s unloaded\n"
+            f"one replica ({p.gpus_per_replica}x L4): {p.replica_turns_per_s:.2f} turns/s at saturation "
+            f"({p.max_num_seqs} sequences x {p.service_s(p.replica_turns_per_s):.1f} s per turn, "
+            f"{p.decode_tokens_per_s_per_seq:.0f} tokens/s each; KV cache for {p.kv_sequences}), "
+            f"TTFT {p.ttft_base_s:.2f} s unloaded\n"
         )
         print(table(hours))
     if args.plot:

@@ -659,6 +659,67 @@ def test_capacity_model_spill_and_cost_follow_the_cold_start(capacity: Any) -> N
     assert slow["gemini_usd"] >= fast["gemini_usd"]
 
 
+def test_the_capacity_models_defaults_are_the_manifests_settings_and_each_has_a_source(
+    capacity: Any, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    p = capacity.Params()
+    docs = rendered["dev"]
+    vllm = _container(docs, "gemma-server")
+    gpus = int(vllm["resources"]["limits"]["nvidia.com/gpu"])
+    assert p.gpus_per_replica == gpus == int(vllm["args"][vllm["args"].index("--tensor-parallel-size") + 1])
+    config = _config_map(docs, "gemma-config")
+    assert p.max_num_seqs == int(config["MAX_NUM_SEQS"])
+    assert p.gpu_memory_utilization == float(config["GPU_MEMORY_UTILIZATION"])
+    scaling = _config_map(docs, "gemma-autoscaling")
+    assert p.min_replicas == int(scaling["GEMMA_MIN_REPLICAS"])
+    assert p.max_replicas == int(scaling["GEMMA_MAX_REPLICAS"])
+    assert p.target_waiting == float(scaling["GEMMA_TARGET_WAITING"])
+    assert p.target_running == float(scaling["GEMMA_TARGET_RUNNING"])
+    assert p.router_spill_waiting == float(scaling["ROUTER_SPILL_WAITING"])
+    # The inputs that describe the model, the GPU, prices and the cold start say where they come from.
+    for name in (
+        "weights_gb",
+        "kv_layers_global",
+        "kv_bytes_per_token_per_layer",
+        "gpu_memory_gb",
+        "hbm_gb_s",
+        "bandwidth_efficiency",
+        "step_overhead_ms",
+        "prefill_tokens_per_s_per_gpu",
+        "gpus_per_replica",
+        "max_num_seqs",
+        "target_running",
+        "cold_start_min",
+        "usd_per_gpu_hour",
+    ):
+        assert len(capacity.DEFAULTS_SOURCES[name]) > 30, name
+
+
+def test_a_replica_serves_more_as_its_batch_grows_until_the_kv_cache_is_full(capacity: Any) -> None:
+    # Decoding is bound by memory bandwidth: a bigger batch reads the weights once for more sequences, so
+    # throughput rises while each sequence slows down; a batch the KV cache cannot hold is refused.
+    rates = [capacity.Params(max_num_seqs=n).replica_turns_per_s for n in (16, 32, 64)]
+    assert rates[0] < rates[1] < rates[2] and rates[2] > 1.8 * rates[0], rates
+    per_sequence = [capacity.Params(max_num_seqs=n).decode_tokens_per_s_per_seq for n in (16, 32, 64)]
+    assert per_sequence[0] > per_sequence[1] > per_sequence[2] >= 10, per_sequence
+    assert capacity.Params().kv_sequences >= capacity.Params().max_num_seqs
+    with pytest.raises(ValueError, match="KV cache"):
+        capacity.Params(gpus_per_replica=2, max_num_seqs=64)
+    # Google's 2-L4 shape serves less per GPU at its largest batch than 4 L4s at theirs.
+    two = capacity.Params(gpus_per_replica=2, max_num_seqs=32, step_overhead_ms=4)
+    assert two.replica_turns_per_s / 2 < capacity.Params().replica_turns_per_s / 4
+
+
+def test_the_retuned_settings_spill_less_than_the_previous_ones_for_less(capacity: Any) -> None:
+    before = capacity.summary(
+        capacity.simulate(capacity.Params(max_num_seqs=16, target_running=12, cold_start_min=20))
+    )
+    after = capacity.summary(capacity.simulate(capacity.Params()))
+    assert after["spill_share"] < before["spill_share"] / 5
+    assert after["p95_ttft_s_worst_hour"] < before["p95_ttft_s_worst_hour"]
+    assert after["gpu_usd"] + after["gemini_usd"] < before["gpu_usd"] + before["gemini_usd"]
+
+
 def test_capacity_example_table_in_the_docs_is_the_models_output(capacity: Any) -> None:
     table = capacity.table(capacity.simulate(capacity.Params()))
     assert table in (DEPLOY / "capacity" / "example-day.md").read_text(encoding="utf-8")
