@@ -50,6 +50,7 @@ from ui.chat import (
 from ui.handlers import plain_title
 from ui.health import HealthBoard
 from ui.limits import LimitExceeded, RateLimiter, check_message
+from ui.security import SESSION_COOKIES
 
 AUD = "/projects/123/global/backendServices/456"
 pytestmark = [  # Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
@@ -69,19 +70,19 @@ def test_message_length_limit() -> None:
         check_message("x" * 11, 10)
 
 
-def test_rate_limit_is_a_token_bucket_per_user() -> None:
+async def test_rate_limit_is_a_token_bucket_per_user() -> None:
     now = [0.0]
     limiter = RateLimiter(3, clock=lambda: now[0])
     for _ in range(3):
-        limiter.acquire("alice")
+        await limiter.acquire("alice")
     with pytest.raises(LimitExceeded, match=r"limit: 3 a minute\). Try again in 20 s"):
-        limiter.acquire("alice")
-    limiter.acquire("bob")  # users do not share a bucket
+        await limiter.acquire("alice")
+    await limiter.acquire("bob")  # users do not share a bucket
     now[0] = 19.0
-    assert limiter.retry_after("alice") == pytest.approx(1.0)
+    assert await limiter.retry_after("alice") == pytest.approx(1.0)
     now[0] = 20.0
-    limiter.acquire("alice")  # refilled at 3 a minute
-    RateLimiter(0).acquire("anyone")  # 0 = no limit
+    await limiter.acquire("alice")  # refilled at 3 a minute
+    await RateLimiter(0).acquire("anyone")  # 0 = no limit
 
 
 def test_turn_params_are_validated_and_clamped(tmp_path: Path) -> None:
@@ -250,7 +251,11 @@ async def test_identity_modes(tmp_path: Path) -> None:
     assert local.user_of(SimpleNamespace(username="x")) == "local"
 
     pw = Identity(local_settings(tmp_path, auth_users=SecretStr("alice:pw")))
-    assert pw.gradio_kwargs()["auth"] == [("alice", "pw")]
+    kwargs = pw.gradio_kwargs()
+    assert "auth" not in kwargs  # not Gradio's in-memory token table: the signed cookie, on any replica
+    assert pw.sessions is not None
+    cookie = {SESSION_COOKIES[1]: await pw.sessions.issue("alice")}
+    assert await kwargs["auth_dependency"](SimpleNamespace(cookies=cookie)) == "alice"
     assert pw.user_of(SimpleNamespace(username="alice")) == "alice"
     with pytest.raises(PermissionError):
         pw.user_of(SimpleNamespace(username=None))

@@ -25,7 +25,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import json
 import logging
 import uuid
@@ -142,17 +141,15 @@ async def api_user(identity: Identity, request: Request) -> str:
         except (binascii.Error, UnicodeDecodeError):
             name, password = "", ""
         address = client_address(request.scope)
-        wait = identity.throttle.begin(name, address)
+        wait = await identity.throttle.begin(name, address)
         if wait > 0:
             raise HTTPException(429, REFUSAL, headers={"Retry-After": identity.throttle.retry_after(wait)})
-        for user, secret in identity.users:
-            # compare_digest: the time taken does not tell how much of the password was right
-            if hmac.compare_digest(name.encode(), user.encode()) & hmac.compare_digest(
-                password.encode(), secret.encode()
-            ):
-                identity.throttle.succeeded(name, address)
-                return user
-        identity.throttle.failed(name, address)
+        assert identity.sessions is not None
+        user = identity.sessions.check_password(name, password)  # constant time in what was right
+        if user is not None:
+            await identity.throttle.succeeded(name, address)
+            return user
+        await identity.throttle.failed(name, address)
     raise HTTPException(
         401, "sign in with HTTP Basic", headers={"WWW-Authenticate": 'Basic realm="hybrid-chat"'}
     )
@@ -261,7 +258,7 @@ def api_router(service: ChatService, identity: Identity, limiter: RateLimiter) -
         # The rate limit before the attachments: decoding images is the costly check, and a user must
         # not make the server decode without bound by sending messages that are then refused.
         try:
-            limiter.acquire(user)
+            await limiter.acquire(user)
         except RateLimited as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
         question: str | list[BaseMessage] = text

@@ -9,7 +9,9 @@ Exactly one mode is active, chosen by settings:
   must then agree with it if present. With `iap_verify_jwt=false` the unsigned header alone is
   trusted: anything that reaches the pod without passing IAP (another pod, a port-forward) can then
   claim to be anyone, so only do that where a network policy lets nothing but the IAP load balancer in.
-- `auth_users="alice:pw,bob:pw2"`: Gradio's own login page (username/password, constant-time compare).
+- `auth_users="alice:pw,bob:pw2"`: our sign-in form (ui/signin.py; constant-time compare), and a signed,
+  expiring session cookie that every replica checks (`SessionCookies`), handed to Gradio as its
+  `auth_dependency` in place of its in-memory token table.
 - neither: everyone is the single local user `user_id` (a laptop, a trusted network).
 
 Requests without a valid identity get 401 from Gradio for every page and API route. `/healthz`, `/readyz`
@@ -28,6 +30,13 @@ wrong, unknown or revoked: refused, never another mode's user); any other reques
 says (IAP's headers, HTTP Basic, or the local user, so the placeholder `api_key` an OpenAI client needs
 still works where there is no sign-in). See `key_user`.
 
+Sessions (password mode): the cookie holds the user name, a fingerprint of their password and their
+sign-out epoch, signed with `session_secret` by itsdangerous (`URLSafeTimedSerializer`, which also dates
+it: older than `session_max_age_s` is refused). Any replica with the same secret accepts it; signing out
+bumps the user's epoch in the shared store (ui/shared.py), which ends every session of theirs on every
+replica, and a changed password no longer matches the fingerprint. Without `session_secret` a random key
+is made per process (one replica only, said in the log); with a shared store configured it is required.
+
 Failed passwords are throttled per user name and client address (`ui.throttle`, one `LoginThrottle` per
 `Identity`, shared by the login form and HTTP Basic). A rejected IAP assertion is logged by its kind of
 fault (malformed, wrong algorithm, unknown key, bad signature or claims, ...), once per kind per minute
@@ -37,13 +46,17 @@ with the count since: never the token or its text, and not one line per request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -51,7 +64,8 @@ from graph.memory.keys import KeyStore, looks_like_key
 from graph.settings import Settings
 from ui.gradio_errors import GradioCallErrors
 from ui.logs import LogLimiter
-from ui.security import gradio_app_kwargs
+from ui.security import SESSION_COOKIES, gradio_app_kwargs
+from ui.shared import Fallbacks, LocalState, SharedState, StoreUnavailable, key_part
 from ui.signin import SignInPage
 from ui.throttle import LoginThrottle
 
@@ -182,6 +196,108 @@ class IapVerifier:
         return claims
 
 
+MIN_SECRET_CHARS = 32
+PER_PROCESS_SESSIONS = (
+    "HYBRID_CHAT_SESSION_SECRET is unset: sign-in cookies are signed with a key made for this process, so "
+    "sign-ins end when it restarts and no other replica accepts them. Fine for one replica; with several, "
+    "set it to the same random value on all (openssl rand -base64 48; docs/deploy.md)."
+)
+
+
+class SessionCookies:
+    """Signed, expiring sign-in cookies that every replica checks (see the module docstring)."""
+
+    SALT = "hybrid-chat sign-in"
+
+    def __init__(self, settings: Settings, users: list[tuple[str, str]], state: SharedState) -> None:
+        secret = settings.session_secret.get_secret_value() if settings.session_secret else None
+        if secret is None:
+            if settings.redis_url is not None:
+                raise ValueError(
+                    "HYBRID_CHAT_REDIS_URL is set (several replicas) but HYBRID_CHAT_SESSION_SECRET is not: "
+                    "set it to the same random value on every replica (openssl rand -base64 48)"
+                )
+            log.warning(PER_PROCESS_SESSIONS)
+            secret = secrets.token_urlsafe(48)
+        elif len(secret) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"HYBRID_CHAT_SESSION_SECRET must be at least {MIN_SECRET_CHARS} characters "
+                "(openssl rand -base64 48)"
+            )
+        self._secret = secret.encode()
+        self.serializer = URLSafeTimedSerializer(secret, salt=self.SALT)
+        self.max_age_s = settings.session_max_age_s
+        self.passwords = dict(users)
+        self.state = state
+        self.epochs_seen: dict[str, int] = {}  # what this replica last read, for a store outage
+        self.fallbacks = Fallbacks(log)
+
+    def fingerprint(self, user: str) -> str:
+        """A keyed hash of the user's password: a changed password no longer matches old cookies."""
+        password = self.passwords.get(user, "")
+        digest = hmac.new(self._secret, f"{user}\0{password}".encode(), hashlib.sha256).hexdigest()
+        return digest[:24]
+
+    def check_password(self, name: str, password: str) -> str | None:
+        """The user whose name and password these are, else None; constant time in the password's
+        correctness (`compare_digest`)."""
+        found = None
+        for user, secret in self.passwords.items():
+            if hmac.compare_digest(name.encode(), user.encode()) & hmac.compare_digest(
+                password.encode(), secret.encode()
+            ):
+                found = user
+        return found
+
+    @staticmethod
+    def _epoch_key(user: str) -> str:
+        return f"signout-epoch:{key_part(user)}"
+
+    async def _epoch(self, user: str) -> int:
+        """The user's sign-out epoch: the shared store's, else (an outage) the last this replica saw."""
+        try:
+            epoch = int(await self.state.get(self._epoch_key(user)) or 0)
+        except StoreUnavailable as exc:
+            self.fallbacks.note("sign-outs: the shared store is unavailable, using the last epochs seen", exc)
+            return self.epochs_seen.get(user, 0)
+        self.epochs_seen[user] = epoch
+        return epoch
+
+    async def issue(self, user: str) -> str:
+        """A cookie value for `user`, just signed in."""
+        return self.serializer.dumps({"u": user, "p": self.fingerprint(user), "e": await self._epoch(user)})
+
+    async def user(self, token: str | None) -> str | None:
+        """The user a cookie value signs in, None when it is forged, expired, signed out or outdated."""
+        if not token:
+            return None
+        try:
+            data = self.serializer.loads(token, max_age=self.max_age_s)
+        except BadSignature:  # SignatureExpired included
+            return None
+        if not isinstance(data, dict):
+            return None
+        user, fingerprint, epoch = data.get("u"), data.get("p"), data.get("e")
+        if not isinstance(user, str) or user not in self.passwords or not isinstance(epoch, int):
+            return None
+        if not isinstance(fingerprint, str) or not hmac.compare_digest(fingerprint, self.fingerprint(user)):
+            return None
+        return user if epoch >= await self._epoch(user) else None
+
+    async def sign_out(self, user: str) -> None:
+        """End every session of `user`, on every replica."""
+        try:
+            self.epochs_seen[user] = await self.state.bump(self._epoch_key(user))
+        except StoreUnavailable as exc:
+            self.fallbacks.note("sign-out: the shared store is unavailable, ended on this replica only", exc)
+            self.epochs_seen[user] = self.epochs_seen.get(user, 0) + 1
+
+    async def request_user(self, request: Any) -> str | None:
+        """Gradio's `auth_dependency` in password mode: the user of a request's sign-in cookie."""
+        cookies = request.cookies
+        return await self.user(next((cookies[c] for c in SESSION_COOKIES if cookies.get(c)), None))
+
+
 class Identity:
     """Resolves the user of each request as the settings say (see the module docstring)."""
 
@@ -191,14 +307,19 @@ class Identity:
         *,
         verifier: IapVerifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        state: SharedState | None = None,
     ) -> None:
         self.settings = settings
+        self.state = state or LocalState(clock=clock)  # what replicas share (ui/shared.py)
         self.mode = "local"
         self.users: list[tuple[str, str]] = []
         self.verifier: IapVerifier | None = None
         # Why nobody can sign in (the server answers 503 and is not ready); None when sign-in works.
         self.unconfigured: str | None = None
-        self.throttle = LoginThrottle(settings.login_max_failures, settings.login_lockout_s, clock=clock)
+        self.throttle = LoginThrottle(
+            settings.login_max_failures, settings.login_lockout_s, state=self.state, clock=clock
+        )
+        self.sessions: SessionCookies | None = None
         self.rejections = LogLimiter(log, clock=clock)
         if settings.trust_iap and settings.auth_users is not None:
             raise ValueError("set either HYBRID_CHAT_TRUST_IAP or HYBRID_CHAT_AUTH_USERS, not both")
@@ -220,6 +341,7 @@ class Identity:
         elif settings.auth_users is not None:
             self.mode = "password"
             self.users = parse_auth_users(settings.auth_users.get_secret_value())
+            self.sessions = SessionCookies(settings, self.users, self.state)
 
     async def iap_user(self, request: Any) -> str | None:
         """Gradio's `auth_dependency`: the IAP user of a request, or None (Gradio answers 401)."""
@@ -252,14 +374,20 @@ class Identity:
             app_kwargs["middleware"] = [*app_kwargs["middleware"], inner]
             return {"auth_dependency": self.iap_user, "app_kwargs": app_kwargs}
         if self.mode == "password":
-            app_kwargs = gradio_app_kwargs(self.throttle)
+            assert self.sessions is not None
+            app_kwargs = gradio_app_kwargs(self.throttle, self.sessions)
             # Our form in place of Gradio's (ui/signin.py); outermost, so its sign-ins are throttled too.
             app_kwargs["middleware"] = [
                 Middleware(SignInPage, message=SIGN_IN),
                 *app_kwargs["middleware"],
                 inner,
             ]
-            return {"auth": self.users, "auth_message": SIGN_IN, "app_kwargs": app_kwargs}
+            # Gradio asks our signed cookie who is signed in, on every route (its token table is unused).
+            return {
+                "auth_dependency": self.sessions.request_user,
+                "auth_message": SIGN_IN,
+                "app_kwargs": app_kwargs,
+            }
         return {"app_kwargs": {"middleware": [inner]}}
 
     def user_of(self, request: Any) -> str:

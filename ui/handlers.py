@@ -57,6 +57,7 @@ from ui.chat import (
 )
 from ui.limits import LimitExceeded, RateLimiter, StreamSlot, check_message
 from ui.live import LiveTurn, LiveTurns
+from ui.shared import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -236,14 +237,22 @@ class TurnAsk:
 class ChatHandlers:
     """The page's event handlers (see the module docstring)."""
 
-    def __init__(self, service: ChatService, identity: Identity, limiter: RateLimiter) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        identity: Identity,
+        limiter: RateLimiter,
+        *,
+        shared: SharedState | None = None,
+    ) -> None:
         self.service = service
         self.identity = identity
         self.limiter = limiter
         self.settings = service.settings
         # The page's turns in this process (ui/live.py): Stop ends one; a reload mid-answer waits for
-        # its conversation's turn to end (and be saved) instead of showing the question alone.
-        self.live = LiveTurns()
+        # its conversation's turn to end (and be saved) instead of showing the question alone. A turn
+        # sent two ways is claimed in `shared` too, so that two replicas never both run it.
+        self.live = LiveTurns(shared)
 
     def user_of(self, request: gr.Request | None) -> str:
         return self.identity.user_of(request)
@@ -365,7 +374,7 @@ class ChatHandlers:
         the user the server is busy while their text stays in the input box."""
         return await self.service.stream_slot(user)
 
-    def check_turn(
+    async def check_turn(
         self, user: str, text: str, options: GenerationOptions | tuple, *, files: bool = False
     ) -> tuple[str, TurnParams]:
         """Limits first (length, parameters, rate): a refused message stays in the input box. With
@@ -393,7 +402,7 @@ class ChatHandlers:
             UI_REJECTED.labels("message").inc()
             raise
         try:
-            self.limiter.acquire(user)
+            await self.limiter.acquire(user)
         except LimitExceeded:
             UI_REJECTED.labels("rate").inc()
             raise
@@ -424,7 +433,7 @@ class ChatHandlers:
         restore = {"text": ask.text, "files": paths} if paths else ask.text
         turn: LiveTurn | None = None
         if ask.turn_id is not None and 8 <= len(ask.turn_id) <= 64 and not paths:
-            turn, first = self.live.claim(user, ask.turn_id)
+            turn, first = await self.live.claim(user, ask.turn_id)
             if not first:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(turn.resolved.wait(), self.settings.stream_wait_s + 5)
@@ -442,7 +451,7 @@ class ChatHandlers:
         try:
             if st.busy:  # another tab of this session, or Enter pressed twice at once
                 raise LimitExceeded("Wait for the current answer, or press Stop.")
-            text, params = self.check_turn(user, ask.text, ask.options, files=bool(paths))
+            text, params = await self.check_turn(user, ask.text, ask.options, files=bool(paths))
             # A bad file is refused here, in the graph's words, with the message and its files kept.
             files = await asyncio.to_thread(read_uploads, paths, self.settings) if paths else []
             slot = await self.take_slot(user)
@@ -491,7 +500,7 @@ class ChatHandlers:
             )
             return
         try:
-            text, params = self.check_turn(user, text, ask.options, files=bool(files))
+            text, params = await self.check_turn(user, text, ask.options, files=bool(files))
             slot = await self.take_slot(user)
         except LimitExceeded as exc:
             yield self.refused(st, exc)
@@ -903,7 +912,7 @@ class ChatHandlers:
         return self.service.health.html()
 
     # --- the API for programmatic users ------------------------------------------------------
-    def api_turn_args(
+    async def api_turn_args(
         self,
         user: str,
         message: str,
@@ -914,7 +923,7 @@ class ChatHandlers:
     ) -> tuple[str, str, TurnParams]:
         """(conversation id, text, parameters) for Gradio's API, or `gr.Error` with the limit's words."""
         try:
-            text, params = self.check_turn(user, message, options, files=files)
+            text, params = await self.check_turn(user, message, options, files=files)
         except LimitExceeded as exc:
             raise gr.Error(str(exc)) from None
         sid = session_id.strip() if isinstance(session_id, str) and session_id.strip() else uuid.uuid4().hex
@@ -935,7 +944,7 @@ class ChatHandlers:
         `top_p` and `system_prompt` too."""
         user = self.user_of(request)
         options = GenerationOptions(model=model or None, temperature=temperature, max_tokens=max_tokens)
-        sid, text, params = self.api_turn_args(user, message, session_id, options)
+        sid, text, params = await self.api_turn_args(user, message, session_id, options)
         async for event in self.service.turn(user, sid, text, params):
             if isinstance(event, Done) and event.kind == "failed":
                 raise gr.Error(event.text)  # refused (another user's conversation, store down)
@@ -966,7 +975,7 @@ class ChatHandlers:
             max_tokens=max_tokens,
             system_prompt=system_prompt,
         )
-        sid, text, params = self.api_turn_args(user, message, session_id, options, files=bool(paths))
+        sid, text, params = await self.api_turn_args(user, message, session_id, options, files=bool(paths))
         try:
             uploads = await asyncio.to_thread(read_uploads, paths, self.settings) if paths else []
         except LimitExceeded as exc:

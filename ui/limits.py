@@ -1,20 +1,26 @@
 """Limits: message length, a per-user rate limit, and the one limit on answers streaming at once.
 
-The rate limit is a token bucket per user, kept in this process: `per_minute` messages may be sent in a
-burst, and the bucket refills at `per_minute / 60` messages a second. It is per replica (N replicas
-allow up to N times the rate); that bounds abuse and accidents (a stuck key, a script in a loop)
-without a shared store on the hot path. Regenerate and edit-and-resend count as messages.
+The rate limit is a token bucket per user: `per_minute` messages may be sent in a burst, and the bucket
+refills at `per_minute / 60` messages a second. It is kept in the shared store (ui/shared.py) when one is
+configured (`HYBRID_CHAT_REDIS_URL`), so it holds across replicas; else in this process, and N replicas
+allow up to N times the rate. On a store outage it fails open (the message goes through, a line in the
+log once a minute): the limit bounds abuse and accidents (a stuck key, a script in a loop), and an outage
+must not refuse everyone's messages. Regenerate and edit-and-resend count as messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ui.shared import Fallbacks, LocalState, SharedState, StoreUnavailable, key_part
+
+log = logging.getLogger(__name__)
 
 
 class LimitExceeded(Exception):
@@ -47,69 +53,52 @@ def check_message(text: str, max_chars: int, *, what: str = "Your message") -> s
     return stripped
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
 class RateLimiter:
-    """Token bucket per user. `per_minute <= 0` disables the limit."""
+    """Token bucket per user, in `state` (shared by the replicas, or this process's). `per_minute <= 0`
+    disables the limit."""
 
-    MAX_USERS = 10_000  # buckets kept; full buckets are dropped first when there are more
-
-    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        state: SharedState | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
-        self.clock = clock
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
+        self.state = state or LocalState(clock=clock)
+        self.fallbacks = Fallbacks(log)
 
-    def _refill(self, bucket: _Bucket, now: float) -> None:
-        bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
+    @staticmethod
+    def _key(user: str) -> str:
+        return f"rate:{key_part(user)}"
 
-    def retry_after(self, user: str) -> float:
+    async def retry_after(self, user: str) -> float:
         """Seconds until `user` may send again (0: now), without using the allowance."""
         if self.capacity <= 0:
             return 0.0
-        with self._lock:
-            bucket = self._buckets.get(user)
-            if bucket is None:
-                return 0.0
-            self._refill(bucket, self.clock())
-            return 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) / self.rate
+        try:
+            return await self.state.take(self._key(user), self.capacity, self.rate, dry_run=True)
+        except StoreUnavailable:
+            return 0.0
 
-    def acquire(self, user: str) -> None:
+    async def acquire(self, user: str) -> None:
         """Use one message of `user`'s allowance, or raise `RateLimited` saying when to retry."""
         if self.capacity <= 0:
             return
-        now = self.clock()
-        with self._lock:
-            bucket = self._buckets.get(user)
-            if bucket is None:
-                if len(self._buckets) >= self.MAX_USERS:
-                    self._prune(now)
-                bucket = self._buckets[user] = _Bucket(self.capacity, now)
-            self._refill(bucket, now)
-            if bucket.tokens >= 1:
-                bucket.tokens -= 1
-                return
-            wait = math.ceil((1 - bucket.tokens) / self.rate)
+        try:
+            wait = await self.state.take(self._key(user), self.capacity, self.rate)
+        except StoreUnavailable as exc:
+            self.fallbacks.note("rate limit not applied, the shared store is unavailable", exc)
+            return
+        if wait <= 0:
+            return
+        seconds = math.ceil(wait - 1e-6)
         raise RateLimited(
             f"You are sending messages too fast (limit: {int(self.capacity)} a minute). "
-            f"Try again in {wait} s.",
-            wait,
+            f"Try again in {seconds} s.",
+            seconds,
         )
-
-    def _prune(self, now: float) -> None:
-        for user, bucket in list(self._buckets.items()):
-            self._refill(bucket, now)
-            if bucket.tokens >= self.capacity:
-                del self._buckets[user]
-        if len(self._buckets) >= self.MAX_USERS:  # all busy: forget the oldest half
-            for user in sorted(self._buckets, key=lambda u: self._buckets[u].updated)[: self.MAX_USERS // 2]:
-                del self._buckets[user]
 
 
 class Busy(LimitExceeded):

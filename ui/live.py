@@ -9,6 +9,15 @@ first to arrive starts the turn here, the other follows the same run: one turn, 
 late. Gradio's event stays the page's source of truth (the chat's rows, the footer, Stop, the list);
 the straight path only draws tokens sooner.
 
+With several replicas the two requests can land on two of them (the page keeps to one through the
+balancer's cookie, but a straight request is an ordinary POST and an IAP'd client may spread them). So a
+doubly sent turn is also claimed in the shared store (ui/shared.py) under its user and id: the replica
+that wins runs it and writes its state there (started, refused, ended with its `Done`); the other one
+follows that record (`LiveTurn` with `remote` set) instead of running a second turn: Gradio's event
+there shows the question and, when the turn ends, the saved answer, and a straight request there is
+answered 409 (Gradio's event, wherever it runs, shows the turn). Tokens as they stream stay on the replica
+that runs the turn. During a store outage the claim is this process's only, as with one replica.
+
 Every page turn runs here, not only the doubly sent ones, so that Stop (`LiveTurn.stop`), a reload
 mid-answer (`LiveTurns.running`) and the shutdown's drain meet one kind of turn. A turn does not end
 when a follower leaves (a closed tab, a reload, Gradio's cancel of its event): it finishes and is
@@ -19,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -33,10 +44,13 @@ from pydantic import BaseModel, Field, ValidationError
 from ui.api import EventStream, checked_session_id, require_json, sse_event
 from ui.chat import Delta, Done
 from ui.limits import LimitExceeded
+from ui.shared import Fallbacks, LocalState, SharedState, StoreUnavailable, key_part
 
 log = logging.getLogger(__name__)
 
 KEEP_ENDED_S = 120.0  # a late follower (Gradio's event after a short answer) still finds the end
+RECORD_TTL_S = 900.0  # a turn's record in the shared store, renewed at each change
+REMOTE_POLL_S = 0.2  # how often a follower on another replica reads the record
 
 
 class LiveTurn:
@@ -56,10 +70,14 @@ class LiveTurn:
         self.ended = asyncio.Event()
         self.ended_at: float | None = None
         self._changed = asyncio.Event()
+        self.record: TurnRecord | None = None  # this replica runs it: its state goes to the shared store
+        self.remote = False  # another replica runs it: followed through the shared store
+        self._remote_started = False
+        self._watch: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> bool:
-        return self.task is not None
+        return self.task is not None or self._remote_started
 
     def start(self, events: AsyncIterator[Delta | Done], *, sid: str, human_id: str, text: str) -> None:
         if self.resolved.is_set():
@@ -67,6 +85,8 @@ class LiveTurn:
         self.sid, self.human_id, self.text = sid, human_id, text
         self.task = asyncio.get_running_loop().create_task(self._pump(events), name=f"turn-{sid}")
         self.resolved.set()
+        if self.record is not None:
+            self.record.write({"state": "started", "sid": sid, "human_id": human_id, "text": text})
 
     def refuse(self, exc: LimitExceeded) -> None:
         self.refused = exc
@@ -93,6 +113,54 @@ class LiveTurn:
         self.ended_at = time.monotonic()
         self.ended.set()
         self._notify()
+        if self.record is not None:
+            if self.refused is not None:
+                self.record.write({"state": "refused", "message": str(self.refused)})
+            else:
+                done = None
+                if self.done is not None:  # its error (an exception) stays here: the kind and text say it
+                    fields = dataclasses.fields(self.done)
+                    done = {f.name: getattr(self.done, f.name) for f in fields if f.name != "error"}
+                started = {"sid": self.sid, "human_id": self.human_id, "text": self.text}
+                self.record.write({"state": "ended", **started, "done": done})
+
+    def follow_record(self, state: SharedState, key: str) -> None:
+        """Follow the turn another replica runs, through its record in the shared store."""
+        self.remote = True
+        self._watch = asyncio.get_running_loop().create_task(self._read_record(state, key))
+
+    async def _read_record(self, state: SharedState, key: str) -> None:
+        misses = 0
+        while not self.ended.is_set():
+            try:
+                raw = await state.get(key)
+            except StoreUnavailable:
+                raw, misses = "", misses + 1
+            if raw is None or misses * REMOTE_POLL_S > 30:  # expired, or the store gone for long
+                if not self.resolved.is_set():
+                    self.refuse(LimitExceeded("The message was not started. Send it again."))
+                else:
+                    self._end()
+                return
+            record = json.loads(raw) if raw else {}
+            kind = record.get("state")
+            if kind in ("started", "ended") and not self._remote_started and "sid" in record:
+                self.sid, self.human_id, self.text = record["sid"], record["human_id"], record["text"]
+            if kind == "started" and not self._remote_started:
+                self._remote_started = True
+                self.resolved.set()
+            elif kind == "refused":
+                self.refuse(LimitExceeded(str(record.get("message") or "The message was not sent.")))
+                return
+            elif kind == "ended":
+                if not self._remote_started:  # started and ended between two reads
+                    self._remote_started = True
+                    self.resolved.set()
+                if record.get("done"):
+                    self.done = Done(**record["done"])
+                self._end()
+                return
+            await asyncio.sleep(REMOTE_POLL_S)
 
     async def follow(self) -> AsyncIterator[Delta | Done]:
         """The answer so far whenever it grows, then its `Done` (none: the turn was stopped or refused).
@@ -120,25 +188,70 @@ class LiveTurn:
         return self.done
 
 
+class TurnRecord:
+    """A turn's state in the shared store, written by the replica that runs it, in order, each write
+    renewing the record's time."""
+
+    def __init__(self, state: SharedState, key: str) -> None:
+        self.state, self.key = state, key
+        self._last: asyncio.Task[None] | None = None
+        self.fallbacks = Fallbacks(log)
+
+    def write(self, record: dict[str, Any]) -> None:
+        previous = self._last
+
+        async def write() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            try:
+                await self.state.put(self.key, json.dumps(record, default=str), RECORD_TTL_S)
+            except StoreUnavailable as exc:
+                self.fallbacks.note("a turn's state was not written to the shared store", exc)
+
+        self._last = asyncio.get_running_loop().create_task(write())
+
+
 class LiveTurns:
     """The page's turns in this process, by (user, turn id): the two ways a message arrives and a
-    tab's Stop find a turn by its id, a reload mid-answer by its conversation (`running`)."""
+    tab's Stop find a turn by its id, a reload mid-answer by its conversation (`running`). A turn sent
+    two ways is also claimed in `state` when that is shared by the replicas (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: SharedState | None = None) -> None:
         self.turns: dict[tuple[str, str], LiveTurn] = {}
+        self.state = state or LocalState()
+        self.replica = uuid.uuid4().hex[:12]
+        self.fallbacks = Fallbacks(log)
 
-    def claim(self, user: str, turn_id: str) -> tuple[LiveTurn, bool]:
+    async def claim(self, user: str, turn_id: str) -> tuple[LiveTurn, bool]:
         """The turn `turn_id` of `user`, and whether this caller is the first (then it must `start` or
-        `refuse` it)."""
+        `refuse` it). Not the first: it follows the turn, run here or (`remote`) by another replica."""
         self._forget_old()
         key = (user, turn_id)
         if (turn := self.turns.get(key)) is not None:
             return turn, False
-        turn = self.turns[key] = LiveTurn(user, turn_id)
-        return turn, True
+        turn = self.turns[key] = LiveTurn(user, turn_id)  # found by a second request here meanwhile
+        if not self.state.shared:
+            return turn, True
+        record_key = f"turn:{key_part(user)}:{key_part(turn_id)}"
+        claimed = json.dumps({"state": "claimed", "replica": self.replica})
+        try:
+            won = await self.state.claim(record_key, claimed, RECORD_TTL_S)
+        except StoreUnavailable as exc:
+            self.fallbacks.note("one turn per message: claimed in this process only", exc)
+            return turn, True
+        if won:
+            turn.record = TurnRecord(self.state, record_key)
+            return turn, True
+        turn.follow_record(self.state, record_key)
+        return turn, False
 
     def new(self, user: str) -> LiveTurn:
-        return self.claim(user, uuid.uuid4().hex)[0]
+        """A turn sent one way only (no id from the page's script): nothing to claim elsewhere."""
+        self._forget_old()
+        turn_id = uuid.uuid4().hex
+        turn = self.turns[(user, turn_id)] = LiveTurn(user, turn_id)
+        return turn
 
     def running(self, user: str, sid: str | None) -> LiveTurn | None:
         """The turn streaming into `user`'s conversation `sid`, if any."""
@@ -188,12 +301,12 @@ def page_turn_router(handlers: Any, user_of: Callable[[Request], Any]) -> APIRou
         except ValidationError:
             raise HTTPException(400, "Invalid request body.") from None
         body.session_id = checked_session_id(body.session_id)
-        turn, first = handlers.live.claim(user, body.turn_id)
+        turn, first = await handlers.live.claim(user, body.turn_id)
         if first:
             params_in = (body.model, body.temperature, body.top_p, body.max_tokens, body.system_prompt)
             slot = None
             try:
-                text, params = handlers.check_turn(user, body.message, params_in)
+                text, params = await handlers.check_turn(user, body.message, params_in)
                 slot = await handlers.take_slot(user)
                 handlers.start_turn(turn, user, body.session_id, text, params, slot, text=text)
             except LimitExceeded as exc:
@@ -205,6 +318,8 @@ def page_turn_router(handlers: Any, user_of: Callable[[Request], Any]) -> APIRou
                 if not turn.resolved.is_set():  # Gradio's event must not wait for it: it runs its own
                     turn.refuse(LimitExceeded("The message could not be started."))
                 raise
+        elif turn.remote:  # another replica runs it: Gradio's event, wherever it is, shows it
+            raise HTTPException(409, "This message is answered by another server.")
         else:  # Gradio's event claimed it first: follow its run once it starts (or say why not)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(turn.resolved.wait(), handlers.settings.stream_wait_s + 5)

@@ -646,9 +646,9 @@ def openai_router(service: ChatService, identity: Identity, limiter: RateLimiter
         except LimitExceeded as exc:
             raise APIError(400, str(exc)) from None
         try:
-            limiter.acquire(user)
+            await limiter.acquire(user)
         except LimitExceeded as exc:
-            wait = max(1, round(limiter.retry_after(user) + 0.5))
+            wait = max(1, round(await limiter.retry_after(user) + 0.5))
             raise APIError(
                 429,
                 str(exc),

@@ -19,10 +19,11 @@ Gradio page works under (same-origin everything; inline scripts and styles, whic
 good"), `nosniff`, `Referrer-Policy: same-origin`.
 
 Inside Gradio's own app (through `mount_gradio_app(app_kwargs=...)`, a public parameter:
-`gradio_app_kwargs`), `SignInGuard` throttles password guessing on `POST /login` (`ui.throttle`) and
-keeps the API description out of the login page (Gradio embeds `window.gradio_api_info`, every named
-endpoint with its parameters, in the page it serves before sign-in); Gradio's `/openapi.json`, `/docs`
-and `/redoc` are turned off.
+`gradio_app_kwargs`), `SignInGuard` answers `POST /login` in password mode (throttled by `ui.throttle`,
+then the signed session cookie of `ui.auth.SessionCookies`, which every replica accepts) and the sign-out
+(every session of the user ends, on every replica), and keeps the API description out of the login page
+(Gradio embeds `window.gradio_api_info`, every named endpoint with its parameters, in the page it serves
+before sign-in); Gradio's `/openapi.json`, `/docs` and `/redoc` are turned off.
 
 Uploads: the message box takes images and PDFs (issue 15). `/gradio_api/upload` is Gradio's, behind its
 own sign-in check (`login_check`), its per-file cap (`max_file_size`, set to the graph's
@@ -54,7 +55,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import fastapi.routing
@@ -65,15 +66,21 @@ from starlette.formparsers import MultiPartException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ui.throttle import REFUSAL, LoginThrottle
 
+if TYPE_CHECKING:
+    from ui.auth import SessionCookies
+
 log = logging.getLogger(__name__)
 
 SIGN_IN_COOKIE_PREFIX = "access-token"  # Gradio's `access-token-<id>` and `access-token-unsecure-<id>`
+# Password mode's signed session cookie (ui.auth.SessionCookies), named as Gradio names its own: one for
+# HTTPS, its twin for plain HTTP (a Secure cookie is dropped there), each tightened by `SameSiteGuard`.
+SESSION_COOKIES = (f"{SIGN_IN_COOKIE_PREFIX}-hybrid-chat", f"{SIGN_IN_COOKIE_PREFIX}-unsecure-hybrid-chat")
 
 # Gradio's page runs inline scripts (its config) and inline styles, and uses blob:/data: URLs for
 # media and workers; everything else it loads is its own (fonts included). Checked in Chromium: no
@@ -211,18 +218,19 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-async def _form_user(scope: Scope, body: bytes) -> str:
-    """The `username` field of a login form (urlencoded or multipart), as Gradio reads it; "" if none."""
+async def _form_fields(scope: Scope, body: bytes) -> tuple[str, str]:
+    """The `username` (stripped) and `password` fields of a sign-in form (urlencoded or multipart), as
+    Gradio's login route reads them; "" for a field that is missing or not text."""
 
     async def once() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
         form = await Request(dict(scope), once).form(max_files=0, max_fields=20)
-        value = form.get("username")
-        return value.strip() if isinstance(value, str) else ""
-    except Exception:  # any unreadable form has no user name (Gradio then refuses it)
-        return ""
+        user, password = form.get("username"), form.get("password")
+        return (user.strip() if isinstance(user, str) else "", password if isinstance(password, str) else "")
+    except Exception:  # any unreadable form has no user name nor password (then refused)
+        return "", ""
 
 
 SESSION_HASH = "session_hash"  # how Gradio names the tab a request is for, in every place it reads one
@@ -396,13 +404,16 @@ _NO_API_INFO = b'window.gradio_api_info = {"named_endpoints":{},"unnamed_endpoin
 
 
 class SignInGuard:
-    """Inside Gradio's app: `POST /login` throttled (`ui.throttle`), the login page (the page Gradio
-    serves before sign-in, its config saying `auth_required`) without the API description, and each tab
-    (`session_hash`) kept to the user who opened it (see the module docstring)."""
+    """Inside Gradio's app: sign-in (`POST /login`, throttled) and sign-out answered, the login page (the
+    page Gradio serves before sign-in, its config saying `auth_required`) without the API description, and
+    each tab (`session_hash`) kept to the user who opened it (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, throttle: LoginThrottle | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, throttle: LoginThrottle | None = None, sessions: SessionCookies | None = None
+    ) -> None:
         self.app = app
         self.throttle = throttle
+        self.sessions = sessions  # password mode: sign-in and sign-out are answered here
         self.tab_owners: OrderedDict[str, str] = OrderedDict()
         self.uploads = UploadOwners()
 
@@ -437,8 +448,11 @@ class SignInGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        if method == "POST" and path.rstrip("/") == "/login" and self.throttle:
-            await self._login(scope, receive, send, self.throttle)
+        if method == "POST" and path.rstrip("/") == "/login" and self.sessions is not None:
+            await self._login(scope, receive, send, self.sessions)
+            return
+        if path.rstrip("/") == "/logout" and self.sessions is not None:
+            await self._logout(scope, receive, send, self.sessions)
             return
         if method == "POST" and _UPLOAD.match(path):
             await self._upload(scope, receive, send)
@@ -527,36 +541,50 @@ class SignInGuard:
 
         await self.app(scope, receive, note)
 
-    async def _login(self, scope: Scope, receive: Receive, send: Send, throttle: LoginThrottle) -> None:
-        # The form is small and the body already bounded by the app's max_body_size: read it, take the
-        # user name, then hand the same bytes to Gradio.
+    async def _login(self, scope: Scope, receive: Receive, send: Send, sessions: SessionCookies) -> None:
+        """`POST /login` (the form's fields, as Gradio's own route takes them): the password checked after
+        the throttle lets the attempt through, then the signed session cookie (`ui.auth.SessionCookies`)
+        in place of Gradio's token, which only the replica that made it would know. 200 as Gradio
+        answers, 400 for a wrong name or password, 429 with `Retry-After` while throttled."""
+        # The form is small and the body already bounded by the app's max_body_size.
         body = await _read_body(receive)
         if body is None:
             return
-        user, address = await _form_user(scope, body), client_address(scope)
-        wait = throttle.begin(user, address)
-        if wait > 0:
+        (user, password), address = await _form_fields(scope, body), client_address(scope)
+        throttle = self.throttle
+        wait = await throttle.begin(user, address) if throttle is not None else 0.0
+        if wait > 0 and throttle is not None:
             refusal = JSONResponse(
                 {"detail": REFUSAL}, status_code=429, headers={"retry-after": throttle.retry_after(wait)}
             )
             await refusal(scope, receive, send)
             return
-        replay = _replay(body, receive)
-        status = 0
+        signed_in = sessions.check_password(user, password)
+        if signed_in is None:
+            if throttle is not None:
+                await throttle.failed(user, address)
+            await JSONResponse({"detail": "Incorrect credentials."}, status_code=400)(scope, receive, send)
+            return
+        if throttle is not None:
+            await throttle.succeeded(user, address)
+        response = JSONResponse({"success": True})
+        token = await sessions.issue(signed_in)
+        secure_cookie, plain_cookie = SESSION_COOKIES
+        response.set_cookie(secure_cookie, token, httponly=True, samesite="lax", secure=True)
+        response.set_cookie(plain_cookie, token, httponly=True, samesite="lax")
+        await response(scope, receive, send)
 
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, replay, watch)
-        finally:
-            if status == 200:
-                throttle.succeeded(user, address)
-            else:
-                throttle.failed(user, address)
+    async def _logout(self, scope: Scope, receive: Receive, send: Send, sessions: SessionCookies) -> None:
+        """Sign-out (`SameSiteGuard` lets only a POST reach here): every session of the user ends, on
+        every replica, and this browser's cookies are deleted; then back to the chat (its sign-in form)."""
+        user = await signed_in_user(scope)
+        if user is not None:
+            await sessions.sign_out(user)
+            log.info("signed out %r", user)
+        response = RedirectResponse("./", status_code=302)
+        for name in SESSION_COOKIES:
+            response.delete_cookie(name, path="/")
+        await response(scope, receive, send)
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -596,14 +624,16 @@ def _without_api_info(send: Send) -> Send:
     return sending
 
 
-def gradio_app_kwargs(throttle: LoginThrottle | None) -> dict[str, Any]:
+def gradio_app_kwargs(
+    throttle: LoginThrottle | None, sessions: SessionCookies | None = None
+) -> dict[str, Any]:
     """`mount_gradio_app(app_kwargs=...)` with sign-in on: Gradio's FastAPI app without its OpenAPI
-    description and docs pages, and with `SignInGuard`."""
+    description and docs pages, and with `SignInGuard` (answering sign-in and sign-out with `sessions`)."""
     return {
         "openapi_url": None,
         "docs_url": None,
         "redoc_url": None,
-        "middleware": [Middleware(SignInGuard, throttle=throttle)],
+        "middleware": [Middleware(SignInGuard, throttle=throttle, sessions=sessions)],
     }
 
 

@@ -33,6 +33,7 @@ from ui.live import page_turn_router
 from ui.openai_api import openai_router
 from ui.page import build_page
 from ui.security import parse_origins
+from ui.shared import shared_state
 from ui.shutdown import STOPPING_REASON, CloseWhileStopping, Shutdown
 from ui.theme import CSS, theme
 
@@ -63,9 +64,11 @@ def create_app(
         settings = client.settings if client is not None else get_settings()
     if client is None:
         client = ChatClient.from_settings(settings)
-    identity = identity or Identity(settings)
+    # What the replicas share (ui/shared.py): Valkey/Redis with HYBRID_CHAT_REDIS_URL, else this process.
+    shared = identity.state if identity is not None else shared_state(settings)
+    identity = identity or Identity(settings, state=shared)
     service = ChatService(client)
-    limiter = RateLimiter(settings.rate_limit_per_minute)
+    limiter = RateLimiter(settings.rate_limit_per_minute, state=shared)
     services = client.services
     service.health.credentials = services.backends.credentials  # misconfigured backends are not usable
 
@@ -106,6 +109,8 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await services.store.aclose()
                 await asyncio.to_thread(services.backends.close)
+            with contextlib.suppress(Exception):
+                await shared.aclose()
             log.info("shut down")
 
     app = FastAPI(
@@ -181,7 +186,7 @@ def create_app(
 
     app.include_router(api_router(service, identity, limiter))  # before the mount, which takes "/"
     app.include_router(openai_router(service, identity, limiter))  # /v1/models, /v1/chat/completions
-    handlers = ChatHandlers(service, identity, limiter)
+    handlers = ChatHandlers(service, identity, limiter, shared=shared)
 
     async def page_user(request: Request) -> str | None:
         """The page's signed-in user, as Gradio finds it (its sign-in cookie, IAP), or the local user."""

@@ -4,15 +4,14 @@ Gradio's form forgets the user name after a wrong password, says "Incorrect Cred
 throttled sign-in as the same error, and does not wear the chat's theme; it has no option for any of it.
 So `SignInPage` (ASGI middleware inside Gradio's app, outside `ui.security.SignInGuard`):
 
-- `GET /` that Gradio would answer with its login form (its page config says `"auth_required":true`) is
-  sent to `signin?c=...`: the conversation address (`?c=<id>`) is carried through.
+- `GET /` without a sign-in (Gradio answers 401, or its login form: its page config says
+  `"auth_required":true`) is sent to `signin?c=...`: the conversation address (`?c=<id>`) is carried
+  through.
 - `GET signin` is a plain HTML form (no script) in the chat's colours and fonts.
-- `POST signin` hands the name and password to Gradio's own `POST /login` (through `SignInGuard`, so
-  failed sign-ins are throttled as before), which checks them and sets its session cookie. Success goes
+- `POST signin` hands the name and password to the app's `POST /login` (`ui.security.SignInGuard`:
+  throttled, checked, and answered with the signed session cookie every replica accepts). Success goes
   back to the chat with that cookie; a wrong password shows the form again with the user name kept and
   the password field focused; a throttled sign-in says how long to wait.
-
-Gradio still does the checking and owns the session: this page only replaces its form.
 """
 
 from __future__ import annotations
@@ -78,7 +77,10 @@ class SignInPage:
 
         await self.app(scope, receive, keep)
         body = b"".join(chunks)
-        if start is not None and start["status"] == 200 and b'"auth_required":true' in body:
+        signed_out = start is not None and (
+            start["status"] == 401 or (start["status"] == 200 and b'"auth_required":true' in body)
+        )
+        if signed_out:
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             kept = kept_query(query)
             await RedirectResponse("signin" + (f"?{kept}" if kept else ""), status_code=303)(
@@ -119,7 +121,7 @@ class SignInPage:
     async def gradio_login(
         self, scope: Scope, user: str, password: str
     ) -> tuple[int, list[tuple[bytes, bytes]]]:
-        """Gradio's `POST /login` with this form's fields, answered here rather than to the browser."""
+        """The app's `POST /login` with this form's fields, answered here rather than to the browser."""
         body = urlencode({"username": user, "password": password}).encode()
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
         headers += [

@@ -32,37 +32,39 @@ class Clock:
         return self.now
 
 
-def test_backing_off_then_a_lockout_then_forgotten(caplog: pytest.LogCaptureFixture) -> None:
+async def test_backing_off_then_a_lockout_then_forgotten(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     t = LoginThrottle(max_failures=6, lockout_s=60, clock=clock)
     for _ in range(3):  # typos are free
-        assert t.begin("alice", "10.0.0.1") == 0
-        t.failed("alice", "10.0.0.1")
+        assert await t.begin("alice", "10.0.0.1") == 0
+        await t.failed("alice", "10.0.0.1")
     waits = []
     for _ in range(3):  # then each failure doubles the wait before the next attempt
-        waits.append(t.begin("alice", "10.0.0.1"))
+        waits.append(await t.begin("alice", "10.0.0.1"))
         clock.now += waits[-1]
-        assert t.begin("alice", "10.0.0.1") == 0
-        t.failed("alice", "10.0.0.1")
+        assert await t.begin("alice", "10.0.0.1") == 0
+        await t.failed("alice", "10.0.0.1")
     assert waits == [1, 2, 4]
     with caplog.at_level(logging.WARNING, logger="ui.throttle"):
-        t.failed("alice", "10.0.0.1")  # logged once
+        await t.failed("alice", "10.0.0.1")  # logged once
     locks = [r.getMessage() for r in caplog.records if "sign-in locked" in r.getMessage()]
     assert len(locks) == 1
     assert "alice" in locks[0] and "10.0.0.1" in locks[0]
     # Locked: a right password is refused too, from anywhere, until the lockout is over.
-    assert t.begin("alice", "10.0.0.2") == pytest.approx(60)
+    assert await t.begin("alice", "10.0.0.2") == pytest.approx(60)
     clock.now += 59
-    assert t.begin("alice", "10.0.0.3") == pytest.approx(1)
-    assert t.begin("bob", "10.0.0.3") == 0  # another user name is not affected
-    t.succeeded("bob", "10.0.0.3")
+    assert await t.begin("alice", "10.0.0.3") == pytest.approx(1)
+    assert await t.begin("bob", "10.0.0.3") == 0  # another user name is not affected
+    await t.succeeded("bob", "10.0.0.3")
     clock.now += 1
-    assert t.begin("alice", "10.0.0.1") == 0  # over: forgotten, a fresh allowance
-    t.succeeded("alice", "10.0.0.1")
-    assert t.begin("alice", "10.0.0.1") == 0
+    assert await t.begin("alice", "10.0.0.1") == 0  # over: forgotten, a fresh allowance
+    await t.succeeded("alice", "10.0.0.1")
+    assert await t.begin("alice", "10.0.0.1") == 0
 
 
-def test_refused_guesses_are_summed_up_in_the_log_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+async def test_refused_guesses_are_summed_up_in_the_log_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The issue's burst (3 wrong passwords checked, 197 refused unchecked) left nothing behind short of a
     lockout: each kind of refusal is logged at once, then once a minute with the count, never the
     password (the throttle never sees it)."""
@@ -70,11 +72,11 @@ def test_refused_guesses_are_summed_up_in_the_log_once_a_minute(caplog: pytest.L
     t = LoginThrottle(max_failures=10, lockout_s=600, clock=clock)
     with caplog.at_level(logging.INFO, logger="ui.throttle"):
         for _ in range(200):  # at once, as a burst of parallel guesses arrives
-            if t.begin("carol", "203.0.113.3") == 0:
-                t.failed("carol", "203.0.113.3")  # a wrong password (the 3 free attempts)
+            if await t.begin("carol", "203.0.113.3") == 0:
+                await t.failed("carol", "203.0.113.3")  # a wrong password (the 3 free attempts)
         during = [r.getMessage() for r in caplog.records]
         clock.now += 60
-        assert t.begin("dave", "198.51.100.1") == 0  # any next attempt says what the minute held
+        assert await t.begin("dave", "198.51.100.1") == 0  # any next attempt says what the minute held
     lines = [r.getMessage() for r in caplog.records]
     assert during == [
         "sign-in refused, wrong password: user name 'carol' from 203.0.113.3",
@@ -87,25 +89,26 @@ def test_refused_guesses_are_summed_up_in_the_log_once_a_minute(caplog: pytest.L
     assert WRONG not in caplog.text
 
 
-def test_an_address_spraying_user_names_is_throttled_too() -> None:
+async def test_an_address_spraying_user_names_is_throttled_too() -> None:
     clock = Clock()
     t = LoginThrottle(max_failures=4, lockout_s=60, clock=clock)
     for i in range(15):  # 5x a user name's free failures
-        assert t.begin(f"user{i}", "10.0.0.9") == 0
-        t.failed(f"user{i}", "10.0.0.9")
-    assert t.begin("someone-new", "10.0.0.9") > 0
-    assert t.begin("someone-new", "10.0.0.8") == 0
+        assert await t.begin(f"user{i}", "10.0.0.9") == 0
+        await t.failed(f"user{i}", "10.0.0.9")
+    assert await t.begin("someone-new", "10.0.0.9") > 0
+    assert await t.begin("someone-new", "10.0.0.8") == 0
 
 
-def test_parallel_guesses_are_counted_as_they_arrive() -> None:
+async def test_parallel_guesses_are_counted_as_they_arrive() -> None:
     t = LoginThrottle(max_failures=10, lockout_s=60, clock=Clock())
-    admitted = sum(t.begin("alice", "10.0.0.1") == 0 for _ in range(200))
+    waits = await asyncio.gather(*(t.begin("alice", "10.0.0.1") for _ in range(200)))
+    admitted = sum(wait == 0 for wait in waits)
     assert admitted == 3
 
 
-def test_zero_turns_throttling_off() -> None:
+async def test_zero_turns_throttling_off() -> None:
     t = LoginThrottle(max_failures=0, lockout_s=60, clock=Clock())
-    assert all(t.begin("alice", "10.0.0.1") == 0 for _ in range(100))
+    assert all([await t.begin("alice", "10.0.0.1") == 0 for _ in range(100)])
 
 
 # --- against a running server ----------------------------------------------------------------
