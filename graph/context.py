@@ -40,6 +40,8 @@ class Context(TypedDict, total=False):
     seed: int
     stop: str | list[str]
     response_format: dict[str, Any]
+    tools: list[dict[str, Any]]  # functions the model may call (OpenAI's `tools`; graph.tools)
+    tool_choice: str | dict[str, Any]
 
 
 @dataclass(frozen=True)
