@@ -42,3 +42,13 @@ output "iap_ip_address" {
   description = "Global static IP of the IAP load balancer (null unless enable_iap): create your DNS A record for it."
   value       = one(google_compute_global_address.iap[*].address)
 }
+
+output "weights_bucket" {
+  description = "Cloud Storage bucket for Gemma's weights (deploy/components/weights-cache; docs/cold-start.md)."
+  value       = google_storage_bucket.model_weights.name
+}
+
+output "vllm_image_repository" {
+  description = "Artifact Registry remote repository for Docker Hub the vLLM image is pulled through."
+  value       = "${google_artifact_registry_repository.docker_hub.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.docker_hub.repository_id}"
+}

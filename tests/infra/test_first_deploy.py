@@ -724,3 +724,45 @@ def test_capacity_example_table_in_the_docs_is_the_models_output(capacity: Any) 
     table = capacity.table(capacity.simulate(capacity.Params()))
     assert table in (DEPLOY / "capacity" / "example-day.md").read_text(encoding="utf-8")
     assert table in (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+
+
+# ========================================================================================================
+# The cold-start note (docs/cold-start.md) against what is deployed
+# ========================================================================================================
+def test_the_cold_start_note_describes_the_mount_image_and_budget_that_are_deployed(
+    capacity: Any, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    note = (REPO / "docs" / "cold-start.md").read_text(encoding="utf-8")
+    docs = rendered["weights-cache"]
+    (volume,) = [v for v in _pod_spec(docs, "gemma-server")["volumes"] if "csi" in v]
+    attributes = volume["csi"]["volumeAttributes"]
+    # Every mount setting the component uses is explained in the note, with the value it has.
+    for option in attributes["mountOptions"].split(","):
+        key = option.split("=")[0] if "=" in option else option.rsplit(":", 1)[0]
+        assert key in note, option
+    for name in ("fileCacheCapacity", "fileCacheForRangeRead", "gcsfuseMetadataPrefetchOnMount"):
+        assert f'`{name}: "{attributes[name]}"`' in note, name
+    # The image it describes is the one pinned.
+    image = _container(docs, "gemma-server")["image"]
+    tag = re.search(r":(v[\d.]+)@", image)
+    assert tag and f"vllm/vllm-openai:{tag[1]}@sha256:" in note
+    # The choice is argued against the alternatives Google's guidance names.
+    for alternative in ("Hyperdisk ML", "secondary boot disk", "Run:ai Model Streamer", "Filestore"):
+        assert alternative in note, alternative
+    # The budget's total is what the capacity model assumes, and each step names a source.
+    total = re.search(r"\| \*\*Total\*\* \| \*\*[^|]*?(\d+) in the capacity model\*\*", note)
+    assert total and int(total[1]) == capacity.Params().cold_start_min
+    budget = note.split("| step | expected | source |", 1)[1].split("\n\n", 1)[0]
+    rows = [r for r in budget.strip().splitlines()[1:] if r.startswith("|")]
+    assert len(rows) >= 7 and all(len(r.split("|")[3].strip()) > 10 for r in rows), rows
+    # The loader the note runs exists and targets the bucket infra creates.
+    assert "deploy/components/weights-cache/load-weights-job.yaml" in note
+    assert (DEPLOY / "components" / "weights-cache" / "load-weights-job.yaml").exists()
+    assert "$PROJECT_ID-model-weights" in note
+
+
+def test_the_deploy_doc_says_why_iap_stays_on_ingress_and_how_to_move_to_gateway_api() -> None:
+    doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = doc.split("### Ingress + BackendConfig, not (yet) Gateway API", 1)[1].split("\n## ", 1)[0]
+    for term in ("GCPBackendPolicy", "HealthCheckPolicy", "ManagedCertificate", "Certificate Manager"):
+        assert term in section, term
