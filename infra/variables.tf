@@ -110,7 +110,7 @@ variable "deletion_protection" {
 }
 
 variable "image_retention_count" {
-  description = "Artifact Registry keeps this many most recent versions of each image; older ones are deleted by the cleanup policy."
+  description = "Artifact Registry keeps this many most recent versions of each image, and every version tagged deployed-* (docs/deploy.md, step 5); the others are deleted by the clean-up policy after 30 days."
   type        = number
   default     = 10
 
