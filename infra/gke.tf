@@ -131,6 +131,15 @@ resource "google_compute_router_nat" "nat" {
   nat_ip_allocate_option             = "AUTO_ONLY"
   source_subnetwork_ip_ranges_to_nat = "ALL_SUBNETWORKS_ALL_IP_RANGES"
 
+  # Cloud NAT's default is 64 source ports per VM, fixed: a GPU node downloading ~24 GB from Hugging Face
+  # over many parallel connections (huggingface_hub's chunked downloads) runs out of them and its
+  # connections wait or fail (OUT_OF_RESOURCES in the NAT log). Dynamic port allocation starts every VM at
+  # 64 and grows it to 4096 as it needs them (it requires endpoint-independent mapping off).
+  enable_dynamic_port_allocation      = true
+  enable_endpoint_independent_mapping = false
+  min_ports_per_vm                    = 64
+  max_ports_per_vm                    = 4096
+
   log_config {
     enable = true
     filter = "ERRORS_ONLY"

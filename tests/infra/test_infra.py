@@ -388,8 +388,12 @@ def test_gke_cluster_private_nodes_restricted_control_plane_release_channel_bina
     )
     defaults = _blocks(_blocks(cluster, "cluster_autoscaling")[0], "auto_provisioning_defaults")[0]
     assert _val(defaults, "service_account") == "${google_service_account.gke_nodes.email}"
-    # Private nodes still download the vLLM image and the weights: through Cloud NAT.
-    assert tf.of_type("google_compute_router_nat")
+    # Private nodes still download the weights from Hugging Face (without the weights-cache overlay):
+    # through Cloud NAT, with ports that grow past the default 64 per VM for the parallel downloads.
+    (nat,) = [body for _, body in tf.of_type("google_compute_router_nat")]
+    assert _val(nat, "enable_dynamic_port_allocation") is True
+    assert _val(nat, "enable_endpoint_independent_mapping") is False  # required by dynamic allocation
+    assert _val(nat, "min_ports_per_vm") <= 64 < 1024 <= _val(nat, "max_ports_per_vm")
 
 
 def test_firestore_database_chat_app_db_in_native_mode_at_the_location_variable(tf: Terraform) -> None:
