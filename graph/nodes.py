@@ -688,7 +688,11 @@ class _Answer:
             # The streamed chunks' id: LangGraph's "messages" stream then does not emit it a second time.
             id=full.id or f"ai-{uuid.uuid4().hex}",
             tool_calls=calls,
-            response_metadata={**self.metadata, "finish_reason": meta["finish_reason"], META: meta},
+            response_metadata={
+                **self.metadata,
+                "finish_reason": TOOL_CALLS if calls else self.finish,
+                META: meta,
+            },
             usage_metadata=full.usage_metadata,
         )
 
