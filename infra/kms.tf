@@ -25,8 +25,10 @@ resource "google_kms_crypto_key" "gke_secrets" {
   labels          = var.labels
 }
 
-# The GKE service agent (service-PROJECT_NUMBER@container-engine-robot.iam.gserviceaccount.com, created
-# when the Kubernetes Engine API is enabled) encrypts and decrypts with this key only.
+# The GKE service agent (service-PROJECT_NUMBER@container-engine-robot.iam.gserviceaccount.com) encrypts and
+# decrypts with this key only. Google creates it shortly after the Kubernetes Engine API is enabled: on a
+# fresh project the first apply may find it missing ("Service account ... does not exist"); apply again a
+# minute later, as for the Compute Engine default account (docs/deploy.md, section 1).
 resource "google_kms_crypto_key_iam_member" "gke_secrets" {
   crypto_key_id = google_kms_crypto_key.gke_secrets.id
   role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
