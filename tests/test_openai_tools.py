@@ -148,14 +148,15 @@ def test_a_tool_turn_for_the_gemma_stand_in_is_answered_by_gemini_saying_why(
     tmp_path: Path, local_backends: Backends
 ) -> None:
     """SmolLM2 on llama.cpp does not call tools: a tool turn asked of Gemma goes to Gemini, and the
-    answer says so (the model that answered, the route's reason)."""
+    answer says so (the model that answered, the route's reason). A named tool_choice is Gemini's
+    mode ANY with that function allowed."""
     app = app_for(tmp_path, local_backends)
     with serve_app(app) as base:
         first = _sdk(base).chat.completions.create(
             model="hybrid-chat/gemma",
             messages=[QUESTION],
             tools=[WEATHER],
-            tool_choice="required",
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},  # named
             max_tokens=60,
             temperature=0,
         )
