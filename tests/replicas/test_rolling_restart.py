@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
@@ -23,7 +24,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
 ]
 
-# Requests a second during the rolling restart (figures for 2 and 20: ROLLING_RESTART_RATE=20 pytest ...).
+# Requests a second during the rolling restart (ROLLING_RESTART_RATE=20 pytest -s -k under_steady_load).
 RATE = float(os.environ.get("ROLLING_RESTART_RATE", "5"))
 
 
@@ -51,6 +52,9 @@ async def send(client: httpx.AsyncClient, conversation: str, message: str) -> Ou
     try:
         async with client.stream("POST", "/api/chat", json=body) as r:
             out.status, out.served_by = r.status_code, r.headers.get("x-served-by", "")
+            if out.status != 200:
+                out.error = (await r.aread()).decode(errors="replace")[:200]
+                return out
             event = None
             async for line in r.aiter_lines():
                 if line.startswith("event: "):
@@ -58,11 +62,10 @@ async def send(client: httpx.AsyncClient, conversation: str, message: str) -> Ou
                 elif line.startswith("data: ") and event == "done":
                     done = json.loads(line[6:])
                     out.kind, out.text = done["kind"], done["text"]
-            if out.status != 200:
-                out.error = (await r.aread()).decode(errors="replace")[:200]
     except httpx.HTTPError as exc:
         out.error = f"{type(exc).__name__}: {exc}"[:200]
-    out.took_s = time.monotonic() - out.started
+    finally:
+        out.took_s = time.monotonic() - out.started
     return out
 
 
@@ -177,7 +180,8 @@ def test_a_rolling_restart_under_steady_load_fails_no_request(replica_cluster: C
     failed = [o for o in load.outcomes if not o.ok]
     print(  # the figures for the record (pytest -s)
         f"\nrolling restart of {len(replica_cluster.replicas)} replicas at {RATE:g} requests/s: "
-        f"{len(load.outcomes)} requests, {len(failed)} failed, in {took:.0f} s; "
+        f"{len(load.outcomes)} requests, {len(failed)} failed "
+        f"{dict(Counter(o.status or (o.error or '?').split(':')[0] for o in failed))}, in {took:.0f} s; "
         f"SIGTERM to exit: {', '.join(f'{s:.1f} s' for s in stops)}"
     )
     assert len(stops) == len(replica_cluster.replicas)
