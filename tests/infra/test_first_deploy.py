@@ -131,7 +131,7 @@ def test_iap_overlay_deploys_without_an_audience_and_the_docs_describe_the_503_u
 def test_terraform_reserves_the_static_ip_the_iap_ingress_names(
     tf: Terraform, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
-    address = tf.one("google_compute_global_address")
+    address = _resource(tf, "google_compute_global_address", "iap")
     assert _val(address, "name") == "${var.iap_static_ip_name}"
     assert _val(address, "count") == "${var.enable_iap ? 1 : 0}"
     ingress = _obj(rendered["iap"], "Ingress", "gradio-chat")
