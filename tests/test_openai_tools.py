@@ -395,3 +395,35 @@ def test_gemma_on_a_vllm_with_a_tool_parser_calls_tools_streamed_and_not(tmp_pat
             prompt = vllm.prompts[-1]
             assert [m["role"] for m in prompt][-3:] == ["user", "assistant", "tool"], prompt
             assert prompt[-2]["tool_calls"][0]["id"] == call.id and prompt[-1]["tool_call_id"] == call.id
+
+
+def test_a_prompt_keeps_each_call_with_its_results_and_drops_halves() -> None:
+    """What the backends refuse never reaches them: a result whose call was trimmed away is dropped, an
+    answer's calls never answered are dropped from it (its text stays), and a call with its result is
+    kept as is, never merged with the messages around it."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from graph.nodes import alternate_roles
+
+    call = {"name": "get_weather", "args": {"city": "Paris"}, "id": "c1", "type": "tool_call"}
+    prompt = alternate_roles(
+        [
+            ToolMessage("orphan", tool_call_id="c0"),  # its call was trimmed away
+            HumanMessage("weather?"),
+            AIMessage("", tool_calls=[call]),
+            ToolMessage(RESULT, tool_call_id="c1"),
+            AIMessage("Sunny."),
+            HumanMessage("and Rome?"),
+            AIMessage("Let me check.", tool_calls=[{**call, "id": "c2"}]),  # never answered
+            HumanMessage("never mind"),
+        ]
+    )
+    assert [(m.type, m.text, bool(getattr(m, "tool_calls", None))) for m in prompt] == [
+        ("human", "weather?", False),
+        ("ai", "", True),
+        ("tool", RESULT, False),
+        ("ai", "Sunny.", False),
+        ("human", "and Rome?", False),
+        ("ai", "Let me check.", False),
+        ("human", "never mind", False),
+    ]
