@@ -4,7 +4,8 @@
 # Container File System (GKE image streaming, docs/cold-start.md) and Cloud KMS (the key for Secrets,
 # kms.tf). A fresh project also needs IAM (service accounts and their grants), Cloud Resource Manager
 # (`data "google_project"`, project IAM members), Cloud Logging (build logs) and Cloud Storage (skaffold's
-# build sources, Gemma's weights).
+# build sources, Gemma's weights), Memorystore for Redis and Service Networking (its private services
+# access: memorystore.tf).
 # Service Usage itself (which enables these) is on in every project.
 locals {
   services = toset([
@@ -22,6 +23,8 @@ locals {
     "iap.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",
+    "redis.googleapis.com",
+    "servicenetworking.googleapis.com",
     "storage.googleapis.com",
   ])
 }

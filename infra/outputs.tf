@@ -52,3 +52,19 @@ output "vllm_image_repository" {
   description = "Artifact Registry remote repository for Docker Hub the vLLM image is pulled through."
   value       = "${google_artifact_registry_repository.docker_hub.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.docker_hub.repository_id}"
 }
+
+output "shared_state_host" {
+  description = "Private address and TLS port of the Memorystore for Redis instance the replicas share: HYBRID_CHAT_REDIS_URL=rediss://default:AUTH@HOST:PORT/0?ssl_ca_certs=/etc/hybrid-chat/redis-ca/ca.pem (docs/deploy.md)."
+  value       = "${google_redis_instance.shared_state.host}:${google_redis_instance.shared_state.port}"
+}
+
+output "shared_state_auth_string" {
+  description = "AUTH string of the shared Memorystore instance, for the chat Pods' Secret (terraform output -raw shared_state_auth_string)."
+  value       = google_redis_instance.shared_state.auth_string
+  sensitive   = true
+}
+
+output "shared_state_ca_certs" {
+  description = "CA certificates the instance's TLS is signed with, PEM (the hybrid-chat-redis-ca Secret's ca.pem)."
+  value       = join("", [for cert in google_redis_instance.shared_state.server_ca_certs : cert.cert])
+}

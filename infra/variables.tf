@@ -194,3 +194,14 @@ variable "history_ttl_days" {
     error_message = "history_ttl_days must be a whole number of days, 0 or more."
   }
 }
+
+variable "shared_state_memory_size_gb" {
+  description = "Memory of the Memorystore for Redis instance the chat replicas share (memorystore.tf): counters and claims with expiry, a few MB per thousand users; 1 is the smallest Standard instance."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.shared_state_memory_size_gb >= 1 && var.shared_state_memory_size_gb <= 300 && floor(var.shared_state_memory_size_gb) == var.shared_state_memory_size_gb
+    error_message = "shared_state_memory_size_gb must be a whole number of GB from 1 to 300."
+  }
+}
