@@ -797,12 +797,43 @@ def test_services_match_what_the_app_expects(rendered: dict[str, list[dict[str, 
         )
         chat = _obj(docs, "Service", "gradio-chat-service")
         assert [p["port"] for p in chat["spec"]["ports"]] == [7860]
-        assert chat["spec"]["sessionAffinity"] == "ClientIP", overlay
+        # The page's affinity is the load balancer's cookie (BackendConfig), never the client's address.
+        assert chat["spec"].get("sessionAffinity", "None") == "None", overlay
+        assert chat["spec"].get("type", "ClusterIP") == "ClusterIP", overlay
+        assert json.loads(chat["metadata"]["annotations"]["cloud.google.com/neg"]) == {"ingress": True}
+        name = json.loads(chat["metadata"]["annotations"]["cloud.google.com/backend-config"])["default"]
+        backend = _obj(docs, "BackendConfig", name)["spec"]
+        assert backend["sessionAffinity"]["affinityType"] == "GENERATED_COOKIE", overlay
+        assert backend["healthCheck"]["requestPath"] == "/readyz", overlay
+        ingress = _obj(docs, "Ingress", "gradio-chat")
+        assert ingress["spec"]["defaultBackend"]["service"]["name"] == "gradio-chat-service", overlay
         assert (
             chat["spec"]["selector"]
             == _obj(docs, "Deployment", "gradio-chat")["spec"]["selector"]["matchLabels"]
         )
-    assert _obj(rendered["dev"], "Service", "gradio-chat-service")["spec"]["type"] == "LoadBalancer"
+
+
+def test_a_stopping_chat_pod_leaves_the_load_balancer_before_it_stops_listening(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The shutdown's numbers agree: the app's drain period outlasts the readiness probe and the load
+    balancer's health check taking the Pod out, and the kubelet's grace period covers the drain, the
+    answers' grace and their saves."""
+    for overlay, docs in rendered.items():
+        c = _container(docs, "gradio-chat")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        drain, grace = float(env["HYBRID_CHAT_DRAIN_S"]), float(env["HYBRID_CHAT_SHUTDOWN_GRACE_S"])
+        probe = c["readinessProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] < drain, overlay
+        annotations = _obj(docs, "Service", "gradio-chat-service")["metadata"]["annotations"]
+        check = _obj(
+            docs, "BackendConfig", json.loads(annotations["cloud.google.com/backend-config"])["default"]
+        )
+        check = check["spec"]["healthCheck"]
+        assert check["checkIntervalSec"] * check["unhealthyThreshold"] < drain, overlay
+        pod = _pod_spec(docs, "gradio-chat")
+        assert pod["terminationGracePeriodSeconds"] >= drain + grace + 5 + 10, overlay
+        assert "lifecycle" not in c, "the drain is the app's own delay, not a preStop hook"
 
 
 def test_chat_scales_with_an_hpa_and_both_workloads_have_disruption_budgets(
