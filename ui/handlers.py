@@ -444,6 +444,11 @@ class ChatHandlers:
                     async for out in self.run_turn(user, st, turn.text, None, None, turn=turn):
                         yield out
                     return
+                if turn.started and turn.remote:  # run by another replica: it cannot be stopped from here
+                    log.warning("a page turn run by another replica did not match its tab: not run twice")
+                    busy = "This message is being answered in another window: reload the page to see it."
+                    yield self.refused(st, LimitExceeded(busy))
+                    return
                 if turn.started:  # not this tab's to show (it streams, or shows another conversation)
                     log.warning("a straight page turn did not match its tab: stopped")
                     await turn.stop()

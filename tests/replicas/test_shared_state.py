@@ -34,7 +34,7 @@ from ui.throttle import FREE_FAILURES
 pytestmark = pytest.mark.integration
 
 PASSWORD = "replica-pw-4f1"  # noqa: S105 - the test users' password, made up
-USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hugo", "ines"]
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hugo", "ines", "jill"]
 RATE_PER_MINUTE = 4
 MAX_FAILURES = 4
 LOCKOUT_S = 20
@@ -276,3 +276,32 @@ async def test_with_the_store_down_nobody_is_locked_out_and_guessing_stays_throt
     async with browser(pair.a, session) as client:
         assert (await client.post("/logout", headers={"origin": pair.a})).status_code == 302
     assert not await signed_in(pair.b, session)
+
+
+async def test_a_turn_run_by_the_other_replica_for_another_view_is_refused_in_words_not_run_twice(
+    pair: Pair,
+) -> None:
+    """The tab on B shows a conversation; the page's straight request on A started a new one for the same
+    message (another window's view): B's event cannot show that turn, nor stop it, so it says so instead
+    of running the message a second time."""
+    cookies = await sign_in(pair.a, "jill")
+    tab_client, tab = await _open_tab(pair.b, cookies)
+    try:
+        first = f"the tab's own conversation {uuid.uuid4().hex[:8]}"
+        assert (await _send_through_gradio(tab, first, uuid.uuid4().hex)).status_code == 200
+        assert '"process_completed"' in (await tab.read(within_s=60))[1]
+        turn_id = uuid.uuid4().hex
+        text = f"asked from another view {turn_id[:8]}"
+        async with browser(pair.a, cookies) as straight:
+            body = {"turn_id": turn_id, "message": text, "model": "gemma", "max_tokens": 10}
+            async with straight.stream("POST", "/page/turn", json=body) as r:  # a new conversation, on A
+                assert r.status_code == 200
+                lines = r.aiter_lines()
+                assert (await anext(lines)).startswith("event:")
+                assert (await _send_through_gradio(tab, text, turn_id)).status_code == 200
+                status, events = await tab.read(within_s=60)
+                _ = [line async for line in lines]
+        assert status == 200 and "reload the page" in events
+        assert _prompts_with(pair.model, text) == 1
+    finally:
+        await tab_client.aclose()
