@@ -31,22 +31,24 @@ from bench.common import Child, free_port, pct, stub_server
 class Server(Child):
     """`hybrid-chat serve` on a free port, its database and log in a temporary directory."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, timeout_s: float = 60) -> None:
         self.port = free_port()
         self.tmp = Path(tempfile.mkdtemp())
         full = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_CHAT_")}
         full.update(
-            GRADIO_ANALYTICS_ENABLED="False",
-            HYBRID_CHAT_SQLITE_PATH=str(self.tmp / "chat.db"),
-            HYBRID_CHAT_RATE_LIMIT_PER_MINUTE="0",
-            HYBRID_CHAT_MAX_CONCURRENT_STREAMS="256",
-            HYBRID_CHAT_LOG_LEVEL="WARNING",
-            **env,
+            {
+                "GRADIO_ANALYTICS_ENABLED": "False",
+                "HYBRID_CHAT_SQLITE_PATH": str(self.tmp / "chat.db"),
+                "HYBRID_CHAT_RATE_LIMIT_PER_MINUTE": "0",
+                "HYBRID_CHAT_MAX_CONCURRENT_STREAMS": "256",
+                "HYBRID_CHAT_LOG_LEVEL": "WARNING",
+                **env,  # a benchmark's own settings win (a rate limit, a shared store)
+            }
         )
         exe = str(Path(sys.executable).with_name("hybrid-chat"))
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [exe, "serve", "--port", str(self.port)]
-        super().__init__(cmd, full, self.tmp / "serve.log", self.url + "/healthz")
+        super().__init__(cmd, full, self.tmp / "serve.log", self.url + "/healthz", timeout_s=timeout_s)
 
     def rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as fh:
