@@ -606,7 +606,7 @@ async def test_a_run_interrupted_by_the_next_keeps_its_partial_answer(echo: Echo
     echo.echo.mode = "echo"
     await _ask(client, thread_id, "never mind, next question", multitask_strategy="interrupt")
     thread = _view((await _values(client, thread_id))["messages"])
-    assert [(t, x) for t, x, _ in thread][0] == ("human", "tell me a long story")
+    assert thread[0][:2] == ("human", "tell me a long story")
     assert [t for t, _, _ in thread] == ["human", "ai", "human", "ai"], thread
     assert thread[1][1] and len(thread[1][1].split()) < 50
     stored = await _stored(echo.db, thread_id)
