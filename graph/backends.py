@@ -59,7 +59,7 @@ CREDENTIAL_HINTS: dict[BackendName, str] = {
     "(vLLM's --api-key)",
     "gemini": "check HYBRID_CHAT_GEMINI_PROJECT (a real project id, not the PROJECT_ID placeholder), "
     "HYBRID_CHAT_GEMINI_LOCATION and _MODEL, and that the Pod's service account (Workload Identity) "
-    "has roles/aiplatform.user",
+    "has the hybridChatGemini role (aiplatform.endpoints.predict; infra/iam.tf)",
 }
 
 
