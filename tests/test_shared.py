@@ -28,7 +28,8 @@ async def state(request: pytest.FixtureRequest) -> AsyncIterator[SharedState]:
         yield LocalState()
         return
     server: RedisServer = request.getfixturevalue("redis")
-    store = RedisState(server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+    # A generous bound: these check what the store does, not how fast a loaded machine answers.
+    store = RedisState(server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:", timeout_s=5)
     yield store
     await store.aclose()
 

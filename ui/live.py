@@ -33,7 +33,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 KEEP_ENDED_S = 120.0  # a late follower (Gradio's event after a short answer) still finds the end
 RECORD_TTL_S = 900.0  # a turn's record in the shared store, renewed at each change
 REMOTE_POLL_S = 0.2  # how often a follower on another replica reads the record
+STOP_POLL_S = 0.5  # how often the replica running a shared turn looks for a Stop pressed elsewhere
 
 
 class LiveTurn:
@@ -74,6 +75,7 @@ class LiveTurn:
         self.remote = False  # another replica runs it: followed through the shared store
         self._remote_started = False
         self._watch: asyncio.Task[None] | None = None
+        self._stop_elsewhere: Callable[[], Awaitable[None]] | None = None  # a remote turn's Stop
 
     @property
     def started(self) -> bool:
@@ -87,6 +89,7 @@ class LiveTurn:
         self.resolved.set()
         if self.record is not None:
             self.record.write({"state": "started", "sid": sid, "human_id": human_id, "text": text})
+            self._watch = self.record.watch_for_stop(self)
 
     def refuse(self, exc: LimitExceeded) -> None:
         self.refused = exc
@@ -125,9 +128,18 @@ class LiveTurn:
                 self.record.write({"state": "ended", **started, "done": done})
 
     def follow_record(self, state: SharedState, key: str) -> None:
-        """Follow the turn another replica runs, through its record in the shared store."""
+        """Follow the turn another replica runs, through its record in the shared store; `stop` asks
+        that replica to stop it (`TurnRecord.watch_for_stop`)."""
         self.remote = True
         self._watch = asyncio.get_running_loop().create_task(self._read_record(state, key))
+
+        async def stop_elsewhere() -> None:
+            try:
+                await state.put(f"{key}:stop", "1", RECORD_TTL_S)
+            except StoreUnavailable:
+                log.warning("Stop of a turn run by another replica not sent: the shared store is unavailable")
+
+        self._stop_elsewhere = stop_elsewhere
 
     async def _read_record(self, state: SharedState, key: str) -> None:
         misses = 0
@@ -183,6 +195,8 @@ class LiveTurn:
         `Done` if it ended on its own before the stop landed, else None."""
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        elif self._stop_elsewhere is not None and not self.ended.is_set():
+            await self._stop_elsewhere()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.ended.wait(), wait_s)
         return self.done
@@ -210,6 +224,25 @@ class TurnRecord:
                 self.fallbacks.note("a turn's state was not written to the shared store", exc)
 
         self._last = asyncio.get_running_loop().create_task(write())
+
+    def watch_for_stop(self, turn: LiveTurn) -> asyncio.Task[None]:
+        """While `turn` runs here, look for a Stop pressed on another replica (its follower's `stop`)."""
+
+        async def watch() -> None:
+            while not turn.ended.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(turn.ended.wait(), STOP_POLL_S)
+                    return
+                try:
+                    asked = await self.state.get(f"{self.key}:stop")
+                except StoreUnavailable:
+                    continue
+                if asked and turn.task is not None and not turn.task.done():
+                    log.info("a turn was stopped from another replica")
+                    turn.task.cancel()
+                    return
+
+        return asyncio.get_running_loop().create_task(watch())
 
 
 class LiveTurns:

@@ -34,7 +34,7 @@ from ui.throttle import FREE_FAILURES
 pytestmark = pytest.mark.integration
 
 PASSWORD = "replica-pw-4f1"  # noqa: S105 - the test users' password, made up
-USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hugo", "ines", "jill"]
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hugo", "ines", "jill", "kim"]
 RATE_PER_MINUTE = 4
 MAX_FAILURES = 4
 LOCKOUT_S = 20
@@ -69,6 +69,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             "HYBRID_CHAT_AUTH_USERS": ",".join(f"{u}:{PASSWORD}" for u in USERS),
             "HYBRID_CHAT_SESSION_SECRET": SECRET,
             "HYBRID_CHAT_REDIS_URL": redis.url,
+            # Generous: a loaded machine must not look like an outage (a stopped server is refused at once).
+            "HYBRID_CHAT_REDIS_TIMEOUT_S": "5",
             "HYBRID_CHAT_RATE_LIMIT_PER_MINUTE": str(RATE_PER_MINUTE),
             "HYBRID_CHAT_LOGIN_MAX_FAILURES": str(MAX_FAILURES),
             "HYBRID_CHAT_LOGIN_LOCKOUT_S": str(LOCKOUT_S),
@@ -248,6 +250,43 @@ async def test_one_message_sent_two_ways_to_two_replicas_is_one_turn(pair: Pair,
         questions = [m for m in stored[0] if m.get("role") == "user"]
         answers = [m for m in stored[0] if m.get("role") == "assistant"]
         assert len(questions) == 1 and len(answers) == 1, stored
+    finally:
+        await tab_client.aclose()
+
+
+async def test_stop_on_the_replica_showing_the_turn_stops_it_where_it_runs(pair: Pair) -> None:
+    """The turn runs on A (the straight request came first), the tab on B shows it: Stop on B ends the
+    model's answer on A early, and what streamed is saved, marked stopped."""
+    cookies = await sign_in(pair.a, "kim")
+    tab_client, tab = await _open_tab(pair.b, cookies)
+    try:
+        turn_id = uuid.uuid4().hex
+        text = f"a long answer to stop {turn_id[:8]}"
+        async with browser(pair.a, cookies) as straight:
+            body = {"turn_id": turn_id, "message": text, "model": "gemma", "max_tokens": 60}  # 12 s
+            loop = asyncio.get_running_loop()
+            async with straight.stream("POST", "/page/turn", json=body) as r:
+                assert r.status_code == 200
+                lines = r.aiter_lines()
+                assert (await anext(lines)).startswith("event:")
+                started = loop.time()
+                box = {"text": text, "files": []}
+                data = [box, None, "gemma", 0, 0.95, 60, "Be brief.", turn_id]
+                joined = await tab.join(tab.send_fn, data, trigger=tab.textbox)
+                assert joined.status_code == 200
+                shown = asyncio.create_task(tab.read(within_s=60))
+                await asyncio.sleep(1.5)
+                _cancelled, stopped = await tab.stop(joined.json()["event_id"])
+                assert stopped.status_code == 200
+                _ = [line async for line in lines]  # the straight request's stream ends with the turn
+                took = loop.time() - started
+            await shown
+        assert took < 8, took  # the model's answer would have taken 12 s
+        stored = await _stored(pair.a, cookies, text)
+        answers = [m for m in stored[0] if m.get("role") == "assistant"] if stored else []
+        assert len(stored) == 1 and len(answers) == 1, stored
+        assert answers[0]["content"].startswith("echo:") and len(answers[0]["content"].split()) < 60
+        assert _prompts_with(pair.model, text) == 1
     finally:
         await tab_client.aclose()
 
