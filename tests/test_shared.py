@@ -110,6 +110,19 @@ async def test_a_stopped_store_is_reported_at_once_and_found_again(tmp_path: Pat
             assert loop.time() - started < 2
             with pytest.raises(StoreUnavailable):
                 await store.ping()
+            # Meanwhile the rate limit lets messages through, counted and logged once a minute.
+            from prometheus_client import REGISTRY
+
+            from ui.limits import RateLimiter
+
+            def fallbacks() -> float:
+                labels = {"caller": "limits"}
+                return REGISTRY.get_sample_value("hybrid_chat_shared_store_fallbacks_total", labels) or 0.0
+
+            before, limiter = fallbacks(), RateLimiter(1, state=store)
+            for _ in range(3):
+                await limiter.acquire("alice")  # not refused: the limit fails open
+            assert fallbacks() == before + 3
             server.start()
             await asyncio.sleep(1.1)  # the store is skipped for a second after a failure
             await store.ping()

@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
+
 from graph.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -330,13 +332,23 @@ def shared_state(settings: Settings) -> SharedState:
     return RedisState(settings.redis_url.get_secret_value(), timeout_s=settings.redis_timeout_s)
 
 
+STORE_FALLBACKS = Counter(
+    "hybrid_chat_shared_store_fallbacks_total",
+    "Calls that fell back because the shared store (HYBRID_CHAT_REDIS_URL) did not answer, by caller.",
+    ["caller"],
+)
+
+
 class Fallbacks:
-    """Says once a minute per kind that a limit fell back on a store outage (and never the key)."""
+    """Says once a minute per kind that a limit fell back on a store outage (and never the key), and
+    counts every fallback in `hybrid_chat_shared_store_fallbacks_total` (alert on its rate)."""
 
     def __init__(self, logger: logging.Logger) -> None:
         from ui.logs import LogLimiter
 
         self.limiter = LogLimiter(logger)
+        self.caller = logger.name.rsplit(".", 1)[-1]
 
     def note(self, kind: str, exc: StoreUnavailable) -> None:
+        STORE_FALLBACKS.labels(self.caller).inc()
         self.limiter.log(logging.WARNING, kind, "%s", str(exc))
