@@ -240,6 +240,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         default=20.0, ge=0, description="On shutdown, running answers get this long to finish, then stop."
     )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        description="How many replicas may serve at once (the Deployment copies its autoscaler's "
+        "maxReplicas). Above 1, whatever a replica keeps to itself must not matter: start-up and /readyz "
+        "say so when attachments have no bucket (HYBRID_CHAT_ATTACHMENTS_BUCKET).",
+    )
     drain_s: float = Field(
         default=0.0,
         ge=0,

@@ -541,3 +541,86 @@ async def test_a_firestore_outage_keeps_the_pod_ready_and_refuses_turns_in_words
                 assert ("human", "during the outage") not in rows
     finally:
         await asyncio.to_thread(_kill, proc)
+
+
+# --- stopping: out of the balancer before the listener closes -------------------------------------
+@pytest.mark.integration
+def test_sigterm_fails_readiness_at_once_and_serves_on_for_the_drain_period(tmp_path: Path) -> None:
+    """What a load balancer sees of a stopping replica: `/readyz` 503 with the reason from the SIGTERM
+    on, every other request still answered (with `Connection: close`) for HYBRID_CHAT_DRAIN_S, then the
+    port closes and the process exits."""
+    drain_s = 4.0
+    log_path = tmp_path / "serve.log"
+    with (
+        fault_server("ok") as gemma,  # a vLLM-shaped Gemma: no embedded model to stop at the exit
+        running_server(
+            {
+                "HYBRID_CHAT_SQLITE_PATH": str(tmp_path / "c.db"),
+                "HYBRID_CHAT_GEMMA_BASE_URL": gemma.base_url,
+                "HYBRID_CHAT_DRAIN_S": str(drain_s),
+            },
+            log_path,
+            wait_for="/readyz",
+        ) as (url, _started_in, pid),
+    ):
+        assert httpx.get(url + "/readyz").status_code == 200
+        deadline = time.monotonic() + 60  # the local stand-ins warmed (their start-up holds the loop)
+        while "Vertex AI stand-in listening" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+        sent = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        answered: list[float] = []  # seconds after the SIGTERM, once /readyz said 503
+        while True:
+            try:
+                ready = httpx.get(url + "/readyz", timeout=10)
+                page = httpx.get(url + "/healthz", timeout=10)
+            except httpx.TransportError:  # refused, or reset as the listener closes under it
+                break
+            now = time.monotonic() - sent
+            assert now < drain_s + 5, "still listening well after the drain period"
+            if ready.status_code == 200:  # the signal not handled yet: only right after it
+                assert not answered and now < 2, now
+            else:
+                assert ready.status_code == 503, ready.text
+                assert ready.json()["status"] == "shutting down"
+                assert "stopping" in ready.json()["reason"] and "load balancer" in ready.json()["reason"]
+                assert page.status_code == 200 and page.headers["connection"] == "close"
+                answered.append(now)
+            time.sleep(0.1)
+        closed_after = time.monotonic() - sent
+        # Served through the drain (each round of two requests takes up to a second on a busy machine).
+        assert answered and answered[-1] >= drain_s - 1.5, answered[-3:]
+        assert drain_s - 0.5 <= closed_after < drain_s + 5
+        # The exit itself: the stores close, then the embedded Gemini stand-in stops (tens of seconds
+        # when it started just before, on 2 busy cores; no such stand-in runs in the cluster).
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            assert time.monotonic() < deadline, "the server did not exit after the drain"
+            time.sleep(0.05)
+    log = log_path.read_text()
+    assert "stopping: not ready; serving on for 4 s" in log and "shut down" in log
+
+
+async def test_several_replicas_without_an_attachments_bucket_are_told_in_words(
+    tmp_path: Path, local_backends: Backends, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With HYBRID_CHAT_REPLICAS above 1 and attachments on the replica's own disk, start-up logs what
+    to set and /readyz says it in its body (the Pod still serves: text turns are unaffected)."""
+    from ui.server import create_app
+
+    for replicas, bucket, told in ((3, None, True), (3, "chat-attachments", False), (1, None, False)):
+        settings = local_settings(tmp_path, replicas=replicas, attachments_bucket=bucket)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            app = create_app(settings, client=ChatClient.from_settings(settings, backends=local_backends))
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        async with _client(app) as client:
+            ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        if told:
+            assert len(errors) == 1 and "set HYBRID_CHAT_ATTACHMENTS_BUCKET" in errors[0]
+            assert "3 replicas may serve" in ready.json()["attachments"]
+            assert "HYBRID_CHAT_ATTACHMENTS_BUCKET" in ready.json()["attachments"]
+        else:
+            assert not errors and "attachments" not in ready.json(), (replicas, bucket)

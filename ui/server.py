@@ -74,6 +74,17 @@ def create_app(
 
     gradio_app: Any = None  # the mounted Gradio app (its stop_event ends the heartbeat streams)
 
+    # Attachments in a local directory are this replica's alone: with several, a file sent through one is
+    # missing when the next turn lands on another. Said at start-up and in every /readyz answer.
+    attachments_alone = None
+    if settings.replicas > 1 and not settings.attachments_bucket:
+        attachments_alone = (
+            f"attachments are kept on this replica's disk while {settings.replicas} replicas may serve: a "
+            "file sent through one is missing when a later turn reaches another; set "
+            "HYBRID_CHAT_ATTACHMENTS_BUCKET"
+        )
+        log.error("%s", attachments_alone)
+
     shutdown = Shutdown(service, settings)  # SIGTERM: readiness fails, drain, save, close (ui/shutdown.py)
 
     async def begin_shutdown() -> None:
@@ -154,6 +165,8 @@ def create_app(
         MEMORY_UP.set(1 if body["memory"] == "ok" else 0)
         backends = service.health.all()
         body["backends"] = {h.backend: h.state for h in backends}
+        if attachments_alone:
+            body["attachments"] = attachments_alone
         if shutdown.stopping:  # first: the balancer must stop sending here whatever else is true
             body.update(status="shutting down", reason=STOPPING_REASON)
             return JSONResponse(body, status_code=503)

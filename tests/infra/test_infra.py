@@ -813,6 +813,16 @@ def test_services_match_what_the_app_expects(rendered: dict[str, list[dict[str, 
         )
 
 
+def test_the_chat_app_knows_how_many_replicas_may_serve_and_has_the_attachments_bucket(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, docs in rendered.items():
+        config = _config_map(docs, "hybrid-chat-config")
+        hpa = _obj(docs, "HorizontalPodAutoscaler", "gradio-chat")
+        assert config["HYBRID_CHAT_REPLICAS"] == str(hpa["spec"]["maxReplicas"]), overlay
+        assert int(config["HYBRID_CHAT_REPLICAS"]) > 1 and config["HYBRID_CHAT_ATTACHMENTS_BUCKET"], overlay
+
+
 def test_a_stopping_chat_pod_leaves_the_load_balancer_before_it_stops_listening(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:

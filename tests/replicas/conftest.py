@@ -42,7 +42,7 @@ pytestmark = pytest.mark.integration
 DATABASE = "replicas-db"
 CHECK_INTER_S = 1.0  # haproxy's health check interval
 CHECK_FALL = 2  # failed checks before a replica is down (the readiness probe's failureThreshold)
-CHECK_RISE = 2
+CHECK_RISE = 2  # (each check may take 3 s: the readiness probe's timeoutSeconds)
 DRAIN_S = CHECK_INTER_S * CHECK_FALL + 2  # longer than the balancer needs to notice, with a margin
 START_TIMEOUT_S = 120  # 2 cores shared with other tests: a replica's start-up can take 30 s or more
 
@@ -104,7 +104,7 @@ class Replica:
         self.proc.send_signal(signal.SIGTERM)
         return time.monotonic()
 
-    def wait_exited(self, sent_at: float, timeout: float = 60) -> float:
+    def wait_exited(self, sent_at: float, timeout: float = 120) -> float:
         """Seconds from `sent_at` (the SIGTERM) to the process's exit."""
         assert self.proc is not None
         self.proc.wait(timeout)
@@ -147,6 +147,7 @@ defaults
     timeout client 120s
     timeout server 120s
     timeout http-keep-alive 10s
+    timeout check 3s
     option httpchk GET /readyz
     http-check expect status 200
 
