@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -344,3 +345,49 @@ async def test_a_turn_run_by_the_other_replica_for_another_view_is_refused_in_wo
         assert _prompts_with(pair.model, text) == 1
     finally:
         await tab_client.aclose()
+
+
+# --- through the balancer (tests/replicas/conftest.py: haproxy in front of the replicas) -------------
+def test_through_the_balancer_a_sign_in_and_the_rate_limit_hold_on_every_replica(
+    start_cluster: Any, tmp_path: Path
+) -> None:
+    """Two replicas behind haproxy (three take minutes to start on a shared 2-core machine). A browser
+    that loses the balancer's affinity cookie (its replica went away) stays signed in wherever it lands;
+    the APIs go round robin and the rate limit still counts once; a sign-out through the balancer ends
+    the session on both."""
+    with redis_server(tmp_path / "redis.log") as redis:
+        env = {
+            "HYBRID_CHAT_AUTH_USERS": ",".join(f"{u}:{PASSWORD}" for u in USERS),
+            "HYBRID_CHAT_SESSION_SECRET": SECRET,
+            "HYBRID_CHAT_REDIS_URL": redis.url,
+            "HYBRID_CHAT_REDIS_TIMEOUT_S": "5",
+            "HYBRID_CHAT_RATE_LIMIT_PER_MINUTE": "3",
+        }
+        cluster = start_cluster(2, env)
+        names = {r.name for r in cluster.replicas}
+        signed = httpx.post(cluster.url + "/login", data={"username": "alice", "password": PASSWORD})
+        assert signed.status_code == 200
+        cookies = {name: signed.cookies[name] for name in SESSION_COOKIES}  # not the balancer's SRV
+
+        def checks() -> dict[str, set[int]]:
+            seen: dict[str, set[int]] = {}
+            for _ in range(3 * len(names)):
+                r = httpx.get(cluster.url + "/gradio_api/login_check", cookies=cookies, timeout=10)
+                seen.setdefault(r.headers["x-served-by"], set()).add(r.status_code)
+            return seen
+
+        assert checks() == {name: {200} for name in names}
+        served, statuses = set(), []
+        for k in range(6):  # one at a time: round robin, three on each replica
+            r = httpx.post(
+                cluster.url + "/api/chat",
+                json={"message": f"counted once {k}", "max_tokens": 2},
+                auth=("bob", PASSWORD),
+                timeout=60,
+            )
+            served.add(r.headers["x-served-by"])
+            statuses.append(r.status_code)
+        assert served == names and statuses == [200, 200, 200, 429, 429, 429], statuses
+        out = httpx.post(cluster.url + "/logout", cookies=cookies, headers={"origin": cluster.url})
+        assert out.status_code == 302
+        assert checks() == {name: {401} for name in names}
