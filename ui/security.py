@@ -382,7 +382,8 @@ async def _form_tabs(scope: Scope, body: bytes) -> list[Any] | None:
 
 async def signed_in_user(scope: Scope, app: Any = None) -> str | None:
     """The signed-in user of a request inside Gradio's app (or beside it: `app`, the Gradio app), as
-    Gradio's own `/user` route finds it: its `auth_dependency` (IAP), else its sign-in cookie."""
+    Gradio's own `/user` route finds it: its `auth_dependency` (IAP's header, or password mode's signed
+    session cookie), else Gradio's own token table (unused by this app's modes)."""
     app = app or scope.get("app")
     request = Request(scope)
     dependency = getattr(app, "auth_dependency", None)
