@@ -178,9 +178,10 @@ def render(message: str, query: str, *, user: str = "", error: str = "") -> str:
 <title>Sign in · hybrid-chat</title>
 <style>
 :root {{ color-scheme: light dark; --bg: #F8F9FA; --card: #FFFFFF; --text: #1F1F1F; --muted: #5F6368;
-  --line: #DADCE0; --blue: #1A73E8; --blue-hover: #1967D2; --red: #D93025; }}
+  --line: #DADCE0; --blue: #1A73E8; --blue-hover: #1967D2; --on-blue: #FFFFFF; --red: #D93025; }}
 @media (prefers-color-scheme: dark) {{ :root {{ --bg: #1F1F1F; --card: #2D2E30; --text: #E8EAED;
-  --muted: #9AA0A6; --line: #5F6368; --blue: #8AB4F8; --blue-hover: #AECBFA; --red: #F28B82; }} }}
+  --muted: #9AA0A6; --line: #5F6368; --blue: #8AB4F8; --blue-hover: #AECBFA; --on-blue: #202124;
+  --red: #F28B82; }} }}
 body {{ margin: 0; min-height: 100vh; display: grid; place-items: center; background: var(--bg);
   color: var(--text); font-family: {fonts}; }}
 main {{ width: min(360px, calc(100vw - 32px)); background: var(--card); border-radius: 16px;
@@ -192,7 +193,7 @@ input {{ box-sizing: border-box; width: 100%; padding: 10px 12px; font: inherit;
   background: var(--card); border: 1px solid var(--line); border-radius: 8px; }}
 input:focus {{ outline: 2px solid var(--blue); outline-offset: -1px; }}
 button {{ width: 100%; margin-top: 22px; padding: 10px; font: inherit; font-weight: 600; border: 0;
-  border-radius: 8px; color: #FFFFFF; background: var(--blue); cursor: pointer; }}
+  border-radius: 8px; color: var(--on-blue); background: var(--blue); cursor: pointer; }}
 button:hover {{ background: var(--blue-hover); }}
 .error {{ color: var(--red); margin: 0 0 8px; }}
 </style></head>
