@@ -72,6 +72,25 @@ def model_choices(client: ChatClient) -> list[tuple[str, str]]:
     return out
 
 
+def picker_choices(client: ChatClient) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The picker's short names (a long one was cut under its arrow, on a phone most of all) and each
+    value's long name from `model_choices`, shown as the picker's hint: "Gemma stand-in" hinted
+    "Gemma stand-in: SmolLM2-135M-Instruct", "Auto" hinted "Auto: picks Gemma or Gemini ...". With real
+    backends the short name is the model's own label when it is short, its family's name otherwise."""
+    choices, hints = [], {}
+    for label, value in model_choices(client):
+        if value == "auto":
+            short = "Auto"
+        elif value in SHORT_NAMES:
+            short = label.split(":")[0] if ":" in label else label
+            short = short if len(short) <= 24 else short_name(value)
+        else:
+            short = label
+        choices.append((short, value))
+        hints[value] = label
+    return choices, hints
+
+
 MAX_TOKENS_CEILING = 8192
 
 UI_TURNS = Counter("hybrid_chat_ui_turns_total", "Chat turns served by the UI, by outcome.", ["outcome"])

@@ -27,6 +27,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -727,6 +728,12 @@ class ChatHandlers:
             return gr.skip(), gr.skip()
         items = [(plain_title(c.title), c.session_id) for c in page.conversations]
         updated = {c.session_id: c.updated_at.isoformat() for c in page.conversations}
+        if not more and st.sid and st.rows and st.sid not in {sid for _, sid in items}:
+            # Just sent, not listed by the store yet (its first answer streams, its save is under way):
+            # listed at the top under its first message's words, as the store will title it.
+            first = next((r["text"] for r in st.rows if r["role"] == "user"), "")
+            items.insert(0, (plain_title(first)[:80] or "New conversation", st.sid))
+            updated[st.sid] = datetime.now(UTC).isoformat()
         st.listed = [*st.listed, *items] if more else items
         st.updated = {**st.updated, **updated} if more else updated
         st.cursor = page.next_cursor
@@ -761,11 +768,29 @@ class ChatHandlers:
         return st, conv, more, self.user_html(user), self.service.health.html(), shown, title, self.decor(st)
 
     async def after_turn(self, st: Any, request: gr.Request) -> tuple:
+        """After a turn: the box ready, the list (with the new dates), the Title box showing the open
+        conversation's title (a conversation started in this tab has one now, as when reopened)."""
         user = self.user_of(request)
         st = _session(st, user)
         conv, _more = await self.conversation_choices(user, st)
+        title = next((t for t, s in st.listed if s == st.sid), None) if st.sid else None
         # A refused second message ends while the first answer still streams: Stop stays then.
-        return (gr.skip() if st.busy else self.textbox_ready()), conv, self.decor(st)
+        return (
+            (gr.skip() if st.busy else self.textbox_ready()),
+            conv,
+            self.decor(st),
+            gr.update(value=title) if title is not None else gr.skip(),
+        )
+
+    async def list_new_conversation(self, st: Any, request: gr.Request) -> tuple:
+        """The list as soon as a new conversation's first message is on screen (the chat's decorations
+        change then), so it is there while its first answer streams; nothing otherwise."""
+        user = self.user_of(request)
+        st = _session(st, user)
+        if not st.sid or not st.rows or st.sid in {sid for _, sid in st.listed}:
+            return gr.skip(), gr.skip()
+        conv, _more = await self.conversation_choices(user, st)
+        return conv, self.decor(st)  # with its date: under "Today"
 
     async def more_conversations(self, st: Any, request: gr.Request) -> tuple:
         user = self.user_of(request)
@@ -790,11 +815,13 @@ class ChatHandlers:
         except (AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
             log.warning("open conversation refused for %s: %s", user, type(exc).__name__)
             st.sid, st.rows = None, []
-            return [self.open_failed_note(exc)], gr.update(value="")
+            self.open_failed_note(exc)  # said once, in a notice: no answer-like bubble with Retry
+            return [], gr.update(value="")
         st.sid, st.rows = sid, rows_from_messages(messages)
         return self.shown(st), gr.update(value=next((t for t, s in st.listed if s == sid), ""))
 
-    def open_failed_note(self, exc: Exception) -> dict[str, str]:
+    def open_failed_note(self, exc: Exception) -> str:
+        """Say once, in a notice, why a conversation did not open; the chat shows the empty state."""
         if isinstance(exc, AccessDenied | ConversationNotFound):
             # One text for both: whether an id exists under another account is nobody else's business.
             text = (
@@ -804,7 +831,7 @@ class ChatHandlers:
         else:
             text = friendly_error(exc)
         gr.Warning(text, title="Cannot open this conversation")
-        return {"role": "assistant", "content": text}
+        return text
 
     async def open_conversation(self, sid: Any, st: Any, request: gr.Request) -> AsyncIterator[tuple]:
         user = self.user_of(request)
@@ -826,7 +853,8 @@ class ChatHandlers:
         except (AccessDenied, ConversationNotFound, MemoryUnavailable) as exc:
             log.warning("open conversation refused for %s: %s", user, type(exc).__name__)
             st.sid, st.rows = None, []
-            yield [self.open_failed_note(exc)], st, gr.update(value=""), self.decor(st), gr.skip()
+            self.open_failed_note(exc)
+            yield [], st, gr.update(value=""), self.decor(st), gr.skip()
 
     async def new_conversation(self, st: Any, request: gr.Request) -> tuple:
         st = _session(st, self.user_of(request))

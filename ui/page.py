@@ -5,11 +5,12 @@ Nothing here decides anything: what each event does is a method of `ui.handlers.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gradio as gr
 
-from ui.chat import model_choices
+from ui.chat import picker_choices
 from ui.handlers import ChatHandlers
 
 PHONE_MAX_WIDTH = 768
@@ -72,6 +73,26 @@ DECORATE = """() => {
     const answers = data.rows.filter((r) => !('typed' in r));
     chat.querySelectorAll('[data-testid="user"]').forEach((el, i) => typed(el, users[i]));
     chat.querySelectorAll('[data-testid="bot"]').forEach((el, i) => footer(el, answers[i]));
+    // Gradio's starters are buttons in a role="list" without list items (axe: critical): a plain group.
+    chat.querySelectorAll('.examples[role="list"]').forEach((el) => el.removeAttribute('role'));
+    chat.querySelectorAll('.edit-textarea:not([aria-label])').forEach((t) => {
+      t.setAttribute('aria-label', 'Edit your message');
+      t.setAttribute('enterkeyhint', 'send');
+    });
+    // The edit field's check and cross are Send and Cancel, by name too (EDIT_KEYS; CSS draws the words).
+    for (const [from, to, cls, hint] of [['Submit', 'Send', 'hc-edit-send', 'Send (Enter)'],
+      ['Cancel', 'Cancel', 'hc-edit-cancel', 'Cancel (Escape)']]) {
+      chat.querySelectorAll(`button[aria-label="${from}"]:not(.${cls})`).forEach((b) => {
+        b.classList.add(cls);
+        b.setAttribute('aria-label', to);
+        b.title = hint;
+        const word = document.createElement('span');
+        word.className = 'hc-edit-word';
+        word.textContent = to;
+        b.append(word);
+      });
+    }
+    thinking(chat);
     document.body.classList.toggle('hc-no-conversation', !data.sid);
     window.__hcSid = data.sid || null;  // where EARLY_TOKENS sends a message
     groups(data.updated || {});
@@ -129,8 +150,31 @@ DECORATE = """() => {
       const span = document.createElement('span');
       span.className = cls;
       span.textContent = text;
+      span.title = text;  // on a phone the footer is one line, cut with an ellipsis
       f.append(span);
     }
+  };
+  // From Send to the first token: "Thinking" under the question (Gradio shows nothing there), while
+  // the turn runs (Stop is shown) and no answer bubble (Gradio's, or the page's early one) follows it.
+  const thinking = (chat) => {
+    const wrap = chat.querySelector('.message-wrap');
+    let t = chat.querySelector('.hc-thinking');
+    const rows = wrap ? Array.from(wrap.children).filter((n) => n.classList.contains('message-row')) : [];
+    const last = rows[rows.length - 1];
+    const want = !!document.querySelector('#hc-input button.stop-button') && !!last
+      && last.classList.contains('user-row') && !wrap.querySelector('.hc-live');
+    if (!want) { t?.remove(); return; }
+    if (t && t.previousElementSibling === last) return;
+    t?.remove();
+    t = document.createElement('div');
+    t.className = 'hc-thinking';
+    t.setAttribute('role', 'status');
+    const dots = document.createElement('span');
+    dots.className = 'hc-thinking-dots';
+    dots.setAttribute('aria-hidden', 'true');
+    dots.append(...[0, 1, 2].map(() => document.createElement('span')));
+    t.append(dots, 'Thinking\u2026');
+    last.after(t);
   };
   // The conversation list by day, in the browser's time zone: the first entry of each group carries
   // its heading (drawn by CSS from data-hc-group: Gradio's Radio has no headings of its own).
@@ -182,16 +226,21 @@ RENAME_INLINE = """() => {
       if (!radio || !radio.value) return;
       const title = titleOf(label);
       if (radio.getAttribute('aria-label') !== title) radio.setAttribute('aria-label', title);
+      if (!radio.hasAttribute('aria-keyshortcuts')) radio.setAttribute('aria-keyshortcuts', 'F2');
       let b = label.querySelector(':scope > .hc-rename');
       if (!b) {
         b = document.createElement('button');
         b.type = 'button';
         b.className = 'hc-rename';
         b.textContent = '\\u270E';
-        b.title = 'Rename';
+        b.title = 'Rename (F2)';
         b.addEventListener('click', (e) => { e.preventDefault(); e.stopPropagation(); edit(label); });
         label.append(b);
       }
+      // In the Tab order for the open conversation only (the list is one Tab stop, not one per entry):
+      // F2 renames any entry from the keyboard.
+      const stop = radio.checked ? 0 : -1;
+      if (b.tabIndex !== stop) b.tabIndex = stop;
       const name = `Rename \\u201C${title}\\u201D`;
       if (b.getAttribute('aria-label') !== name) b.setAttribute('aria-label', name);
     });
@@ -206,7 +255,7 @@ RENAME_INLINE = """() => {
     const box = document.createElement('input');
     box.type = 'text';
     box.className = 'hc-rename-input';
-    box.value = old;
+    box.value = old.replace(/\\s*\u2026$/, '');  // an auto-title cut with "…": the words, to go on
     box.maxLength = 200;
     box.setAttribute('aria-label', 'New title');
     box.setAttribute('enterkeyhint', 'done');
@@ -258,6 +307,7 @@ RENAME_INLINE = """() => {
   };
   const watched = {childList: true, subtree: true, characterData: true};
   new MutationObserver(schedule).observe(document.body, watched);
+  document.addEventListener('change', schedule, true);
   window.__hcRename = edit;
   schedule();
 }"""
@@ -386,6 +436,55 @@ TAKE_AT_ENTER = """() => {
     if (e.target.closest?.('#hc-input button.submit-button')) note();
   }, true);
 }"""
+# Editing a message (Gradio's edit field in the chat) works as the message box does: Enter sends,
+# Shift+Enter starts a new line, Escape cancels (Gradio's field adds a line on Enter and has no Escape).
+EDIT_KEYS = """() => {
+  if (window.__hcEditKeys) return;
+  window.__hcEditKeys = true;
+  document.addEventListener('keydown', (e) => {
+    const field = e.target.closest?.('#hc-chatbot .edit-textarea');
+    if (!field || e.isComposing) return;
+    const which = e.key === 'Escape' ? ['hc-edit-cancel', 'Cancel']
+      : (e.key === 'Enter' && !e.shiftKey ? ['hc-edit-send', 'Submit'] : null);
+    if (!which) return;
+    e.preventDefault();
+    e.stopPropagation();
+    const [cls, label] = which;
+    document.querySelector(`#hc-chatbot button.${cls}, #hc-chatbot button[aria-label="${label}"]`)?.click();
+  }, true);
+}"""
+# The first Tab stop of the page: "Skip to the message box" (shown when focused), as sites with a
+# sidebar do: the box is one Tab and Enter away from the top, whatever the sidebar lists.
+SKIP_LINK = """() => {
+  if (document.querySelector('.hc-skip')) return;
+  const a = document.createElement('a');
+  a.className = 'hc-skip';
+  a.href = '#hc-input';
+  a.textContent = 'Skip to the message box';
+  a.addEventListener('click', (e) => {
+    e.preventDefault();
+    document.querySelector('#hc-input textarea')?.focus();
+  });
+  document.body.prepend(a);
+}"""
+# The model picker's short names, each with its long name as the hint (the input's title, and each
+# option's): what really answers. `window.__hcHints` maps a choice's value to its long name.
+PICKER_HINT = """(value) => {
+  const hints = window.__hcHints || {};
+  const input = document.querySelector('#hc-model input');
+  if (input) input.title = hints[value] || '';
+  if (!window.__hcHintsOn) {
+    window.__hcHintsOn = true;
+    const names = Object.fromEntries(Object.values(hints).map((long) => [long.split(':')[0].trim(), long]));
+    new MutationObserver(() => {
+      document.querySelectorAll('ul[role=listbox] li[role=option]').forEach((li) => {
+        const name = li.textContent.replace('\u2713', '').trim();
+        const long = names[name] || Object.values(hints).find((h) => h.startsWith(name));
+        if (long && li.title !== long) li.title = long;
+      });
+    }).observe(document.body, {childList: true, subtree: true});
+  }
+}"""
 # The generation settings as Gradio sends them, for EARLY_TOKENS.
 MIRROR_PARAMS = "(...values) => { window.__hcParams = values; }"
 # The request Enter left in the page (RENAME_INLINE), handed to `ChatHandlers.rename_listed`.
@@ -448,8 +547,9 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
                     )
         with gr.Row(elem_id="hc-header", equal_height=True):
             gr.HTML("<h1>hybrid-chat</h1>", padding=False, scale=0, min_width=110, elem_id="hc-brand")
+            choices, hints = picker_choices(h.service.client)
             model = gr.Dropdown(
-                choices=model_choices(h.service.client),
+                choices=choices,
                 value=h.settings.default_model,
                 label="Model",
                 show_label=False,
@@ -457,7 +557,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
                 interactive=True,
                 container=False,
                 scale=1,
-                min_width=190,
+                min_width=160,
             )
             health = gr.HTML(h.health_html(), elem_id="hc-health-box", padding=False, scale=0, min_width=290)
             who = gr.HTML("", elem_id="hc-user-box", padding=False, scale=0, min_width=80)
@@ -486,7 +586,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             stop_btn=False,
             lines=1,
             max_lines=8,
-            autofocus=True,
+            autofocus=False,  # FOCUS_INPUT at load: on a touch screen the keyboard would cover the page
             elem_id="hc-input",
             file_types=["image", ".pdf"],
             file_count="multiple",
@@ -523,7 +623,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             ev.then(
                 h.after_turn,
                 [state],
-                [textbox, conv, decor],
+                [textbox, conv, decor, title_box],
                 api_visibility="private",
                 show_progress="hidden",
             ).then(None, js=FOCUS_INPUT)
@@ -536,9 +636,19 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
             queue=False,
         ).then(None, js=FOCUS_INPUT)
 
+        # A new conversation is in the list from its first message on, not only once answered.
+        decor.change(
+            h.list_new_conversation, [state], [conv, decor], api_visibility="private", show_progress="hidden"
+        )
         demo.load(None, js=DECORATE)
         demo.load(None, js=EARLY_TOKENS)
         demo.load(None, js=TAKE_AT_ENTER)
+        demo.load(None, js=EDIT_KEYS)
+        demo.load(None, js=SKIP_LINK)
+        demo.load(None, js=FOCUS_INPUT)
+        hints_js = f"window.__hcHints = {json.dumps(hints)};"
+        demo.load(None, [model], None, js=PICKER_HINT.replace("(value) => {", "(value) => {" + hints_js, 1))
+        model.change(None, [model], None, js=PICKER_HINT)
         demo.load(None, gen_inputs, None, js=MIRROR_PARAMS)
         for setting in gen_inputs:
             setting.change(None, gen_inputs, None, js=MIRROR_PARAMS)

@@ -7,6 +7,7 @@ mid-test. The real `hybrid-chat serve` subprocess path is covered by tests/test_
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,18 +19,78 @@ from graph.backends import Backends
 from tests.support.server import free_port
 
 
+class SlowStart:
+    """A TCP relay to the real Gemma stand-in that waits `delay_s` before it connects each connection:
+    the model answers as usual, seconds later (a busy vLLM), so a test sees the page before the first
+    token without racing it."""
+
+    def __init__(self, upstream: str, delay_s: float) -> None:
+        host_port = upstream.split("://", 1)[1].split("/", 1)[0]
+        host, port = host_port.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.delay_s = delay_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        time.sleep(self.delay_s)
+        try:
+            up = socket.create_connection(self.upstream)
+        except OSError:
+            conn.close()
+            return
+
+        def pipe(src: socket.socket, dst: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
+        pipe(conn, up)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 class SwitchableBackends(Backends):
-    """Real backends whose Gemma can be pointed at a closed port (a dead vLLM) and back."""
+    """Real backends whose Gemma can be pointed at a closed port (a dead vLLM) and back, or made slow
+    to start answering."""
 
     dead_gemma = False
+    slow_gemma: SlowStart | None = None
 
     def set_gemma_dead(self, dead: bool) -> None:
         self.dead_gemma = dead
         self._models.clear()  # cached clients hold the old base URL
 
+    @contextlib.contextmanager
+    def gemma_slow_to_start(self, delay_s: float) -> Iterator[None]:
+        """Within the block each new connection to Gemma waits `delay_s` before it reaches the model."""
+        self.slow_gemma = SlowStart(super().gemma_base_url(), delay_s)
+        self._models.clear()
+        try:
+            yield
+        finally:
+            self.slow_gemma.close()
+            self.slow_gemma = None
+            self._models.clear()
+
     def gemma_base_url(self) -> str:
         if self.dead_gemma:
             return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connection refused
+        if self.slow_gemma is not None:
+            return f"http://127.0.0.1:{self.slow_gemma.port}/v1"
         return super().gemma_base_url()
 
 

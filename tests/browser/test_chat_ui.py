@@ -124,8 +124,14 @@ def test_model_choice_changes_the_backend(page: Any) -> None:
     page.get_by_role("combobox", name="Model").click()
     options = page.get_by_role("option")
     expect(options).to_have_count(3)
-    # With the embedded defaults the picker names the stand-ins that answer; Auto says what it does.
+    # With the embedded defaults the picker names the stand-ins that answer, short enough never to be
+    # cut; each one's hint says the model behind it, and what Auto does.
     assert [o.removeprefix("✓").strip() for o in options.all_inner_texts()] == [
+        "Auto",
+        "Gemma stand-in",
+        "Gemini stand-in",
+    ]
+    assert [o.get_attribute("title") for o in options.all()] == [
         "Auto: picks Gemma or Gemini for each message",
         "Gemma stand-in: SmolLM2-135M-Instruct",
         "Gemini stand-in: SmolLM2-135M-Instruct",
@@ -288,10 +294,18 @@ def test_phone_width(browser: Any, app_env: tuple[str, SwitchableBackends], arti
         expect(page.locator("#hc-sidebar")).not_to_have_class(re.compile(r"\bopen\b"))  # not over the chat
         answer = wait_answer(page, send(page, "What is the capital of France?"))
         expect(answer).to_contain_text("Paris")
+        page.screenshot(path=str(artifacts / "chat-phone.png"))
         assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
         header = page.locator("#hc-header").bounding_box()
         assert header is not None and header["height"] <= 844 * 0.12, header  # not a quarter of the screen
         expect(page.locator(".hc-health-state").first).to_be_visible()  # the dots' legend, no hover needed
-        page.screenshot(path=str(artifacts / "chat-phone.png"))
+        # The app's name and who is chatting are in the header on a phone too.
+        expect(page.locator("#hc-header h1")).to_have_text("hybrid-chat")
+        expect(page.locator(".hc-user")).to_be_visible()
+        # The keyboard does not pop up on load (the box does not take the focus on a touch screen).
+        page.reload()
+        page.locator(INPUT).wait_for()
+        expect(page.locator(".hc-health-state").first).to_be_visible()
+        expect(page.locator(INPUT)).not_to_be_focused()
     finally:
         context.close()

@@ -154,7 +154,11 @@ def test_each_conversation_has_its_address(page: Any, browser: Any, app_env: Any
         expect(users(other)).to_have_text(["Remember the word plum."], use_inner_text=True)
         expect(other.get_by_role("radio", name="Remember the word plum.")).to_be_checked()
         other.goto(app_env[0] + "/?c=never-existed")
-        expect(bots(other).first).to_contain_text("Conversation not found")
+        # Said once, in a notice, not as an answer with Copy and Retry; the empty chat's starters instead.
+        expect(other.get_by_text("Conversation not found")).to_have_count(1)
+        expect(bots(other)).to_have_count(0)
+        expect(other.locator("#hc-chatbot button[aria-label=Retry]")).to_have_count(0)
+        expect(other.locator("#hc-chatbot .examples")).to_be_visible()
         expect(other).not_to_have_url(re.compile(r"c=never-existed"))
     finally:
         other.context.close()
