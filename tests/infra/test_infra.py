@@ -834,13 +834,13 @@ def test_a_stopping_chat_pod_leaves_the_load_balancer_before_it_stops_listening(
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         drain, grace = float(env["HYBRID_CHAT_DRAIN_S"]), float(env["HYBRID_CHAT_SHUTDOWN_GRACE_S"])
         probe = c["readinessProbe"]
-        assert probe["periodSeconds"] * probe["failureThreshold"] < drain, overlay
+        assert probe["periodSeconds"] * probe["failureThreshold"] + probe["timeoutSeconds"] < drain, overlay
         annotations = _obj(docs, "Service", "gradio-chat-service")["metadata"]["annotations"]
         check = _obj(
             docs, "BackendConfig", json.loads(annotations["cloud.google.com/backend-config"])["default"]
         )
         check = check["spec"]["healthCheck"]
-        assert check["checkIntervalSec"] * check["unhealthyThreshold"] < drain, overlay
+        assert check["checkIntervalSec"] * check["unhealthyThreshold"] + check["timeoutSec"] < drain, overlay
         pod = _pod_spec(docs, "gradio-chat")
         assert pod["terminationGracePeriodSeconds"] >= drain + grace + 5 + 10, overlay
         assert "lifecycle" not in c, "the drain is the app's own delay, not a preStop hook"

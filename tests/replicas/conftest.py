@@ -42,8 +42,10 @@ pytestmark = pytest.mark.integration
 DATABASE = "replicas-db"
 CHECK_INTER_S = 1.0  # haproxy's health check interval
 CHECK_FALL = 2  # failed checks before a replica is down (the readiness probe's failureThreshold)
-CHECK_RISE = 2  # (each check may take 3 s: the readiness probe's timeoutSeconds)
-DRAIN_S = CHECK_INTER_S * CHECK_FALL + 2  # longer than the balancer needs to notice, with a margin
+CHECK_RISE = 2
+CHECK_TIMEOUT_S = 3.0  # a check may take this long (the readiness probe's timeoutSeconds)
+# Longer than the balancer needs to notice, a slow check (a busy machine) included, with a margin.
+DRAIN_S = (CHECK_INTER_S + CHECK_TIMEOUT_S) * CHECK_FALL + 1
 START_TIMEOUT_S = 120  # 2 cores shared with other tests: a replica's start-up can take 30 s or more
 
 
@@ -93,8 +95,13 @@ class Replica:
         while True:
             assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, f"{self.name} not ready in {timeout} s; see {self.log_path}"
+            # Ready, and its warm-up over: the embedded Gemini stand-in (a llama.cpp server; none runs in
+            # the cluster) stopped right after it started holds the exit for tens of seconds.
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                if (
+                    httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+                    and "Vertex AI stand-in listening" in self.log_path.read_text()
+                ):
                     return
             time.sleep(0.2)
 
@@ -147,7 +154,7 @@ defaults
     timeout client 120s
     timeout server 120s
     timeout http-keep-alive 10s
-    timeout check 3s
+    timeout check {int(CHECK_TIMEOUT_S)}s
     option httpchk GET /readyz
     http-check expect status 200
 
