@@ -91,6 +91,21 @@ def picker_choices(client: ChatClient) -> tuple[list[tuple[str, str]], dict[str,
     return choices, hints
 
 
+def model_of(rows: list[dict[str, Any]], models: Collection[str]) -> str | None:
+    """The model the conversation's last answer was asked of (its route reason names the policy:
+    "auto: preferred gemma", "chosen: gemini"), so that a reopened conversation shows it in the picker
+    (a reload went back to the default though the conversation used Auto). None if unknown."""
+    for row in reversed(rows):
+        if row["role"] != "assistant":
+            continue
+        reason = str((row.get("meta") or {}).get("route_reason") or "")
+        head, _, rest = reason.partition(":")
+        name = (rest.split() or [""])[0] if head.strip() == "chosen" else head.strip()
+        if name in models:
+            return name
+    return None
+
+
 MAX_TOKENS_CEILING = 8192
 
 UI_TURNS = Counter("hybrid_chat_ui_turns_total", "Chat turns served by the UI, by outcome.", ["outcome"])

@@ -51,6 +51,8 @@ from ui.chat import (
     decorations,
     friendly_error,
     human_size,
+    model_of,
+    picker_choices,
     rows_from_messages,
     turn_params,
     turn_result,
@@ -763,9 +765,22 @@ class ChatHandlers:
         if wanted:
             shown, title = await self.load_conversation(user, st, wanted)
         conv, more = await self.conversation_choices(user, st)
+        model: Any = gr.skip()
         if wanted:
             title = gr.update(value=next((t for t, s in st.listed if s == st.sid), ""))
-        return st, conv, more, self.user_html(user), self.service.health.html(), shown, title, self.decor(st)
+            picked = model_of(st.rows, [v for _, v in picker_choices(self.service.client)[0]])
+            model = gr.update(value=picked) if picked else gr.skip()
+        return (
+            st,
+            conv,
+            more,
+            self.user_html(user),
+            self.service.health.html(),
+            shown,
+            title,
+            self.decor(st),
+            model,
+        )
 
     async def after_turn(self, st: Any, request: gr.Request) -> tuple:
         """After a turn: the box ready, the list (with the new dates), the Title box showing the open

@@ -656,7 +656,7 @@ def build_page(h: ChatHandlers) -> gr.Blocks:
         demo.load(
             h.on_load,
             None,
-            [state, conv, more_btn, who, health, chatbot, title_box, decor],
+            [state, conv, more_btn, who, health, chatbot, title_box, decor, model],
             api_visibility="private",
         )
         demo.load(None, js=CLOSE_SIDEBAR_ON_PHONE)

@@ -189,7 +189,7 @@ def test_regenerate_and_edit_replace_the_last_turn(page: Any) -> None:
 
     page.locator("#hc-chatbot").get_by_role("button", name="Edit").click()
     page.locator("#hc-chatbot textarea").fill("Say hello to Grace.")
-    page.locator("#hc-chatbot").get_by_role("button", name="Submit").click()
+    page.locator("#hc-chatbot").get_by_role("button", name="Send", exact=True).click()
     users = page.locator("#hc-chatbot").get_by_test_id("user")
     expect(users).to_have_text(["Say hello to Grace."], use_inner_text=True)
     expect(bots(page).first.locator(f".hc-meta.{second}")).to_have_count(0)
@@ -282,6 +282,15 @@ def test_limits_refuse_with_a_clear_message_and_keep_the_text(page: Any) -> None
     expect(page.get_by_text(re.compile("8,001 characters long; the limit is 8,000"))).to_be_visible()
     expect(page.locator(INPUT)).to_have_value(too_long)
     expect(bots(page)).to_have_count(0)
+
+
+def test_a_reopened_conversation_shows_the_model_it_used(page: Any) -> None:
+    pick_model(page, "Auto")
+    wait_answer(page, send(page, "Name one river."))
+    page.reload()
+    expect(page.locator("#hc-chatbot").get_by_test_id("user")).to_have_count(1)
+    # The picker says Auto again (it went back to the default, Gemma, though Auto answered).
+    expect(page.locator("#hc-model input")).to_have_value("Auto")
 
 
 def test_phone_width(browser: Any, app_env: tuple[str, SwitchableBackends], artifacts: Any) -> None:
