@@ -418,8 +418,8 @@ def test_a_jpeg_is_decoded_at_an_eighth_and_a_truncated_one_still_fails() -> Non
 # --- what each backend takes ----------------------------------------------------------------------
 def test_each_backend_declares_what_it_takes(tmp_path: Path) -> None:
     standins = Backends(local_settings(tmp_path))
-    assert standins.accepts("gemma") == Accepts(
-        "Gemma stand-in", frozenset(), standins.accepts("gemma").max_bytes, 4
+    assert standins.accepts("gemma") == Accepts(  # the small stand-in model cannot call tools either
+        "Gemma stand-in", frozenset(), standins.accepts("gemma").max_bytes, 4, tools=False
     )
     assert standins.accepts("gemini").kinds == {"image", "pdf"}
     real = Backends(local_settings(tmp_path, gemma_base_url="http://vllm:8000/v1", gemini_project="p"))

@@ -330,7 +330,9 @@ async def test_a_real_answer_refused_marks_the_backend_at_once(
         # One check at start-up, the next in an hour: only the answers can tell.
         app = create_app(_real(tmp_path, gemma.url + "/v1", gemini, credential_check_s=3600))
         async with _client(app) as client, app.router.lifespan_context(app):
-            await _until(client, lambda r: r.status_code == 200)
+            # Both start-up checks answered (ready comes with one usable backend, the other may still be
+            # checking: a check answered after the flip below would mark it before any answer could).
+            await _until(client, lambda r: _states(r) == {"gemma": "up", "gemini": "up"})
             gemma.status, gemini.status = 401, 403  # the key rotated, the binding removed
             r = await client.post("/api/chat", json={"message": "hi", "model": "gemma"})
             events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]

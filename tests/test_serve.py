@@ -124,7 +124,7 @@ def test_sigterm_saves_every_partial_answer_on_firestore_marked_stopped(
     """Four answers streaming from a slow model when the server is stopped (two through /api/chat, two
     through the page's Gradio API): past the grace period each is stopped, and each conversation keeps
     its question and the partial answer, marked stopped, even when the store is slow to answer just
-    then (the emulator paused from the stop until 10 s after the answers were cut)."""
+    then (the emulator paused from the stop until 4 s after the answers were cut)."""
     emulator.wipe(DATABASE)
     log_path = tmp_path / "serve.log"
     with fault_server("echo_slow") as gemma:  # one word every 0.2 s, max_tokens words
@@ -151,7 +151,7 @@ def test_sigterm_saves_every_partial_answer_on_firestore_marked_stopped(
                 os.kill(pid, signal.SIGTERM)
                 for s in api:
                     s.thread.join(30)  # cut at the 2 s grace: the saves now wait for the store
-                time.sleep(10)
+                time.sleep(4)
             finally:
                 emulator.resume()
             while not exited(pid):  # running_server's exit waits too; here the time it took is measured

@@ -3,9 +3,10 @@ call, or is plain user text, stored and read back exactly as sent, in its own us
 
 What is refused (graph/validation.py): an empty or whitespace-only message, text with a lone surrogate
 ("\\ud800": no store can encode it), a message over 1,000,000 UTF-8 bytes, a non-user message sent as
-input (system, tool, an assistant message last), a session id no store can hold. Everything else (any
-Unicode category, control characters, chat-template markers, JSON that looks like a serialized
-message) is stored byte-for-byte as a `human` message and never changes the roles of the history.
+input (system, a tool result without its call, an assistant message last), a session id no store can
+hold. Everything else (any Unicode category, control characters, chat-template markers, JSON that looks
+like a serialized message) is stored byte-for-byte as a `human` message and never changes the roles of
+the history.
 
 Runs through the real graph with a scripted model against the real stores (SQLite always, the Cloud
 Firestore emulator with fewer examples), plus fixed examples through the real local model servers.
@@ -221,7 +222,11 @@ ROLE_INPUTS = [
         "must be the user's",
         id="assistant-last",
     ),
-    pytest.param([{"role": "tool", "content": "x", "tool_call_id": "1"}], "'tool' message", id="tool"),
+    pytest.param(  # a tool result is input only after an answer that called that tool
+        [{"role": "tool", "content": "x", "tool_call_id": "1"}],
+        "not a tool call of the answer before it",
+        id="tool",
+    ),
     pytest.param([], "no new message", id="no-message"),
 ]
 

@@ -343,7 +343,9 @@ def start_cluster(replicas_emulator: FirestoreEmulator, tmp_path: Path) -> Itera
 def replica_cluster(
     replicas_emulator: FirestoreEmulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    """Three replicas behind the balancer, local sign-in (everyone is the local user), shared by the
-    module's tests (start-up is most of their time)."""
-    with running_cluster(replicas_emulator, tmp_path_factory.mktemp("cluster")) as cluster:
+    """Replicas behind the balancer (two in the suite: the fewest that exercise every cross-replica path,
+    and each one's restart is ~25 s of the suite's time; REPLICAS=3 for the figures), local sign-in
+    (everyone is the local user), shared by the module's tests (start-up is most of their time)."""
+    count = int(os.environ.get("REPLICAS", "2"))
+    with running_cluster(replicas_emulator, tmp_path_factory.mktemp("cluster"), count) as cluster:
         yield cluster

@@ -138,18 +138,24 @@ def test_the_page_stays_on_one_replica_and_streams_a_turn_through_the_balancer(
     ]
 
 
+CONVERSATIONS = 5
+
+
 def test_the_apis_go_round_robin_and_every_answer_is_stored_in_order(replica_cluster: Cluster) -> None:
     async def turns() -> list[Outcome]:
         out = []
         async with httpx.AsyncClient(base_url=replica_cluster.url, timeout=60) as client:
             for n in range(3):
-                for c in range(4):  # four conversations on three replicas: each meets several
+                # Five conversations: prime to two and three replicas, so each meets several.
+                for c in range(CONVERSATIONS):
                     out.append(await send(client, f"rr-{c}", f"rr-{c} message {n}"))
         return out
 
     outcomes = asyncio.run(turns())
     assert [o for o in outcomes if not o.ok] == []
-    by_conversation = {c: [o.served_by for o in outcomes if o.conversation == f"rr-{c}"] for c in range(4)}
+    by_conversation = {
+        c: [o.served_by for o in outcomes if o.conversation == f"rr-{c}"] for c in range(CONVERSATIONS)
+    }
     for served in by_conversation.values():  # each conversation's turns landed on more than one replica
         assert len(set(served)) > 1, by_conversation
     assert {o.served_by for o in outcomes} == {r.name for r in replica_cluster.replicas}
