@@ -396,10 +396,9 @@ def test_serve_with_the_project_id_placeholder_and_no_credentials_is_not_ready(t
 
 
 # --- a shared dependency going down does not take the Pod out -----------------------------------
-# The outage lasts long enough for the old readiness to fail (it answered 503 three seconds after the
-# emulator stopped, and the kubelet takes a Pod out after two failed probes 5 s apart); the logic does not
-# depend on how long it lasts beyond that: nothing in readiness counts time once the Pod was ready.
-OUTAGE_S = 5.0
+# The outage lasts 15 s: three of the Deployment's readiness probes (5 s apart; two failed take a Pod out),
+# and long enough for gRPC's reconnect backoff to grow, so the recovery is tested as well as the outage.
+OUTAGE_S = 15.0
 LOAD_INTERVAL_S = 0.2
 PROBE_TIMEOUT_S = 3.0  # the Deployment's readinessProbe timeoutSeconds
 FAULT_ANSWER = "Hello from the fault server."
