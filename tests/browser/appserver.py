@@ -20,15 +20,15 @@ from tests.support.server import free_port
 
 
 class SlowStart:
-    """A TCP relay to the real Gemma stand-in that waits `delay_s` before it connects each connection:
-    the model answers as usual, seconds later (a busy vLLM), so a test sees the page before the first
-    token without racing it."""
+    """A TCP relay to the real Gemma stand-in that holds each connection until `release` is set (at most
+    `limit_s`): the model answers as usual, later (a busy vLLM), so a test sees the page before the first
+    token for as long as it needs, whatever the machine's load, without racing it."""
 
-    def __init__(self, upstream: str, delay_s: float) -> None:
+    def __init__(self, upstream: str, release: threading.Event, limit_s: float = 60.0) -> None:
         host_port = upstream.split("://", 1)[1].split("/", 1)[0]
         host, port = host_port.rsplit(":", 1)
         self.upstream = (host, int(port))
-        self.delay_s = delay_s
+        self.release, self.limit_s = release, limit_s
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -42,7 +42,7 @@ class SlowStart:
             threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
 
     def _relay(self, conn: socket.socket) -> None:
-        time.sleep(self.delay_s)
+        self.release.wait(self.limit_s)
         try:
             up = socket.create_connection(self.upstream)
         except OSError:
@@ -75,13 +75,16 @@ class SwitchableBackends(Backends):
         self._models.clear()  # cached clients hold the old base URL
 
     @contextlib.contextmanager
-    def gemma_slow_to_start(self, delay_s: float) -> Iterator[None]:
-        """Within the block each new connection to Gemma waits `delay_s` before it reaches the model."""
-        self.slow_gemma = SlowStart(super().gemma_base_url(), delay_s)
+    def gemma_held(self) -> Iterator[threading.Event]:
+        """Within the block each new connection to Gemma waits until the event yielded is set (at the
+        block's end at the latest) before it reaches the model."""
+        release = threading.Event()
+        self.slow_gemma = SlowStart(super().gemma_base_url(), release)
         self._models.clear()
         try:
-            yield
+            yield release
         finally:
+            release.set()
             self.slow_gemma.close()
             self.slow_gemma = None
             self._models.clear()
