@@ -23,6 +23,8 @@ import re
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ui.security import _read_body, _replay  # the edge's body reader: bounded, a disconnect is None
+
 CALL = re.compile(r"^(?:/gradio_api)?/call/(?:v2/)?(?P<name>[^/]+)/?$")
 RUN = re.compile(r"^(?:/gradio_api)?/(?:run|api)/(?P<name>[^/]+)/?$")
 
@@ -68,7 +70,10 @@ class GradioCallErrors:
         from gradio.route_utils import FnIndexInferError, get_fn
         from pydantic import ValidationError
 
-        raw, replay = await _buffered(receive)
+        raw = await _read_body(receive)
+        if raw is None:  # the client left
+            return
+        replay = _replay(raw, receive)
         try:
             body = PredictBody.model_validate_json(raw or b"{}")
         except ValidationError:  # not a predict body at all: Gradio's own 422 says what is missing
@@ -89,26 +94,3 @@ class GradioCallErrors:
             return
         await self.app(scope, replay, send)
 
-
-async def _buffered(receive: Receive) -> tuple[bytes, Receive]:
-    """The request's body read whole (the edge middleware has bounded its size), and a `receive` that
-    hands it on to the app as if unread."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    raw = b"".join(chunks)
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        return await receive()
-
-    return raw, replay
